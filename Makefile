@@ -1,0 +1,37 @@
+# Quickstart: `make demo` (install + run the embedded default end to end), `make test` (install + all tests).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+STAMP  := $(VENV)/.qlora-kit-installed
+CONSTRAINTS := -c requirements/constraints.txt
+# llama-cpp-python is compiled from source by pip; the library is all we use, so skip its tools, examples,
+# server binary and the multimodal (mtmd/llava) library.
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+
+.PHONY: install demo test test-fast clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/unsloth-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first and pinned, so nothing later pulls a multi-GB CUDA build to satisfy a range.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install $(CONSTRAINTS) torch
+	# Unsloth without its declared dependencies (see requirements/unsloth-cpu.txt for why).
+	$(PIP) install $(CONSTRAINTS) --no-deps unsloth unsloth_zoo
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install $(CONSTRAINTS) -r requirements/unsloth-cpu.txt -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/qlora-kit train recipes/tiny-demo.yaml --overwrite
+
+test: install
+	$(BIN)/python -m pytest
+
+# Unit tests only (no training runs): seconds.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,61 @@
+"""`qlora-kit data check RECIPE`: validate and measure the training data (tokenizer only, no model)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+
+from qlora_kit.cli import add_recipe_args
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser("data", parents=[common], help="inspect training data")
+    sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    c = sub.add_parser("check", parents=[common], help="format errors, token stats and a masking preview",
+                       description="Check the recipe's dataset: format errors by kind (with row numbers), token "
+                                   "lengths, truncation, total training tokens and which tokens are trained. "
+                                   "Exits 2 if any row has a problem or no token would be trained.")
+    add_recipe_args(c)
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from qlora_kit.errors import DataError
+    from qlora_kit.recipe import load_recipe
+    from qlora_kit.recipe.checks import check_paths
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    check_paths(recipe, args.recipe)
+    from qlora_kit.data.check import check, render_text
+
+    report = check(recipe, _load_tokenizer(recipe))
+    if args.json:
+        print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
+    else:
+        print(render_text(report, color=sys.stdout.isatty()))
+    if report.problems:
+        n = sum(e["count"] for e in report.problems.values())
+        raise DataError(f"{n} row(s) with problems; training would stop at the first ({_first(report)})")
+    if report.total_trained_tokens == 0:
+        raise DataError("no token would be trained: every row is masked out or truncated away "
+                        "(check data.train_on, the chat template, and model.max_seq_length)")
+    return 0
+
+
+def _first(report) -> str:
+    entry = next(iter(report.problems.values()))
+    return entry["first"][0]
+
+
+def _load_tokenizer(recipe):
+    import transformers
+    from transformers import AutoTokenizer
+
+    from qlora_kit.model.resolve import resolve_model_path
+
+    transformers.logging.set_verbosity_error()
+    m = recipe.model
+    return AutoTokenizer.from_pretrained(resolve_model_path(m.name), trust_remote_code=m.trust_remote_code,
+                                         revision=m.revision)

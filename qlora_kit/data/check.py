@@ -1,0 +1,144 @@
+"""`qlora-kit data check`: what the OpenAI cookbook's fine-tuning data check prints, and more.
+
+Per-kind format error counts with the first rows that have them, conversation shape (missing system/user
+messages, messages per example), token lengths (min/mean/p95/max), rows over max_seq_length, rows left with
+nothing to train, total training tokens x epochs, and a masking preview of one sample showing exactly which tokens
+the loss is computed on. Uses only the tokenizer (no model, no Unsloth).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from qlora_kit.data.encode import IGNORE_INDEX, Encoded, apply_chat_template_choice, encode_example
+from qlora_kit.data.formats import PROBLEM_KINDS
+from qlora_kit.data.prepare import Examples, add_system_prompt, convert_rows
+from qlora_kit.data.sources import read_rows
+from qlora_kit.recipe.schema import Recipe
+
+
+def stats(values: list[int]) -> dict:
+    if not values:
+        return {"min": 0, "mean": 0.0, "p95": 0, "max": 0}
+    ordered = sorted(values)
+    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    return {"min": ordered[0], "mean": round(sum(ordered) / len(ordered), 1), "p95": p95, "max": ordered[-1]}
+
+
+@dataclass
+class CheckReport:
+    sources: list[str]
+    format: str
+    format_detected: bool
+    rows: int
+    valid: int
+    problems: dict[str, dict] = field(default_factory=dict)  # kind -> {count, label, first: [where: detail]}
+    missing_system: int = 0
+    missing_user: int = 0
+    messages_per_example: dict = field(default_factory=dict)
+    chat_template: str = ""
+    max_seq_length: int = 0
+    tokens_per_example: dict = field(default_factory=dict)
+    trained_tokens_per_example: dict = field(default_factory=dict)
+    over_max_length: int = 0
+    nothing_to_train: int = 0
+    total_tokens: int = 0
+    total_trained_tokens: int = 0
+    epochs: float = 1.0
+    max_steps: int | None = None
+    preview: list[tuple[str, bool]] = field(default_factory=list)  # (text piece, trained?)
+    preview_row: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.total_trained_tokens > 0
+
+
+def check(recipe: Recipe, tokenizer) -> CheckReport:
+    d = recipe.data
+    converted: list[Examples] = [convert_rows(read_rows(d.path, "data.path", d.split), d.format)]
+    if d.eval_path:
+        converted.append(convert_rows(read_rows(d.eval_path, "data.eval_path", d.split), d.format))
+    first = converted[0]
+    report = CheckReport(sources=[c.origin for c in converted], format=first.format.name,
+                         format_detected=first.detected, rows=sum(c.total_rows for c in converted),
+                         valid=sum(len(c.items) for c in converted), max_seq_length=recipe.model.max_seq_length,
+                         epochs=recipe.train.epochs, max_steps=recipe.train.max_steps)
+    for c in converted:
+        for p in c.problems:
+            entry = report.problems.setdefault(p.kind, {"label": PROBLEM_KINDS[p.kind], "count": 0, "first": []})
+            entry["count"] += 1
+            if len(entry["first"]) < 3:
+                entry["first"].append(f"{p.where}: {p.detail}")
+    items = [(w, add_system_prompt(e, d.system_prompt)) for c in converted for w, e in c.items]
+    chats = [e.messages for _, e in items if e.messages is not None]
+    report.missing_system = sum(1 for m in chats if not any(x["role"] == "system" for x in m))
+    report.missing_user = sum(1 for m in chats if not any(x["role"] == "user" for x in m))
+    report.messages_per_example = stats([len(m) for m in chats])
+    report.chat_template = apply_chat_template_choice(tokenizer, d.chat_template) if chats else "(raw text)"
+    encoded = [encode_example(tokenizer, e, d.train_on, w) for w, e in items]
+    _token_stats(report, encoded, recipe.model.max_seq_length)
+    if encoded:
+        report.preview_row = encoded[0].where
+        report.preview = masking_preview(tokenizer, encoded[0])
+    return report
+
+
+def _token_stats(report: CheckReport, encoded: list[Encoded], max_len: int) -> None:
+    report.tokens_per_example = stats([len(e.input_ids) for e in encoded])
+    report.trained_tokens_per_example = stats([e.trained_tokens for e in encoded])
+    report.over_max_length = sum(1 for e in encoded if len(e.input_ids) > max_len)
+    kept = [Encoded(e.input_ids[:max_len], e.labels[:max_len]) for e in encoded]
+    report.nothing_to_train = sum(1 for e in kept if e.trained_tokens == 0)
+    report.total_tokens = sum(len(e.input_ids) for e in kept if e.trained_tokens)
+    report.total_trained_tokens = sum(e.trained_tokens for e in kept)
+
+
+def masking_preview(tokenizer, enc: Encoded, limit: int = 400) -> list[tuple[str, bool]]:
+    """Decode the sample into runs of (text, trained?), merging neighbouring tokens with the same mask."""
+    runs: list[tuple[str, bool]] = []
+    ids, labels = enc.input_ids[:limit], enc.labels[:limit]
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or (labels[i] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
+            runs.append((tokenizer.decode(ids[start:i]), labels[start] != IGNORE_INDEX))
+            start = i
+    return runs
+
+
+def render_text(r: CheckReport, color: bool = False) -> str:
+    out = [f"Data check: {', '.join(r.sources)}",
+           f"format: {r.format} ({'detected' if r.format_detected else 'from data.format'})",
+           f"rows: {r.rows} read, {r.valid} valid, {r.rows - r.valid} with problems"]
+    out.append("format errors:" if r.problems else "format errors: none found")
+    for kind, e in r.problems.items():
+        out.append(f"  {e['label']} ({kind}): {e['count']}")
+        out.extend(f"      {line}" for line in e["first"])
+    mpe, tpe, tte = r.messages_per_example, r.tokens_per_example, r.trained_tokens_per_example
+    out += [
+        f"examples missing a system message: {r.missing_system}",
+        f"examples missing a user message: {r.missing_user}",
+        f"messages per example: min {mpe.get('min', 0)}, mean {mpe.get('mean', 0)}, max {mpe.get('max', 0)}",
+        f"chat template: {r.chat_template}",
+        f"tokens per example: min {tpe['min']}, mean {tpe['mean']}, p95 {tpe['p95']}, max {tpe['max']}",
+        f"trained tokens per example: min {tte['min']}, mean {tte['mean']}, p95 {tte['p95']}, max {tte['max']}",
+        f"rows over max_seq_length ({r.max_seq_length}): {r.over_max_length} (truncated when training)",
+        f"rows with no trained token (dropped when training): {r.nothing_to_train}",
+    ]
+    if r.max_steps:
+        out.append(f"training tokens: {r.total_tokens:,} per pass over the data ({r.total_trained_tokens:,} trained); "
+                   f"train.max_steps = {r.max_steps} decides how many passes")
+    else:
+        epochs = r.epochs
+        out.append(f"training tokens: {r.total_tokens:,} per epoch x {epochs:g} epochs = "
+                   f"{int(r.total_tokens * epochs):,} ({int(r.total_trained_tokens * epochs):,} trained)")
+    if r.preview:
+        legend = "trained tokens in green" if color else "trained tokens inside [[ ]]"
+        out.append(f"masking preview ({r.preview_row}; {legend}):")
+        if color:
+            body = "".join(f"\033[32m{t}\033[0m" if trained else f"\033[2m{t}\033[0m" for t, trained in r.preview)
+        else:
+            body = "".join(f"[[{t}]]" if trained else t for t, trained in r.preview)
+        out.extend("  " + line for line in body.splitlines())
+    return "\n".join(out)

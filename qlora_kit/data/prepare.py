@@ -1,0 +1,125 @@
+"""The data stage: rows -> validated examples -> train/eval splits -> token ids + labels (truncated, packed).
+
+`load_examples` is pure Python (no tokenizer): `train` calls it before importing Unsloth so a broken row fails in
+a second, not after loading a model. `encode_split` needs the tokenizer.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from qlora_kit.data.encode import Encoded, encode_example, pack, truncate
+from qlora_kit.data.formats import Example, Format, RowProblem, convert_row, detect_format, get_format
+from qlora_kit.data.sources import Rows, read_rows
+from qlora_kit.errors import DataError
+from qlora_kit.recipe.schema import DataSection
+
+
+@dataclass
+class Problem:
+    where: str
+    kind: str
+    detail: str
+
+
+@dataclass
+class Examples:
+    origin: str
+    format: Format
+    detected: bool
+    items: list[tuple[str, Example]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    total_rows: int = 0
+
+
+def convert_rows(rows: Rows, format_name: str) -> Examples:
+    """Convert every row, collecting problems (never stopping at the first)."""
+    first = next((r for r in rows.rows if r.problem is None), None)
+    if first is None:
+        fmt, detected = (get_format(format_name) if format_name != "auto" else None), False
+        if fmt is None:
+            raise DataError(f"{rows.origin}: no row could be parsed (first problem: {rows.rows[0].where}: "
+                            f"{rows.rows[0].problem})")
+    elif format_name == "auto":
+        fmt, detected = detect_format(first.value, first.where), True
+    else:
+        fmt, detected = get_format(format_name), False
+    out = Examples(rows.origin, fmt, detected, total_rows=len(rows.rows))
+    for row in rows.rows:
+        if row.problem is not None:
+            out.problems.append(Problem(row.where, "bad_json", row.problem))
+            continue
+        try:
+            out.items.append((row.where, convert_row(fmt, row.value)))
+        except RowProblem as p:
+            out.problems.append(Problem(row.where, p.kind, p.detail))
+    return out
+
+
+def add_system_prompt(example: Example, system_prompt: str | None) -> Example:
+    if not system_prompt or example.messages is None or example.messages[0]["role"] == "system":
+        return example
+    return Example(messages=[{"role": "system", "content": system_prompt}] + example.messages)
+
+
+def load_examples(cfg: DataSection, seed: int) -> tuple[list[tuple[str, Example]], list[tuple[str, Example]], str]:
+    """Read and validate rows; return (train, eval, format name). Raises DataError on the first bad row."""
+    train = _strict(convert_rows(read_rows(cfg.path, "data.path", cfg.split), cfg.format))
+    items = [(w, add_system_prompt(e, cfg.system_prompt)) for w, e in train.items]
+    random.Random(seed).shuffle(items)
+    if cfg.max_rows:
+        items = items[: cfg.max_rows]
+    if cfg.eval_path:
+        ev = _strict(convert_rows(read_rows(cfg.eval_path, "data.eval_path", cfg.split), cfg.format))
+        eval_items = [(w, add_system_prompt(e, cfg.system_prompt)) for w, e in ev.items]
+    elif cfg.eval_split > 0:
+        n_eval = max(1, round(len(items) * cfg.eval_split))
+        if n_eval >= len(items):
+            raise DataError(f"data.eval_split: {cfg.eval_split} leaves no training rows out of {len(items)}")
+        eval_items, items = items[:n_eval], items[n_eval:]
+    else:
+        eval_items = []
+    return items, eval_items, train.format.name
+
+
+def _strict(examples: Examples) -> Examples:
+    if examples.problems:
+        p = examples.problems[0]
+        more = f" (and {len(examples.problems) - 1} more; run `qlora-kit data check` to list them)" \
+            if len(examples.problems) > 1 else ""
+        raise DataError(f"{p.where}: {p.detail}{more}")
+    if not examples.items:
+        raise DataError(f"{examples.origin}: no rows")
+    return examples
+
+
+@dataclass
+class EncodedSplit:
+    rows: list[Encoded]
+    truncated: int = 0
+    dropped: int = 0  # rows left with no trained token (after truncation)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(e.input_ids) for e in self.rows)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(e.trained_tokens for e in self.rows)
+
+
+def encode_split(tokenizer, items: list[tuple[str, Example]], train_on: str, max_len: int,
+                 packing: bool = False) -> EncodedSplit:
+    out = EncodedSplit([])
+    for where, example in items:
+        enc = encode_example(tokenizer, example, train_on, where)
+        enc = truncate(enc, max_len)
+        out.truncated += enc.truncated
+        if enc.trained_tokens == 0:
+            out.dropped += 1
+            continue
+        out.rows.append(enc)
+    if packing:
+        out.rows = pack(out.rows, max_len)
+    return out

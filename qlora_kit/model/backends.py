@@ -1,0 +1,142 @@
+"""Training backends, in a registry: how a base model is loaded in 4-bit and given LoRA adapters.
+
+- `unsloth`: Unsloth's FastLanguageModel (its CUDA kernels are the point; on CPU it runs its CPU fallback).
+- `hf`: transformers + bitsandbytes + peft, nothing else: the benchmark baseline, and the fallback for
+  architectures Unsloth does not support.
+
+`import unsloth` patches transformers, TRL and peft globally, so it must come first and must never happen in a
+process that runs the `hf` baseline: `prepare()` is called before anything imports transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from qlora_kit.errors import UsageError
+from qlora_kit.recipe.schema import LoraSection, ModelSection
+
+# Module names never adapted by 'all-linear': the output head (and embeddings, which are not Linear anyway).
+EXCLUDED_LINEAR = {"lm_head", "embed_out", "output"}
+
+
+@dataclass
+class Runtime:
+    """Device-dependent choices, resolved from the recipe's "auto" values (see qlora_kit.train.auto)."""
+
+    device: str  # "cpu" | "cuda"
+    dtype: str  # "float32" | "bfloat16" | "float16"
+    gradient_checkpointing: bool
+    seed: int
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    prepare: Callable[[], None]
+    load: Callable[[str, ModelSection, LoraSection, Runtime], tuple]  # -> (peft model, tokenizer)
+    description: str
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> None:
+    if backend.name in BACKENDS:
+        raise ValueError(f"backend {backend.name!r} registered twice")
+    BACKENDS[backend.name] = backend
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise UsageError(f"model.backend: unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def linear_module_names(model) -> list[str]:
+    """Short names of every Linear-like module (including bitsandbytes Linear4bit) except the output head."""
+    import torch
+
+    names = set()
+    for full_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):  # bnb Linear4bit/Linear8bitLt subclass nn.Linear
+            short = full_name.rsplit(".", 1)[-1]
+            if short not in EXCLUDED_LINEAR:
+                names.add(short)
+    return sorted(names)
+
+
+def target_modules(model, lora: LoraSection) -> list[str]:
+    if lora.target_modules == "all-linear":
+        return linear_module_names(model)
+    present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [m for m in lora.target_modules if m not in present]
+    if missing:
+        raise UsageError(f"lora.target_modules: {', '.join(missing)} not found in the model; it has: "
+                         f"{', '.join(linear_module_names(model))} (or use 'all-linear')")
+    return list(lora.target_modules)
+
+
+# --- unsloth -------------------------------------------------------------------------------------------------
+
+def _prepare_unsloth() -> None:
+    try:
+        import unsloth  # noqa: F401  (must precede transformers/trl/peft: it patches them)
+    except ImportError as exc:
+        raise UsageError(f"model.backend: unsloth is not installed ({exc}); install it with `make install` (CPU) "
+                         "or `pip install 'qlora-kit[unsloth]'` (GPU), or set model.backend: hf") from None
+
+
+def _load_unsloth(path: str, cfg: ModelSection, lora: LoraSection, rt: Runtime):
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=path, max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit, dtype=rt.torch_dtype,
+        trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+        target_modules=target_modules(model, lora), use_rslora=lora.rslora, random_state=rt.seed,
+        use_gradient_checkpointing="unsloth" if rt.gradient_checkpointing else False,
+    )
+    return model, tokenizer
+
+
+# --- hf ------------------------------------------------------------------------------------------------------
+
+def _prepare_hf() -> None:
+    import transformers  # noqa: F401
+
+
+def _load_hf(path: str, cfg: ModelSection, lora: LoraSection, rt: Runtime):
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quant = None
+    if cfg.load_in_4bit:
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=rt.torch_dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=quant, dtype=rt.torch_dtype, device_map={"": rt.device},
+        trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    if cfg.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=rt.gradient_checkpointing)
+    elif rt.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    torch.manual_seed(rt.seed)  # LoRA A matrices are initialized randomly
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                        target_modules=target_modules(model, lora), use_rslora=lora.rslora, task_type="CAUSAL_LM")
+    return get_peft_model(model, config), tokenizer
+
+
+register(Backend("unsloth", _prepare_unsloth, _load_unsloth, "Unsloth FastLanguageModel (default)"))
+register(Backend("hf", _prepare_hf, _load_hf, "transformers + bitsandbytes + peft (baseline, fallback)"))

@@ -1,0 +1,145 @@
+"""Recipe loading: YAML file + `--set a.b=value` overrides -> validated `Recipe`, or every problem at once.
+
+Every problem line names the field path, the bad value and what is allowed; unknown keys get a did-you-mean.
+Nothing here imports torch or transformers: `validate` must stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from qlora_kit.errors import RecipeError, UsageError
+from qlora_kit.recipe.schema import Recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe. Raises RecipeError listing every problem."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    for item in overrides or []:
+        _apply_override(raw, item)
+    raw.setdefault("output", {})
+    if isinstance(raw["output"], dict) and raw["output"].get("name") is None:
+        # Default run name: the recipe's file name, so `train recipes/x.yaml` writes runs/x/.
+        raw["output"]["name"] = path.stem
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(str(path), [_describe(err, raw) for err in exc.errors()]) from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML, every default spelled out (what a run directory records)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UsageError(f"{path}: no such recipe file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{path}{where}", [f"malformed YAML: {problem}"]) from None
+    except UnicodeDecodeError:
+        raise RecipeError(str(path), ["not a UTF-8 text file"]) from None
+    if data is None:
+        raise RecipeError(str(path), ["the recipe is empty; it needs at least model.name and data.path"])
+    if not isinstance(data, dict):
+        raise RecipeError(str(path), [f"the top level must be a mapping of sections, not a {type(data).__name__}"])
+    return data
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    """`--set train.lr=1e-4`: the value is parsed as YAML, so numbers, booleans and lists keep their types."""
+    key, sep, value = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UsageError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=1e-4")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UsageError(f"--set {item!r}: {part} is not a section")
+        node = child
+    node[parts[-1]] = parsed
+
+
+def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+    field = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = _did_you_mean(loc[-1], allowed)
+        return f"{field}: unknown key{hint}; allowed here: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"{field}: required but missing ({_description(loc)})"
+    value = err.get("input")
+    shown = _short(value)
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", ""))
+        hint = _did_you_mean(str(value), choices)
+        return f"{field}: {shown} is not allowed; choose one of: {', '.join(choices)}{hint}"
+    msg = err["msg"]
+    msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
+    return f"{field}: {shown}: {msg[0].lower() + msg[1:]}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the union member it tried into the location ('literal['auto']', 'int'); users never wrote those.
+    return isinstance(part, str) and (part in ("int", "bool", "float", "str", "list[str]") or part.startswith(("literal[", "function-")))
+
+
+def _section_model(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Recipe
+    for part in loc:
+        field = model.model_fields.get(part) if model else None
+        ann = field.annotation if field else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    model = _section_model(loc)
+    return list(model.model_fields) if model else []
+
+
+def _description(loc: list[str]) -> str:
+    model = _section_model(loc[:-1])
+    field = model.model_fields.get(loc[-1]) if model else None
+    return (field.description or "see `qlora-kit schema`") if field else "see `qlora-kit schema`"
+
+
+# Spellings users bring from transformers/TRL/peft/Unsloth configs, mapped to ours.
+_SYNONYMS = {
+    "learning_rate": "lr", "lora_alpha": "alpha", "lora_dropout": "dropout", "rank": "r", "use_rslora": "rslora",
+    "num_train_epochs": "epochs", "num_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "optim": "optimizer", "lr_scheduler_type": "lr_scheduler",
+    "max_length": "max_seq_length", "model_name": "name", "model_name_or_path": "name", "output_dir": "dir",
+    "dataset": "path", "data_files": "path", "warmup": "warmup_ratio", "random_state": "seed",
+}
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    if _SYNONYMS.get(word) in choices:
+        return f" (did you mean '{_SYNONYMS[word]}'?)"
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

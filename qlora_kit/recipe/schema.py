@@ -1,0 +1,144 @@
+"""The typed recipe: one section per pipeline stage.
+
+A recipe is parsed once, at the edge (`qlora_kit.recipe.load`); every stage receives only its own section plus
+explicit inputs. Unknown keys are errors (never silently ignored). Fields whose best value depends on the device
+accept "auto"; `qlora_kit.train.auto` resolves them, and the resolved recipe is what a run directory records.
+Field descriptions feed `validate` messages and `qlora-kit schema`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Auto = Literal["auto"]
+
+BACKENDS = ("unsloth", "hf")
+DATA_FORMATS = ("auto", "openai", "sharegpt", "alpaca", "prompt_completion", "text")
+OPTIMIZERS = ("auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class Section(BaseModel):
+    # extra="forbid": a typo in a recipe must be an error with a did-you-mean, not a silently ignored key.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = Field(
+        description="Base model: a local directory, a Hugging Face Hub id, or a built-in model "
+        "('builtin:tiny-llama', created locally, no network)."
+    )
+    backend: Literal["unsloth", "hf"] = Field(
+        "unsloth",
+        description="'unsloth': Unsloth FastLanguageModel (fast CUDA kernels). 'hf': plain transformers + peft + "
+        "bitsandbytes, the benchmark baseline and the fallback for architectures Unsloth lacks.",
+    )
+    max_seq_length: int = Field(2048, gt=0, description="Longest training sequence in tokens; longer rows are truncated.")
+    load_in_4bit: bool = Field(True, description="Quantize the base model to 4-bit NF4 with double quantization (QLoRA).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Compute dtype. auto: bfloat16 on GPUs that support it, else float16; float32 on CPU."
+    )
+    trust_remote_code: bool = Field(False, description="Run model code shipped with a hub model. Off unless you trust it.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base model.")
+
+
+class DataSection(Section):
+    path: str = Field(
+        description="Training data: a local .jsonl/.json/.csv/.parquet file, 'hf:ORG/NAME' for a Hub dataset, or "
+        "'builtin:tiny-chat' (the small chat dataset shipped with qlora-kit)."
+    )
+    split: str = Field("train", description="Split to read from a Hub dataset.")
+    format: Literal["auto", "openai", "sharegpt", "alpaca", "prompt_completion", "text"] = Field(
+        "auto", description="Row format; auto detects it from the columns of the first row."
+    )
+    chat_template: str = Field(
+        "auto",
+        description="auto: the tokenizer's own chat template. Or a built-in one by name (chatml, llama-3, alpaca), "
+        "for tokenizers without a template or to override it.",
+    )
+    system_prompt: str | None = Field(None, description="System message added to conversations that have none.")
+    train_on: Literal["responses", "all"] = Field(
+        "responses", description="responses: loss on assistant tokens only. all: loss on every token."
+    )
+    eval_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of rows held out for evaluation (0: none).")
+    eval_path: str | None = Field(None, description="Separate evaluation file (same sources as path).")
+    packing: bool = Field(False, description="Concatenate short rows into max_seq_length blocks (faster on short rows).")
+    max_rows: int | None = Field(None, gt=0, description="Use at most this many rows (after shuffling with train.seed).")
+
+    @model_validator(mode="after")
+    def _one_eval_source(self) -> "DataSection":
+        if self.eval_split > 0 and self.eval_path:
+            raise ValueError("set data.eval_split or data.eval_path, not both")
+        return self
+
+
+class LoraSection(Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(16, gt=0, description="LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with rslora).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: Union[Literal["all-linear"], list[str]] = Field(
+        "all-linear",
+        description="Modules to adapt: 'all-linear' (every attention and MLP projection) or a list of module names.",
+    )
+    rslora: bool = Field(False, description="Rank-stabilized LoRA scaling (alpha/sqrt(r)).")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("must name at least one module, or be 'all-linear'")
+        return v
+
+
+class TrainSection(Section):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    lr: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
+    batch_size: Union[Auto, int] = Field("auto", description="Rows per device step. auto: 2 on GPU, 4 on CPU.")
+    grad_accum: Union[Auto, int] = Field(
+        "auto", description="Steps accumulated per optimizer step. auto: 4 on GPU, 1 on CPU."
+    )
+    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"] = Field(
+        "auto", description="auto: adamw_8bit (bitsandbytes) on GPU, adamw_torch on CPU."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    gradient_checkpointing: Union[Auto, bool] = Field(
+        "auto", description="Recompute activations to save memory. auto: on for GPU, off on CPU."
+    )
+    seed: int = Field(42, description="Seed for LoRA init, data order and dropout.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible, else cpu.")
+    logging_steps: int = Field(10, gt=0, description="Log loss every N optimizer steps.")
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (default: once at the end).")
+    save_steps: int = Field(100, gt=0, description="Write a resumable checkpoint every N steps.")
+    save_total_limit: int = Field(2, gt=0, description="Keep at most this many checkpoints.")
+
+    @field_validator("batch_size", "grad_accum")
+    @classmethod
+    def _positive(cls, v):
+        if v != "auto" and v <= 0:
+            raise ValueError("must be a positive integer or 'auto'")
+        return v
+
+
+class OutputSection(Section):
+    dir: str = Field("runs", description="Parent directory of run directories.")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run directory name (default: the recipe's file name)."
+    )
+
+
+class Recipe(Section):
+    model: ModelSection
+    data: DataSection
+    lora: LoraSection = Field(default_factory=LoraSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    output: OutputSection = Field(default_factory=OutputSection)

@@ -1,0 +1,1 @@
+"""The training stage: resolve device defaults, run TRL's SFTTrainer, keep the run directory truthful."""

@@ -1,0 +1,133 @@
+"""The run directory: `output.dir/<name>/`, self-describing and never lying about completion.
+
+    recipe.yaml     the resolved recipe (every default and "auto" spelled out)
+    run.json        status: running | interrupted | failed | complete (+ timings, versions, base model)
+    events.jsonl    one JSON object per line; schema below
+    checkpoints/    resumable trainer checkpoints (checkpoint-<step>/)
+    adapter/        final LoRA adapter: safetensors + adapter_config.json + tokenizer with its chat template
+    metrics.json    written only when the run completes
+
+Completion is written last, and every file that marks completion (adapter/, metrics.json, run.json) is written to
+a temporary name and renamed, so an interrupted or crashed run never looks complete.
+
+events.jsonl, schema version 1 (`"v": 1` on every line; later versions only add kinds and fields):
+    {"v": 1, "t": <unix time>, "event": <kind>, ...}
+    run_start   {backend, device, resumed_from (checkpoint dir or null)}
+    stage       {name, status: "start"|"end", seconds (on end)}
+    data        {train_rows, eval_rows, truncated, dropped, train_tokens, trained_tokens, format, chat_template}
+    step        {step, max_steps, loss, lr, grad_norm, tokens_per_s, epoch}
+    eval        {step, eval_loss}
+    checkpoint  {step, path}
+    run_end     {status, error (on failure)}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from qlora_kit.errors import UsageError
+
+EVENTS_SCHEMA_VERSION = 1
+STATUSES = ("running", "interrupted", "failed", "complete")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+class RunDir:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.recipe = self.root / "recipe.yaml"
+        self.status_file = self.root / "run.json"
+        self.events = self.root / "events.jsonl"
+        self.checkpoints = self.root / "checkpoints"
+        self.adapter = self.root / "adapter"
+        self.metrics = self.root / "metrics.json"
+
+    # --- state ---------------------------------------------------------------------------------------------
+    def read_status(self) -> dict:
+        try:
+            return json.loads(self.status_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    @property
+    def status(self) -> str | None:
+        return self.read_status().get("status")
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest checkpoint that was written completely (trainer_state.json is saved last)."""
+        if not self.checkpoints.is_dir():
+            return None
+        done = [p for p in self.checkpoints.glob("checkpoint-*")
+                if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdigit()]
+        return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+    def check_start(self, resume: bool, overwrite: bool) -> None:
+        """Decide, before any heavy work, whether this run may start here."""
+        exists = self.root.exists() and any(self.root.iterdir())
+        if resume:
+            if not exists:
+                raise UsageError(f"{self.root}: nothing to resume (no such run); drop --resume to start it")
+            if self.status == "complete":
+                raise UsageError(f"{self.root}: this run is already complete; nothing to resume")
+            if self.latest_checkpoint() is None:
+                raise UsageError(f"{self.root}: no complete checkpoint to resume from; rerun with --overwrite to "
+                                 "start again")
+            return
+        if exists and not overwrite:
+            status = self.status or "unknown"
+            raise UsageError(f"{self.root} already exists (status: {status}); use --resume to continue it, "
+                             "--overwrite to replace it, or --set output.name=NEW_NAME")
+
+    def start(self, recipe_yaml: str, resume: bool, overwrite: bool, info: dict) -> None:
+        if overwrite and not resume and self.root.exists():
+            shutil.rmtree(self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if resume:
+                saved = self.recipe.read_text(encoding="utf-8") if self.recipe.is_file() else None
+                if saved is not None and saved != recipe_yaml:
+                    raise UsageError(f"{self.root}: the recipe differs from the one this run started with "
+                                     f"({self.recipe}); resume with the same recipe and --set values, or start a "
+                                     "new run with --set output.name=NEW_NAME")
+            else:
+                atomic_write_text(self.recipe, recipe_yaml)
+            previous = self.read_status() if resume else {}
+            self.write_status("running", started=previous.get("started", time.time()), **info)
+        except OSError as exc:
+            raise UsageError(f"output.dir: cannot write {self.root}: {exc.strerror or exc}") from None
+
+    def write_status(self, status: str, **fields) -> None:
+        assert status in STATUSES, status
+        data = {**self.read_status(), **fields, "status": status, "updated": time.time()}
+        atomic_write_json(self.status_file, data)
+
+    def event(self, kind: str, **fields) -> None:
+        line = json.dumps({"v": EVENTS_SCHEMA_VERSION, "t": round(time.time(), 3), "event": kind, **fields})
+        with open(self.events, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    def read_events(self, kind: str | None = None) -> list[dict]:
+        if not self.events.is_file():
+            return []
+        rows = [json.loads(line) for line in self.events.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [r for r in rows if kind is None or r["event"] == kind]
+
+    def publish_dir(self, tmp: Path, final: Path) -> None:
+        """Move a fully written directory into place (replacing an older one)."""
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)

@@ -1,0 +1,202 @@
+"""`qlora-kit train`: recipe -> data -> 4-bit model + LoRA -> SFTTrainer -> adapter, in a truthful run directory.
+
+Order matters and is chosen so mistakes fail fast: recipe and paths (ms), run-directory state (ms), data rows
+(pure Python, ~0.1 s), and only then the backend import (`import unsloth` ~15 s) and the model load.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+from qlora_kit import __version__
+from qlora_kit.data.encode import apply_chat_template_choice
+from qlora_kit.data.prepare import encode_split, load_examples
+from qlora_kit.errors import EXIT_INTERRUPTED, DataError, QKError, StageError
+from qlora_kit.recipe import dump_recipe, load_recipe
+from qlora_kit.recipe.checks import check_paths
+from qlora_kit.train.rundir import RunDir, atomic_write_json
+
+
+def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrite: bool = False) -> int:
+    t0 = time.time()
+    recipe = load_recipe(recipe_path, overrides)
+    check_paths(recipe, recipe_path)
+    run = RunDir(Path(recipe.output.dir) / recipe.output.name)
+    run.check_start(resume, overwrite)
+    train_items, eval_items, fmt = load_examples(recipe.data, recipe.train.seed)
+
+    from qlora_kit.model.backends import get_backend
+
+    backend = get_backend(recipe.model.backend)
+    backend.prepare()  # before transformers is imported anywhere (Unsloth patches it)
+    _quiet_libraries()
+    from qlora_kit.model.resolve import resolve_model_path
+    from qlora_kit.train.auto import resolve
+
+    resolved, rt = resolve(recipe)
+    checkpoint = run.latest_checkpoint() if resume else None
+    run.start(dump_recipe(resolved), resume, overwrite, info=_run_info(resolved))
+    run.event("run_start", backend=resolved.model.backend, device=rt.device,
+              resumed_from=str(checkpoint) if checkpoint else None)
+    try:
+        return _train(run, resolved, rt, backend, resolve_model_path, train_items, eval_items, fmt, checkpoint, t0)
+    except KeyboardInterrupt:
+        run.write_status("interrupted")
+        run.event("run_end", status="interrupted")
+        raise
+    except QKError as exc:
+        _fail(run, str(exc))
+        raise
+    except Exception as exc:
+        _fail(run, f"{type(exc).__name__}: {exc}")
+        raise StageError(f"training failed: {type(exc).__name__}: {_first_line(exc)} (run dir: {run.root})") from exc
+
+
+def _train(run, recipe, rt, backend, resolve_model_path, train_items, eval_items, fmt, checkpoint, t0) -> int:
+    from qlora_kit.train.callbacks import EventsCallback, InterruptCallback, Progress
+    from qlora_kit.train.trainer import build_trainer
+
+    base_path = resolve_model_path(recipe.model.name)
+    run.write_status("running", base_model=base_path)
+    stage_t = _stage(run, "load_model")
+    model, tokenizer = backend.load(base_path, recipe.model, recipe.lora, rt)
+    _stage(run, "load_model", stage_t)
+
+    stage_t = _stage(run, "prepare_data")
+    template = apply_chat_template_choice(tokenizer, recipe.data.chat_template)
+    max_len, d = recipe.model.max_seq_length, recipe.data
+    train_split = encode_split(tokenizer, train_items, d.train_on, max_len, d.packing)
+    eval_split = encode_split(tokenizer, eval_items, d.train_on, max_len, False)
+    if not train_split.rows:
+        raise DataError(f"data.path: no token would be trained in any of {len(train_items)} rows (all masked or "
+                        "truncated away); run `qlora-kit data check` to see the masking")
+    run.event("data", format=fmt, chat_template=template, train_rows=len(train_split.rows),
+              eval_rows=len(eval_split.rows), truncated=train_split.truncated + eval_split.truncated,
+              dropped=train_split.dropped + eval_split.dropped, train_tokens=train_split.tokens,
+              trained_tokens=train_split.trained_tokens)
+    _stage(run, "prepare_data", stage_t)
+    print(f"data: {len(train_split.rows)} train / {len(eval_split.rows)} eval rows, {train_split.tokens:,} tokens "
+          f"({train_split.trained_tokens:,} trained), {train_split.truncated} truncated to {max_len}, "
+          f"{train_split.dropped} dropped (nothing to train); template: {template}", flush=True)
+
+    progress = Progress()
+    events, interrupt = EventsCallback(run, progress), InterruptCallback(progress)
+    trainer = build_trainer(recipe, rt, model, tokenizer, train_split.rows, eval_split.rows,
+                            str(run.checkpoints), [events, interrupt])
+    stage_t = _stage(run, "train")
+    interrupt.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        interrupt.uninstall()
+        progress.close()
+    if interrupt.requested:
+        run.write_status("interrupted", step=trainer.state.global_step)
+        run.event("run_end", status="interrupted")
+        print(f"interrupted at step {trainer.state.global_step}; checkpoint saved. Continue with: "
+              f"qlora-kit train {' '.join(sys.argv[2:]) if len(sys.argv) > 2 else 'RECIPE'} --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    train_seconds = _stage(run, "train", stage_t)
+
+    eval_loss = None
+    if eval_split.rows:
+        eval_loss = float(trainer.evaluate()["eval_loss"])
+        run.event("eval", step=trainer.state.global_step, eval_loss=eval_loss)
+
+    stage_t = _stage(run, "save_adapter")
+    tmp = run.root / ".adapter.tmp"
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    atomic_write_json(tmp / "qlora_kit.json", {"base_model": run.read_status().get("base_model"),
+                                               "backend": recipe.model.backend, "chat_template": template,
+                                               "qlora_kit_version": __version__})
+    run.publish_dir(tmp, run.adapter)
+    _stage(run, "save_adapter", stage_t)
+
+    metrics = _metrics(events, result, trainer, train_split, eval_loss, rt, train_seconds, time.time() - t0)
+    atomic_write_json(run.metrics, metrics)
+    run.write_status("complete", finished=time.time(), step=trainer.state.global_step)
+    run.event("run_end", status="complete")
+    print(f"done: {metrics['steps']} steps, loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}"
+          + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
+          + f"; adapter in {run.adapter}", flush=True)
+    return 0
+
+
+def _metrics(events, result, trainer, split, eval_loss, rt, train_seconds, wall) -> dict:
+    import torch
+
+    if rt.device == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(), "cuda_max_memory_allocated"
+    else:
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_peak_rss"  # KiB on Linux
+    steps = trainer.state.global_step
+    epochs = float(trainer.state.epoch or 0)
+    tokens_seen = getattr(trainer, "_total_train_tokens", None)
+    rates = events.tokens_per_s
+    return {
+        "steps": steps, "epochs": round(epochs, 4),
+        "first_loss": events.first_loss, "final_loss": events.last_loss,
+        "train_loss": float(result.training_loss), "eval_loss": eval_loss,
+        "train_rows": len(split.rows), "train_tokens_per_epoch": split.tokens,
+        "trained_tokens_per_epoch": split.trained_tokens,
+        "tokens_seen": int(tokens_seen) if tokens_seen else None,
+        "tokens_per_second": round(sum(rates) / len(rates), 1) if rates else None,
+        "peak_memory_bytes": int(peak), "peak_memory_kind": kind,
+        "train_seconds": round(train_seconds, 3), "wall_seconds": round(wall, 3),
+        "device": rt.device, "dtype": rt.dtype,
+    }
+
+
+def _stage(run: RunDir, name: str, started: float | None = None) -> float:
+    if started is None:
+        run.event("stage", name=name, status="start")
+        return time.time()
+    seconds = time.time() - started
+    run.event("stage", name=name, status="end", seconds=round(seconds, 3))
+    return seconds
+
+
+def _fail(run: RunDir, message: str) -> None:
+    try:
+        run.write_status("failed", error=message)
+        run.event("run_end", status="failed", error=message)
+    except OSError:
+        pass  # the run dir itself may be the problem; the error is reported either way
+
+
+def _run_info(recipe) -> dict:
+    import torch
+
+    info = {"qlora_kit_version": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "backend": recipe.model.backend, "device": recipe.train.device}
+    for name in ("transformers", "trl", "peft", "bitsandbytes", "unsloth"):
+        module = sys.modules.get(name)
+        if module is not None:
+            info[name] = getattr(module, "__version__", None)
+    if recipe.train.device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (deprecation notices, dataset progress bars) hides our own progress; --debug keeps it."""
+    if "--debug" in sys.argv:
+        return
+    import warnings
+
+    import datasets
+    import transformers
+
+    warnings.filterwarnings("ignore")
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+

@@ -1,0 +1,72 @@
+"""Build TRL's SFTTrainer from the resolved recipe. Data arrives already tokenized and masked (see data.encode),
+so TRL's own dataset preparation is skipped: what `data check` previews is exactly what trains."""
+
+from __future__ import annotations
+
+from qlora_kit.data.encode import Encoded
+from qlora_kit.model.backends import Runtime
+from qlora_kit.recipe.schema import Recipe
+
+
+def to_dataset(rows: list[Encoded]):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
+
+
+def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool):
+    from trl import SFTConfig
+
+    t = recipe.train
+    eval_every = has_eval and t.eval_steps is not None
+    return SFTConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
+        learning_rate=t.lr, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio
+        optim=t.optimizer, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if eval_every else "no", eval_steps=t.eval_steps if eval_every else None,
+        seed=t.seed, data_seed=t.seed,
+        bf16=rt.device == "cuda" and rt.dtype == "bfloat16", fp16=rt.device == "cuda" and rt.dtype == "float16",
+        use_cpu=rt.device == "cpu",
+        # Unsloth applies its own checkpointing in get_peft_model; for hf, prepare_model_for_kbit_training did.
+        gradient_checkpointing=False,
+        max_length=recipe.model.max_seq_length, packing=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+    )
+
+
+def build_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eval_rows, output_dir, callbacks):
+    from trl import SFTTrainer
+
+    cls = SFTTrainer
+    if recipe.model.backend == "hf" and rt.device == "cpu":
+        cls = _plain_loss_trainer()
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer = cls(
+        model=model, processing_class=tokenizer, args=sft_config(recipe, rt, output_dir, bool(eval_rows)),
+        train_dataset=to_dataset(train_rows), eval_dataset=to_dataset(eval_rows) if eval_rows else None,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; our Progress callback reports instead
+    return trainer
+
+
+def _plain_loss_trainer():
+    """TRL 1.15 computes the SFT loss through a Triton kernel (fused LM head) with no CPU path: on CPU tensors it
+    fails, with or without Triton installed. On CPU the hf backend therefore uses the model's own causal-LM loss
+    (what `transformers.Trainer` computes). Unsloth replaces the loss itself, so it needs no such change."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class PlainLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return PlainLossSFTTrainer
