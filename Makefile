@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/unsloth-cpu.t
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned, so nothing later pulls a multi-GB CUDA build to satisfy a range.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install $(CONSTRAINTS) torch
-	# Unsloth without its declared dependencies (see requirements/unsloth-cpu.txt for why).
+	# Unsloth without its declared dependencies (see requirements/unsloth-cpu.txt for why). pip then reports
+	# diffusers/torchvision/triton/xformers/torchao/cut_cross_entropy as missing: that is intended on CPU.
 	$(PIP) install $(CONSTRAINTS) --no-deps unsloth unsloth_zoo
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install $(CONSTRAINTS) -r requirements/unsloth-cpu.txt -e '.[test]'
 	touch $@

@@ -31,8 +31,10 @@ class RecipeError(UsageError):
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = problems
-        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
-        super().__init__(f"{source}: {count}: " + "; ".join(problems))
+        if len(problems) == 1:
+            super().__init__(f"{source}: {problems[0]}")
+        else:
+            super().__init__(f"{source}: {len(problems)} problems: " + "; ".join(problems))
 
 
 class DataError(UsageError):

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
+    if not debug:
+        quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except QKError as exc:
@@ -55,6 +57,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qlora-kit: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return EXIT_RUNTIME
+
+
+def quiet_libraries() -> None:
+    """Library chatter (deprecation warnings, weight loading/writing bars, bitsandbytes' note that the optional
+    `kernels` package is absent) buries our own progress and one-line errors; --debug keeps it. The libraries read
+    these variables when imported, which is why this runs before any command does."""
+    import logging
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def _report(exc: QKError, debug: bool) -> None:

@@ -50,12 +50,10 @@ def _first(report) -> str:
 
 
 def _load_tokenizer(recipe):
-    import transformers
     from transformers import AutoTokenizer
 
     from qlora_kit.model.resolve import resolve_model_path
 
-    transformers.logging.set_verbosity_error()
     m = recipe.model
     return AutoTokenizer.from_pretrained(resolve_model_path(m.name), trust_remote_code=m.trust_remote_code,
                                          revision=m.revision)

@@ -91,7 +91,7 @@ def get_format(name: str) -> Format:
 
 
 def convert_row(fmt: Format, row: object) -> Example:
-    if not isinstance(row, dict) or not row or all(v in (None, "", [], {}) for v in row.values()):
+    if not isinstance(row, dict) or not row or all(v is None or v == "" for v in row.values()):
         raise RowProblem("empty_row", "the row is empty" if isinstance(row, dict) or row is None
                          else f"a row must be an object, not a {type(row).__name__}")
     missing = [c for c in fmt.columns if c not in row]

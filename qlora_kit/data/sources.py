@@ -86,7 +86,7 @@ def _read_jsonl(path: Path, label: str) -> Rows:
                 continue  # blank lines are not rows (a trailing newline is common)
             where = f"{label}:{lineno}"
             try:
-                out.rows.append(Row(where, json.loads(line)))
+                out.rows.append(Row(where, json.loads(line.rstrip("\r\n"))))
             except json.JSONDecodeError as exc:
                 out.rows.append(Row(where, None, f"bad JSON ({exc.msg} at column {exc.colno})"))
     return out

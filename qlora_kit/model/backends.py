@@ -83,6 +83,20 @@ def target_modules(model, lora: LoraSection) -> list[str]:
     return list(lora.target_modules)
 
 
+def quantization_summary(model) -> dict:
+    """What the loaded base actually is (recorded in run.json): 4-bit layer count, quant type, double quant."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return {"linear4bit_modules": 0}
+    states = [m.weight.quant_state for m in model.modules() if isinstance(m, Linear4bit)]
+    return {
+        "linear4bit_modules": len(states),
+        "quant_type": sorted({s.quant_type for s in states if s is not None}),
+        "double_quant": sorted({bool(s.nested) for s in states if s is not None}),
+    }
+
+
 # --- unsloth -------------------------------------------------------------------------------------------------
 
 def _prepare_unsloth() -> None:

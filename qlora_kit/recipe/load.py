@@ -58,6 +58,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _apply_override(raw: dict[str, Any], item: str) -> None:
     """`--set train.lr=1e-4`: the value is parsed as YAML, so numbers, booleans and lists keep their types."""
     key, sep, value = item.partition("=")
@@ -67,6 +70,8 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
+    if isinstance(parsed, str) and _FLOAT.match(parsed):
+        parsed = float(parsed)  # PyYAML reads YAML 1.1, where "1e-4" (no dot) is a string
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:

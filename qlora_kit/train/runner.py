@@ -33,17 +33,19 @@ def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrit
 
     backend = get_backend(recipe.model.backend)
     backend.prepare()  # before transformers is imported anywhere (Unsloth patches it)
-    _quiet_libraries()
     from qlora_kit.model.resolve import resolve_model_path
     from qlora_kit.train.auto import resolve
 
     resolved, rt = resolve(recipe)
+    resolved.data.format = fmt  # record what auto-detection found
     checkpoint = run.latest_checkpoint() if resume else None
     run.start(dump_recipe(resolved), resume, overwrite, info=_run_info(resolved))
     run.event("run_start", backend=resolved.model.backend, device=rt.device,
               resumed_from=str(checkpoint) if checkpoint else None)
     try:
-        return _train(run, resolved, rt, backend, resolve_model_path, train_items, eval_items, fmt, checkpoint, t0)
+        hint = " ".join(["qlora-kit train", recipe_path, *(f"--set {o}" for o in overrides), "--resume"])
+        return _train(run, resolved, rt, backend, resolve_model_path, train_items, eval_items, fmt, checkpoint, t0,
+                      hint)
     except KeyboardInterrupt:
         run.write_status("interrupted")
         run.event("run_end", status="interrupted")
@@ -56,7 +58,9 @@ def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrit
         raise StageError(f"training failed: {type(exc).__name__}: {_first_line(exc)} (run dir: {run.root})") from exc
 
 
-def _train(run, recipe, rt, backend, resolve_model_path, train_items, eval_items, fmt, checkpoint, t0) -> int:
+def _train(run, recipe, rt, backend, resolve_model_path, train_items, eval_items, fmt, checkpoint, t0,
+           resume_hint) -> int:
+    from qlora_kit.model.backends import quantization_summary
     from qlora_kit.train.callbacks import EventsCallback, InterruptCallback, Progress
     from qlora_kit.train.trainer import build_trainer
 
@@ -64,6 +68,7 @@ def _train(run, recipe, rt, backend, resolve_model_path, train_items, eval_items
     run.write_status("running", base_model=base_path)
     stage_t = _stage(run, "load_model")
     model, tokenizer = backend.load(base_path, recipe.model, recipe.lora, rt)
+    run.write_status("running", quantization=quantization_summary(model))
     _stage(run, "load_model", stage_t)
 
     stage_t = _stage(run, "prepare_data")
@@ -97,8 +102,8 @@ def _train(run, recipe, rt, backend, resolve_model_path, train_items, eval_items
     if interrupt.requested:
         run.write_status("interrupted", step=trainer.state.global_step)
         run.event("run_end", status="interrupted")
-        print(f"interrupted at step {trainer.state.global_step}; checkpoint saved. Continue with: "
-              f"qlora-kit train {' '.join(sys.argv[2:]) if len(sys.argv) > 2 else 'RECIPE'} --resume", file=sys.stderr)
+        print(f"interrupted at step {trainer.state.global_step}; checkpoint saved. Continue with: {resume_hint}",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     train_seconds = _stage(run, "train", stage_t)
 
@@ -181,20 +186,6 @@ def _run_info(recipe) -> dict:
     if recipe.train.device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def _quiet_libraries() -> None:
-    """Library chatter (deprecation notices, dataset progress bars) hides our own progress; --debug keeps it."""
-    if "--debug" in sys.argv:
-        return
-    import warnings
-
-    import datasets
-    import transformers
-
-    warnings.filterwarnings("ignore")
-    transformers.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
 
 
 def _first_line(exc: BaseException) -> str:

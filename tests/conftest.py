@@ -1,0 +1,70 @@
+"""Shared test helpers.
+
+Integration tests run the real CLI in a subprocess: `import unsloth` patches transformers globally, so it must
+never happen inside the pytest process (unit tests here use plain transformers tokenizers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+# One cache for the whole session, so builtin:tiny-llama is built once; inherited by CLI subprocesses.
+os.environ.setdefault("QLORA_KIT_HOME", tempfile.mkdtemp(prefix="qlora-kit-test-home-"))
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qlora_kit", *args], cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
+
+
+def write_recipe(path: Path, **sections) -> Path:
+    """A tiny-model recipe; keyword arguments replace or extend its sections."""
+    recipe = {
+        "model": {"name": "builtin:tiny-llama", "max_seq_length": 128},
+        "data": {"path": "builtin:tiny-chat", "chat_template": "chatml"},
+        "lora": {"r": 16, "alpha": 32},
+        "train": {"max_steps": 30, "lr": 3e-3, "batch_size": 8, "logging_steps": 1, "save_steps": 1000},
+        "output": {"dir": str(path.parent / "runs")},
+    }
+    for name, values in sections.items():
+        recipe[name] = {**recipe.get(name, {}), **values}
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def read_events(run_dir: Path, kind: str | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in rows if kind is None or r["event"] == kind]
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """step -> loss; a resumed run's later lines win."""
+    return {e["step"]: e["loss"] for e in read_events(run_dir, "step")}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    from qlora_kit.model.builtin import materialize
+
+    return materialize("builtin:tiny-llama")
+
+
+@pytest.fixture()
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -1,0 +1,197 @@
+"""Every user error from the foundation issue, through the real `train` CLI: one line naming the file, field or row,
+exit code 2, no traceback, and no run directory left behind looking like a run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli, write_jsonl, write_recipe
+
+GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+
+
+def train_fails(tmp_path, recipe, expected: str, *extra: str):
+    result = run_cli("train", str(recipe), *extra)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"qlora-kit: error: {expected}"], result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    return result
+
+
+def test_malformed_yaml(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("model: {name: builtin:tiny-llama\ndata:\n  path: x\n")
+    result = run_cli("train", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"qlora-kit: error: {bad}:") and "malformed YAML" in result.stderr
+
+
+def test_mistyped_field(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", train={"max_step": 3})
+    train_fails(tmp_path, recipe, f"{recipe}: train.max_step: unknown key (did you mean 'max_steps'?); allowed here: "
+                "epochs, max_steps, lr, lr_scheduler, warmup_ratio, batch_size, grad_accum, optimizer, weight_decay, "
+                "max_grad_norm, gradient_checkpointing, seed, device, logging_steps, eval_steps, save_steps, "
+                "save_total_limit")
+
+
+@pytest.mark.parametrize("lr, shown", [("0", "0"), ("-1e-4", "-0.0001")])
+def test_zero_or_negative_lr(tmp_path, lr, shown):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    train_fails(tmp_path, recipe, f"{recipe}: train.lr: {shown}: input should be greater than 0",
+                "--set", f"train.lr={lr}")
+
+
+def test_missing_model_dir(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", model={"name": "./models/missing"})
+    train_fails(tmp_path, recipe, f"{recipe}: model.name: ./models/missing: no such directory (and not a Hub id "
+                "ORG/NAME or a built-in model: builtin:tiny-llama)")
+
+
+def test_model_dir_without_config(tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    recipe = write_recipe(tmp_path / "r.yaml", model={"name": str(tmp_path / "empty-model")})
+    train_fails(tmp_path, recipe, f"{recipe}: model.name: {tmp_path / 'empty-model'} has no config.json; expected a "
+                "Hugging Face model directory")
+
+
+def test_missing_dataset(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(tmp_path / "nope.jsonl")})
+    train_fails(tmp_path, recipe, f"{recipe}: data.path: {tmp_path / 'nope.jsonl'}: no such file")
+
+
+def test_empty_dataset(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(tmp_path / "empty.jsonl")})
+    train_fails(tmp_path, recipe, f"{recipe}: data.path: {tmp_path / 'empty.jsonl'}: the file is empty")
+
+
+def test_dataset_of_blank_lines(tmp_path):
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(tmp_path / "blank.jsonl")})
+    train_fails(tmp_path, recipe, f"data.path: {tmp_path / 'blank.jsonl'}: no rows")
+
+
+def test_broken_jsonl_line_names_the_line(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD, GOOD, '{"messages": [', GOOD, "not json"])
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(data)})
+    train_fails(tmp_path, recipe, f"{data}:3: bad JSON (Expecting value at column 15) (and 1 more; run `qlora-kit "
+                "data check` to list them)")
+
+
+def test_wrong_column_names(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}])
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(data)})
+    train_fails(tmp_path, recipe, f"{data}:1: cannot tell the data format from the columns (answer, question); "
+                "expected one of: messages (openai); conversations (sharegpt); instruction/output (alpaca); "
+                "prompt/completion (prompt_completion); text (text). Rename the columns or set data.format")
+
+
+def test_wrong_columns_for_a_forced_format(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(data), "format": "alpaca"})
+    train_fails(tmp_path, recipe, f"{data}:1: missing column(s) instruction, output for format alpaca (row has: "
+                "messages)")
+
+
+def test_unknown_format(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", data={"format": "chatml"})
+    train_fails(tmp_path, recipe, f"{recipe}: data.format: 'chatml' is not allowed; choose one of: auto, openai, "
+                "sharegpt, alpaca, prompt_completion, text")
+
+
+def test_dataset_with_no_assistant_turns(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "Hi"}]}] * 3)
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(data)})
+    train_fails(tmp_path, recipe, f"{data}:1: the conversation has no assistant message to train on (and 2 more; "
+                "run `qlora-kit data check` to list them)")
+
+
+def test_output_dir_not_writable(tmp_path):
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    recipe = write_recipe(tmp_path / "r.yaml", output={"dir": str(tmp_path / "blocker" / "runs")})
+    train_fails(tmp_path, recipe, f"{recipe}: output.dir: {tmp_path / 'blocker' / 'runs'}: {tmp_path / 'blocker'} is "
+                "a file, not a directory")
+
+
+def test_unknown_builtin_and_template(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", model={"name": "builtin:huge"}, data={"chat_template": "vicuna"})
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"qlora-kit: error: {recipe}: 2 problems:",
+        "  - model.name: unknown built-in model 'builtin:huge'; available: builtin:tiny-llama",
+        "  - data.chat_template: 'vicuna' is not a built-in template; choose auto (the tokenizer's) or one of: "
+        "chatml, llama-3, alpaca",
+    ]
+
+
+def test_resume_without_a_run(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    train_fails(tmp_path, recipe, f"{tmp_path / 'runs' / 'r'}: nothing to resume (no such run); drop --resume to "
+                "start it", "--resume")
+
+
+def test_cuda_requested_without_a_gpu(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    recipe = write_recipe(tmp_path / "r.yaml", model={"backend": "hf"}, train={"device": "cuda"})
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == ("qlora-kit: error: train.device: cuda was asked for but no CUDA "
+                                                      "GPU is visible; use train.device: auto or cpu")
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(tmp_path / "nope.jsonl")})
+    result = run_cli("train", str(recipe), "--debug")
+    assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def test_data_check_reports_every_problem_kind_with_rows(tmp_path):
+    rows = [GOOD, "{bad", {}, {"messages": [{"role": "robot", "content": "x"}]},
+            {"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]},
+            {"messages": [{"role": "user", "content": "only a question"}]}, GOOD, {"messages": []}]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(data)})
+    result = run_cli("data", "check", str(recipe))
+    assert result.returncode == 2
+    out = result.stdout
+    assert "rows: 8 read, 2 valid, 6 with problems" in out
+    for line in (f"  bad JSON line (bad_json): 1", f"      {data}:2: bad JSON (Expecting property name enclosed in "
+                 "double quotes at column 2)", "  empty row (empty_row): 1", f"      {data}:3: the row is empty",
+                 "  unknown role (unknown_role): 1", "  missing content (missing_content): 1",
+                 "  no assistant turn (no_assistant_turn): 1", "  no messages (no_messages): 1"):
+        assert line in out.splitlines(), line
+    assert result.stderr.strip() == (f"qlora-kit: error: 6 row(s) with problems; training would stop at the first "
+                                     f"({data}:2: bad JSON (Expecting property name enclosed in double quotes at "
+                                     "column 2))")
+
+
+def test_data_check_on_good_data_shows_stats_and_the_mask(tmp_path):
+    result = run_cli("data", "check", str(write_recipe(tmp_path / "r.yaml", train={"epochs": 2, "max_steps": None})))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert "rows: 74 read, 74 valid, 0 with problems" in out
+    assert any(line.startswith("tokens per example: min ") and " p95 " in line for line in out)
+    assert "rows over max_seq_length (128): 0 (truncated when training)" in out
+    assert any(line.startswith("training tokens: ") and " per epoch x 2 epochs = " in line for line in out)
+    preview = result.stdout.split("masking preview", 1)[1]
+    assert "[[" in preview and "<|im_end|>" in preview
+
+
+def test_data_check_json_and_nothing_to_train(tmp_path):
+    # A 6-token limit keeps only the start of every prompt: nothing would be trained.
+    recipe = write_recipe(tmp_path / "r.yaml", model={"max_seq_length": 6})
+    result = run_cli("data", "check", str(recipe), "--json")
+    assert result.returncode == 2
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and report["total_trained_tokens"] == 0 and report["over_max_length"] == 74
+    assert result.stderr.strip() == ("qlora-kit: error: no token would be trained: every row is masked out or truncated "
+                                     "away (check data.train_on, the chat template, and model.max_seq_length)")

@@ -1,0 +1,189 @@
+"""Training through the real CLI on the tiny built-in model (CPU): Unsloth and the hf baseline, the run directory,
+interrupt + resume equality, and refusing to clobber runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT, read_events, run_cli, step_losses, write_recipe
+
+pytestmark = pytest.mark.slow
+
+LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The shipped demo recipe, exactly as `make demo` runs it, with the output under a temp dir."""
+    out = tmp_path_factory.mktemp("demo")
+    result = run_cli("train", "recipes/tiny-demo.yaml", "--set", f"output.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "tiny-demo", result
+
+
+def test_demo_trains_and_halves_the_loss(demo_run):
+    run_dir, result = demo_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 300
+    assert metrics["final_loss"] <= 0.5 * metrics["first_loss"], metrics
+    assert metrics["eval_loss"] < metrics["first_loss"]
+    assert metrics["tokens_per_second"] > 0 and metrics["peak_memory_bytes"] > 100 * 2**20
+    assert metrics["peak_memory_kind"] == "cpu_peak_rss"
+    # Not a terminal: plain progress lines on stdout.
+    assert "step 10/300  loss " in result.stdout and " tok/s " in result.stdout and " eta " in result.stdout
+
+
+def test_demo_run_directory_is_complete_and_self_describing(demo_run):
+    run_dir, _ = demo_run
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "complete" and status["backend"] == "unsloth" and status["device"] == "cpu"
+    assert status["quantization"] == {"linear4bit_modules": 14, "quant_type": ["nf4"], "double_quant": [True]}
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    # Every device-dependent "auto" is resolved in the saved recipe, and so is the detected data format.
+    assert {k: recipe["train"][k] for k in ("batch_size", "grad_accum", "optimizer", "gradient_checkpointing",
+                                            "device")} == {"batch_size": 8, "grad_accum": 1, "optimizer": "adamw_torch",
+                                                           "gradient_checkpointing": False, "device": "cpu"}
+    assert recipe["model"]["dtype"] == "float32" and recipe["data"]["format"] == "openai"
+    adapter = run_dir / "adapter"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja",
+                 "qlora_kit.json"):
+        assert (adapter / name).is_file(), name
+    assert not list(adapter.glob("*.bin")), "safetensors only"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == LINEAR and config["r"] == 16 and config["lora_alpha"] == 32
+    assert "<|im_start|>" in (adapter / "chat_template.jinja").read_text()
+    assert (run_dir / "checkpoints" / "checkpoint-300").is_dir()
+
+
+def test_demo_events_follow_schema_v1(demo_run):
+    run_dir, _ = demo_run
+    events = read_events(run_dir)
+    assert all(e["v"] == 1 and isinstance(e["t"], float) for e in events)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end" and events[-1]["status"] == "complete"
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    assert steps == [1] + list(range(10, 301, 10))
+    data = read_events(run_dir, "data")[0]
+    assert data["train_rows"] + data["eval_rows"] == 74 and data["chat_template"] == "chatml"
+    assert [e["step"] for e in read_events(run_dir, "checkpoint")] == [100, 200, 300]
+    stages = [(e["name"], e["status"]) for e in read_events(run_dir, "stage")]
+    assert stages == [(s, p) for s in ("load_model", "prepare_data", "train", "save_adapter") for p in ("start", "end")]
+
+
+def test_existing_run_is_not_clobbered(demo_run, tmp_path):
+    run_dir, _ = demo_run
+    args = ("recipes/tiny-demo.yaml", "--set", f"output.dir={run_dir.parent}")
+    result = run_cli("train", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"qlora-kit: error: {run_dir} already exists (status: complete); use --resume to "
+                                     "continue it, --overwrite to replace it, or --set output.name=NEW_NAME")
+    result = run_cli("train", *args, "--resume")
+    assert result.returncode == 2
+    assert f"{run_dir}: this run is already complete; nothing to resume" in result.stderr
+
+
+def test_hf_baseline_matches_unsloth_at_the_first_step(demo_run, tmp_path):
+    """Same seed, same data, same NF4 weights: the first loss (before any update) must agree across backends."""
+    run_dir, _ = demo_run
+    recipe = write_recipe(tmp_path / "hf.yaml", model={"backend": "hf"},
+                          train={"max_steps": 40, "lr": 3e-3, "logging_steps": 10, "batch_size": 8},
+                          data={"eval_split": 0.1})
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    hf = json.loads((tmp_path / "runs" / "hf" / "metrics.json").read_text())
+    unsloth = json.loads((run_dir / "metrics.json").read_text())
+    assert hf["first_loss"] == pytest.approx(unsloth["first_loss"], abs=1e-3)
+    assert hf["final_loss"] < 0.8 * hf["first_loss"]
+    status = json.loads((tmp_path / "runs" / "hf" / "run.json").read_text())
+    assert status["backend"] == "hf" and "unsloth" not in status, "the baseline process must not import unsloth"
+    assert status["quantization"]["double_quant"] == [True]
+
+
+def _train_until_interrupted(recipe, run_dir, after_step: int) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen([sys.executable, "-m", "qlora_kit", "train", str(recipe)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "events.jsonl").is_file() and any(e["step"] >= after_step for e in read_events(run_dir, "step")):
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path):
+    common = {"train": {"max_steps": 120, "logging_steps": 1, "save_steps": 1000, "lr": 3e-3},
+              "lora": {"dropout": 0.1}}  # dropout: resume must restore the RNG state too
+    straight = write_recipe(tmp_path / "straight.yaml", **common)
+    assert run_cli("train", str(straight)).returncode == 0
+    reference = step_losses(tmp_path / "runs" / "straight")
+
+    recipe = write_recipe(tmp_path / "resumed.yaml", **common)
+    run_dir = tmp_path / "runs" / "resumed"
+    first = _train_until_interrupted(recipe, run_dir, after_step=3)
+    assert first.returncode == 130, first.stderr[-2000:]
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "interrupted" and 3 <= status["step"] < 120
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "adapter").exists()
+    stopped = status["step"]
+
+    second = run_cli("train", str(recipe), "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    resumed_from = read_events(run_dir, "run_start")[-1]["resumed_from"]
+    assert resumed_from.endswith(f"checkpoint-{stopped}")
+    losses = step_losses(run_dir)
+    assert sorted(losses) == sorted(reference) == list(range(1, 121))
+    for step in reference:
+        assert losses[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step  # float noise only
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 120
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", train={"max_steps": 2, "save_steps": 1})
+    assert run_cli("train", str(recipe)).returncode == 0
+    run_dir = tmp_path / "runs" / "r"
+    status = json.loads((run_dir / "run.json").read_text())
+    status["status"] = "interrupted"  # pretend it stopped after its checkpoint
+    (run_dir / "run.json").write_text(json.dumps(status))
+    result = run_cli("train", str(recipe), "--resume", "--set", "train.lr=0.01")
+    assert result.returncode == 2
+    assert "the recipe differs from the one this run started with" in result.stderr
+
+
+def test_failure_during_the_run_is_marked_failed_not_complete(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", lora={"target_modules": ["q_proj", "qkv_proj"]})
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "qlora-kit: error: lora.target_modules: qkv_proj not found in the model; it has: " + ", ".join(LINEAR)
+        + " (or use 'all-linear')")
+    assert "Traceback" not in result.stderr
+    run_dir = tmp_path / "runs" / "r"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert not (run_dir / "adapter").exists() and not (run_dir / "metrics.json").exists()
+    assert read_events(run_dir)[-1]["event"] == "run_end" and read_events(run_dir)[-1]["status"] == "failed"
+
+
+def test_packing_and_rslora_train(tmp_path):
+    recipe = write_recipe(tmp_path / "p.yaml", data={"packing": True}, lora={"rslora": True},
+                          train={"max_steps": 20, "logging_steps": 5})
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "p"
+    data = read_events(run_dir, "data")[0]
+    assert data["train_rows"] == -(-data["train_tokens"] // 128)  # full 128-token blocks, the last one partial
+    assert json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["use_rslora"] is True
+    losses = step_losses(run_dir)
+    assert losses[20] < losses[1]
