@@ -195,3 +195,13 @@ def test_data_check_json_and_nothing_to_train(tmp_path):
     assert report["ok"] is False and report["total_trained_tokens"] == 0 and report["over_max_length"] == 74
     assert result.stderr.strip() == ("qlora-kit: error: no token would be trained: every row is masked out or truncated "
                                      "away (check data.train_on, the chat template, and model.max_seq_length)")
+
+
+def test_hub_dataset_that_cannot_be_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here; the message must still be one clear line
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": "hf:someone/does-not-exist"})
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("qlora-kit: error: data.path: cannot load Hub dataset "
+                                            "'someone/does-not-exist' split 'train': ")
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()

@@ -187,3 +187,19 @@ def test_packing_and_rslora_train(tmp_path):
     assert json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["use_rslora"] is True
     losses = step_losses(run_dir)
     assert losses[20] < losses[1]
+
+
+def test_gradient_checkpointing_and_an_eval_file(tmp_path):
+    from conftest import write_jsonl
+
+    rows = [json.loads(line) for line in (ROOT / "qlora_kit/assets/tiny_chat.jsonl").read_text().splitlines()[:12]]
+    eval_file = write_jsonl(tmp_path / "eval.jsonl", rows)
+    recipe = write_recipe(tmp_path / "gc.yaml", data={"eval_path": str(eval_file)},
+                          train={"max_steps": 10, "logging_steps": 5, "gradient_checkpointing": True})
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "gc"
+    assert read_events(run_dir, "data")[0]["eval_rows"] == 12
+    assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["gradient_checkpointing"] is True
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["eval_loss"] < metrics["first_loss"]

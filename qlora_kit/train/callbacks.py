@@ -34,12 +34,12 @@ class EventsCallback(TrainerCallback):
             return
         if "loss" not in logs:
             return
-        now, tokens = time.time(), logs.get("num_tokens")
+        now, tokens = time.time(), state.num_input_tokens_seen
         rate = None
-        if tokens is not None and self._last is not None and tokens > self._last[1] and now > self._last[0]:
+        if self._last is not None and tokens > self._last[1] and now > self._last[0]:
             rate = (tokens - self._last[1]) / (now - self._last[0])
             self.tokens_per_s.append(rate)
-        self._last = (now, tokens) if tokens is not None else None
+        self._last = (now, tokens)
         loss = float(logs["loss"])
         self.first_loss = loss if self.first_loss is None else self.first_loss
         self.last_loss = loss

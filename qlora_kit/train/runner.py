@@ -141,7 +141,7 @@ def _metrics(events, result, trainer, split, eval_loss, rt, train_seconds, wall)
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_peak_rss"  # KiB on Linux
     steps = trainer.state.global_step
     epochs = float(trainer.state.epoch or 0)
-    tokens_seen = getattr(trainer, "_total_train_tokens", None)
+    tokens_seen = trainer.state.num_input_tokens_seen
     rates = events.tokens_per_s
     return {
         "steps": steps, "epochs": round(epochs, 4),

@@ -37,6 +37,9 @@ def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool):
         max_length=recipe.model.max_seq_length, packing=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        # Counted by the Trainer for every backend alike (TRL's own count lives in its loss, which the CPU hf
+        # path replaces), so tokens/s compare fairly; padding excluded.
+        include_num_input_tokens_seen="non_padding",
     )
 
 
