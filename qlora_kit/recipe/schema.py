@@ -129,6 +129,25 @@ class TrainSection(Section):
         return v
 
 
+class MergeSection(Section):
+    enabled: bool = Field(False, description="Merge the adapter into 16-bit weights (RUN_DIR/merged/) when training ends.")
+    base: Literal["dequantized", "original"] = Field(
+        "dequantized", description="dequantized: the NF4 weights the adapter was trained against (reproduces the "
+        "trained model); original: the 16-bit weights the run started from.")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Output dtype; auto: the base checkpoint's.")
+    max_shard_size: str = Field("2GB", description="Largest safetensors shard, e.g. 500MB, 2GB.")
+    verify: bool = Field(True, description="Check the merged model against the trained adapter (merge_report.json).")
+    samples: int = Field(8, gt=0, description="Held-out rows used by the fidelity check.")
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _size(cls, v):
+        from qlora_kit.sizes import parse_size
+
+        parse_size(v)
+        return v
+
+
 class OutputSection(Section):
     dir: str = Field("runs", description="Parent directory of run directories.")
     name: str | None = Field(
@@ -141,4 +160,5 @@ class Recipe(Section):
     data: DataSection
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    merge: MergeSection = Field(default_factory=MergeSection)
     output: OutputSection = Field(default_factory=OutputSection)

@@ -13,7 +13,7 @@ a temporary name and renamed, so an interrupted or crashed run never looks compl
 events.jsonl, schema version 1 (`"v": 1` on every line; later versions only add kinds and fields):
     {"v": 1, "t": <unix time>, "event": <kind>, ...}
     run_start   {backend, device, resumed_from (checkpoint dir or null)}
-    stage       {name, status: "start"|"end", seconds (on end)}
+    stage       {name, status: "start"|"end"|"failed", seconds (on end), exit_code (on failure)}
     data        {train_rows, eval_rows, truncated, dropped, train_tokens, trained_tokens, format, chat_template}
     step        {step, max_steps, loss, lr, grad_norm, tokens_per_s, epoch}
     eval        {step, eval_loss}

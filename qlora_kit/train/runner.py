@@ -129,6 +129,30 @@ def _train(run, recipe, rt, backend, resolve_model_path, train_items, eval_items
     print(f"done: {metrics['steps']} steps, loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}"
           + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
           + f"; adapter in {run.adapter}", flush=True)
+    return run_later_stages(run, recipe)
+
+
+def run_later_stages(run: RunDir, recipe) -> int:
+    """Stages after training run as `qlora-kit` subprocesses: this process has imported Unsloth, which patches
+    transformers, and merge/export must see plain transformers (the same code path as running them by hand)."""
+    import subprocess
+
+    stages = []
+    if recipe.merge.enabled:
+        m = recipe.merge
+        stages.append(("merge", ["merge", str(run.root), "--base", m.base, "--dtype", m.dtype, "--max-shard-size",
+                                 m.max_shard_size, "--samples", str(m.samples), "--overwrite"]
+                       + ([] if m.verify else ["--no-verify"])))
+    for name, args in stages:
+        started = _stage(run, name)
+        code = subprocess.call([sys.executable, "-m", "qlora_kit", *args, *(["--debug"] if "--debug" in sys.argv
+                                                                          else [])])
+        if code != 0:
+            run.event("stage", name=name, status="failed", exit_code=code)
+            print(f"training is complete (adapter saved); the {name} stage failed. Rerun it with: "
+                  f"qlora-kit {' '.join(args)}", file=sys.stderr)
+            return code
+        _stage(run, name, started)
     return 0
 
 

@@ -1,0 +1,116 @@
+"""Read a base checkpoint tensor by tensor from memory-mapped safetensors (never the whole model at once).
+
+Also reads bitsandbytes pre-quantized 4-bit checkpoints (e.g. '...-bnb-4bit' repos): each quantized weight is
+stored packed beside its quant state ('.absmax', '.quant_map', '.nested_*', '.quant_state.bitsandbytes__nf4');
+`get` returns it dequantized and the auxiliary tensors are hidden from `names()`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from qlora_kit.errors import UsageError
+
+QUANT_AUX = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", ".quant_state.bitsandbytes__nf4",
+             ".quant_state.bitsandbytes__fp4")
+ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+             "BOOL": torch.bool}
+
+
+def nf4_roundtrip(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The weight exactly as a 4-bit NF4 (double-quant, blocksize 64) model loaded in `dtype` holds it.
+
+    transformers casts the checkpoint tensor to the load dtype and quantizes it with these settings; quantizing
+    the same tensor the same way is deterministic, so this is bit-identical to what training ran against
+    (checked by tests/test_merge.py).
+    """
+    from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+
+    packed, state = quantize_4bit(weight.to(dtype), blocksize=64, compress_statistics=True, quant_type="nf4",
+                                  quant_storage=torch.uint8)
+    return dequantize_4bit(packed, state)
+
+
+class Checkpoint:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        config_file = self.path / "config.json"
+        if not config_file.is_file():
+            raise UsageError(f"{self.path}: no config.json; not a Hugging Face model directory")
+        self.config = json.loads(config_file.read_text())
+        self.files = self._files()
+        self._where: dict[str, Path] = {}
+        self._order: list[str] = []
+        for file in self.files:
+            with safe_open(file, "pt") as fh:
+                for name in fh.keys():
+                    self._where[name] = file
+                    self._order.append(name)
+        self._handles: dict[Path, object] = {}
+        qc = self.config.get("quantization_config") or {}
+        self.prequantized = qc.get("quant_method") == "bitsandbytes" and bool(qc.get("load_in_4bit"))
+        if qc and not self.prequantized:
+            raise UsageError(f"{self.path}: quantized with {qc.get('quant_method')!r} "
+                             f"({'8-bit' if qc.get('load_in_8bit') else 'unknown format'}); only 16/32-bit and "
+                             "bitsandbytes 4-bit checkpoints can be merged")
+
+    def _files(self) -> list[Path]:
+        index = self.path / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return [self.path / f for f in dict.fromkeys(weight_map.values())]
+        files = sorted(self.path.glob("*.safetensors"))
+        if not files:
+            found = ", ".join(sorted(p.name for p in self.path.iterdir())[:8])
+            raise UsageError(f"{self.path}: no .safetensors weights (found: {found}); qlora-kit reads safetensors "
+                             "only")
+        return files
+
+    def _handle(self, file: Path):
+        if file not in self._handles:
+            self._handles[file] = safe_open(file, "pt")
+        return self._handles[file]
+
+    def names(self) -> list[str]:
+        return [n for n in self._order if not n.endswith(QUANT_AUX)]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where and not name.endswith(QUANT_AUX)
+
+    def is_quantized(self, name: str) -> bool:
+        return self.prequantized and any(f"{name}{s}" in self._where for s in (".absmax", ".quant_map"))
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if self.is_quantized(name):
+            return tuple(self._quant_state(name).shape)
+        return tuple(self._handle(self._where[name]).get_slice(name).get_shape())
+
+    def dtype(self, name: str) -> torch.dtype:
+        if self.is_quantized(name):
+            return self._quant_state(name).dtype
+        return ST_DTYPES[self._handle(self._where[name]).get_slice(name).get_dtype()]
+
+    def get(self, name: str) -> torch.Tensor:
+        packed = self._handle(self._where[name]).get_tensor(name)
+        if not self.is_quantized(name):
+            return packed
+        from bitsandbytes.functional import dequantize_4bit
+
+        return dequantize_4bit(packed, self._quant_state(name))
+
+    def _quant_state(self, name: str):
+        from bitsandbytes.functional import QuantState
+
+        parts = {}
+        for key in self._where:
+            if key.startswith(name + ".") and key.endswith(QUANT_AUX):
+                parts[key[len(name) + 1:]] = self._handle(self._where[key]).get_tensor(key)
+        return QuantState.from_dict(parts, device=torch.device("cpu"))
+
+    def close(self) -> None:
+        self._handles.clear()

@@ -1,0 +1,152 @@
+"""`qlora-kit merge`: LoRA adapter + base checkpoint -> a plain 16/32-bit model in RUN_DIR/merged/.
+
+Two merge bases:
+  dequantized (default)  dequant(NF4(W)) + s*B@A: the weights the adapter was actually trained against, so the
+                         merged model reproduces the model you trained and evaluated (the loss you saw).
+                         Every 4-bit layer gets the NF4 round trip, LoRA target or not.
+  original               W + s*B@A: the 16-bit weights the run started from. Closer to the unquantized base,
+                         but the adapter never saw them; the report shows how far that moves the outputs.
+Why dequantized by default: "the fine-tune got worse after merging" is mostly this mismatch.
+
+Streaming: tensors are read one at a time from memory-mapped safetensors, merged, and written straight into
+pre-planned shards; nothing is written to the final directory until everything (and the fidelity check) is done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qlora_kit.errors import QKError, StageError, UsageError
+from qlora_kit.merge.adapter import load_adapter
+from qlora_kit.merge.checkpoint import Checkpoint, nf4_roundtrip
+from qlora_kit.merge.writer import PlannedTensor, ShardWriter, plan_shards, write_index
+
+OUT_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+              "fp32": torch.float32, "float32": torch.float32}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+DISK_MARGIN = 1.05  # headroom for headers, config and the report
+
+
+@dataclass
+class MergeOptions:
+    base: str = "dequantized"  # or "original"
+    dtype: str = "auto"  # auto: the base checkpoint's own dtype
+    max_shard_bytes: int = 2 * 10**9
+    verify: bool = True
+    compare: bool = True  # also measure the other base in the report
+    samples: int = 8
+    allow_mismatch: bool = False
+
+
+def quantized_linear_names(config: dict) -> set[str]:
+    """Weights transformers stores in 4-bit when loading this architecture: every nn.Linear except the output
+    head. Found by building the model on the meta device (no memory, no weights)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if k != "quantization_config"})
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    head = model.get_output_embeddings()
+    return {f"{name}.weight" for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and m is not head}
+
+
+def merge_weights(ckpt: Checkpoint, adapter, out: Path, options: MergeOptions, train_dtype: torch.dtype,
+                  out_dtype: torch.dtype) -> dict:
+    """Write the merged tensors into `out` (an empty directory). Returns facts for the report."""
+    names = ckpt.names()
+    shapes = {n: ckpt.shape(n) for n in names}
+    adapter.check_fits(shapes)
+    quantized = quantized_linear_names(ckpt.config) if not ckpt.prequantized else set()
+    planned = [PlannedTensor(n, shapes[n], out_dtype if ckpt.dtype(n).is_floating_point else ckpt.dtype(n))
+               for n in names]
+    shards = plan_shards(planned, options.max_shard_bytes)
+    _check_disk(out, sum(s.nbytes for s in shards))
+    roundtripped = 0
+    for shard in shards:
+        writer = ShardWriter(out, shard)
+        for t in shard.tensors:
+            tensor = ckpt.get(t.name)
+            if options.base == "dequantized" and t.name in quantized:
+                tensor = nf4_roundtrip(tensor, train_dtype)
+                roundtripped += 1
+            if adapter.touches(t.name):
+                tensor = adapter.apply(t.name, tensor)
+            writer.write(t.name, tensor.to(t.dtype))
+        writer.close()
+    write_index(out, shards)
+    return {"tensors": len(names), "shards": len(shards), "bytes": sum(s.nbytes for s in shards),
+            "nf4_roundtripped": roundtripped, "lora_merged": len(adapter.linear) + len(adapter.embedding),
+            "replaced": len(adapter.full)}
+
+
+def write_model_files(ckpt: Checkpoint, adapter_dir: Path, out: Path, out_dtype: torch.dtype, adapter) -> None:
+    config = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
+    config["dtype"] = str(out_dtype).removeprefix("torch.")
+    config.pop("torch_dtype", None)
+    tied_changed = config.get("tie_word_embeddings") and any(
+        n.endswith(("embed_tokens.weight", "lm_head.weight")) for n in
+        [*adapter.linear, *adapter.embedding, *adapter.full])
+    if tied_changed:
+        # A trained embedding or head no longer equals its tied twin: llama.cpp/transformers must not re-tie them.
+        raise UsageError("the adapter changes a tied embedding/output head; merging it would untie them, which is "
+                         "not supported yet (train without embed_tokens/lm_head in lora.target_modules)")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in ("generation_config.json",):
+        if (ckpt.path / name).is_file():
+            shutil.copy2(ckpt.path / name, out / name)
+    for name in TOKENIZER_FILES:  # the tokenizer saved with the adapter carries the chat template used in training
+        source = adapter_dir / name if (adapter_dir / name).is_file() else ckpt.path / name
+        if source.is_file():
+            shutil.copy2(source, out / name)
+
+
+def resolve_out_dtype(name: str, ckpt: Checkpoint) -> torch.dtype:
+    if name != "auto":
+        return OUT_DTYPES[name]
+    if ckpt.prequantized:
+        return torch.bfloat16
+    floats = [ckpt.dtype(n) for n in ckpt.names() if ckpt.dtype(n).is_floating_point]
+    return max(set(floats), key=floats.count) if floats else torch.float32
+
+
+def _check_disk(out: Path, needed: int) -> None:
+    free = shutil.disk_usage(out).free
+    if free < needed * DISK_MARGIN:
+        raise StageError(f"not enough disk space at {out.parent}: the merged model needs {needed / 2**30:.2f} GiB, "
+                         f"{free / 2**30:.2f} GiB free; free some space or pass --out DIR on another disk")
+
+
+def publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not overwrite:
+            raise UsageError(f"{out} already exists; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def temp_dir_for(out: Path) -> Path:
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise UsageError(f"--out: cannot write {out.parent}: {exc.strerror or exc}") from None
+    return tmp
+
+
+def load_adapter_checked(adapter_dir: Path):
+    try:
+        return load_adapter(adapter_dir)
+    except QKError:
+        raise
+    except Exception as exc:  # a corrupt safetensors file, unreadable JSON
+        raise UsageError(f"{adapter_dir}: cannot read the adapter: {exc}") from None

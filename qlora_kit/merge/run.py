@@ -1,0 +1,150 @@
+"""Merge a finished run: RUN_DIR/adapter + the run's base model -> RUN_DIR/merged/ with merge_report.json.
+
+Runs without Unsloth (plain transformers + peft + bitsandbytes), so `train` calls it in a separate process.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from qlora_kit.errors import QKError, StageError, UsageError
+from qlora_kit.merge.checkpoint import Checkpoint
+from qlora_kit.merge.merge import (MergeOptions, load_adapter_checked, merge_weights, publish, resolve_out_dtype,
+                                   temp_dir_for, write_model_files)
+from qlora_kit.train.rundir import RunDir, atomic_write_json
+
+# Top-1 agreement below this means the merge is wrong (a missing scale, a transposed delta), not float noise.
+MIN_TOP1 = 0.95
+FALLBACK_TEXTS = ("The quick brown fox jumps over the lazy dog.", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10",
+                  "Hello! How can I help you today?")
+
+
+def merge_run(run_dir: str | Path, options: MergeOptions, out: str | Path | None = None,
+              overwrite: bool = False) -> Path:
+    run = RunDir(Path(run_dir))
+    if not run.root.is_dir():
+        raise UsageError(f"{run.root}: no such run directory")
+    status = run.read_status()
+    if status.get("status") != "complete":
+        raise UsageError(f"{run.root}: the run never finished (status: {status.get('status', 'unknown')}); merge "
+                         "needs a complete run; continue it with `qlora-kit train RECIPE --resume`")
+    from qlora_kit.recipe import load_recipe
+
+    recipe = load_recipe(run.recipe)
+    adapter = load_adapter_checked(run.adapter)
+    ckpt = Checkpoint(base_model_dir(status.get("base_model") or recipe.model.name, recipe.model.revision))
+    if ckpt.prequantized and options.base == "original":
+        raise UsageError(f"{ckpt.path} is a pre-quantized 4-bit checkpoint: there are no original 16-bit weights, "
+                         "so only --base dequantized is possible")
+    out = Path(out) if out else run.root / "merged"
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists; pass --overwrite to replace it")
+    train_dtype = getattr(torch, recipe.model.dtype)
+    out_dtype = resolve_out_dtype(options.dtype, ckpt)
+    tmp = temp_dir_for(out)
+    try:
+        t0 = time.time()
+        facts = merge_weights(ckpt, adapter, tmp, options, train_dtype, out_dtype)
+        write_model_files(ckpt, run.adapter, tmp, out_dtype, adapter)
+        report = {"run": str(run.root), "base_model": str(ckpt.path), "base": options.base,
+                  "dtype": str(out_dtype).removeprefix("torch."), "train_dtype": recipe.model.dtype,
+                  "prequantized_base": ckpt.prequantized, "scale": adapter.scale, **facts,
+                  "merge_seconds": round(time.time() - t0, 3)}
+        if options.verify:
+            report["fidelity"] = fidelity_report(recipe, run, ckpt, adapter, tmp, options, train_dtype, out_dtype)
+        atomic_write_json(tmp / "merge_report.json", report)
+        _enforce(report, options)
+        publish(tmp, out, overwrite)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (QKError, KeyboardInterrupt)):
+            raise
+        if isinstance(exc, OSError) and exc.errno == 28:
+            raise StageError(f"disk full while writing {out}; free space and run merge again") from None
+        raise
+    return out
+
+
+def base_model_dir(name: str, revision: str | None) -> str:
+    """A local directory for the run's base: the recorded path, or the Hub snapshot already in the local cache."""
+    if Path(name).is_dir():
+        return name
+    from huggingface_hub import snapshot_download
+
+    try:  # the run downloaded it already; merging never fetches anything by itself
+        return snapshot_download(name, revision=revision, local_files_only=True)
+    except Exception:
+        raise UsageError(f"base model {name!r} is neither a directory nor in the local Hugging Face cache; "
+                         f"download it (`hf download {name}`) and run merge again") from None
+
+
+def held_out_rows(recipe, tokenizer, n: int):
+    """The run's eval rows (same split and seed as training), else its first training rows, else fixed texts."""
+    from qlora_kit.data.encode import apply_chat_template_choice
+    from qlora_kit.data.formats import Example
+    from qlora_kit.data.prepare import encode_split, load_examples
+
+    try:
+        train_items, eval_items, _ = load_examples(recipe.data, recipe.train.seed)
+        source, items = ("eval split", eval_items) if eval_items else ("training rows", train_items)
+        apply_chat_template_choice(tokenizer, "auto")
+    except QKError:
+        source, items = "fixed texts (the run's data is no longer readable)", [
+            (f"text {i}", Example(text=t)) for i, t in enumerate(FALLBACK_TEXTS)]
+    split = encode_split(tokenizer, items[:n], recipe.data.train_on, recipe.model.max_seq_length)
+    return source, split.rows
+
+
+def fidelity_report(recipe, run, ckpt, adapter, merged_dir, options, train_dtype, out_dtype) -> dict:
+    from transformers import AutoTokenizer
+
+    from qlora_kit.merge import fidelity as fid
+
+    source, rows = held_out_rows(recipe, AutoTokenizer.from_pretrained(run.adapter), options.samples)
+    ref_model = fid.reference_model(str(ckpt.path), str(run.adapter), train_dtype, ckpt.prequantized)
+    reference = fid.logits_of(ref_model, rows)
+    del ref_model
+    result = {"samples": len(rows), "samples_from": source, "reference": "adapter on the 4-bit NF4 base (peft)"}
+    merged = fid.plain_model(str(merged_dir), out_dtype)
+    result[options.base] = fid.compare(reference, fid.logits_of(merged, rows), rows).as_dict()
+    del merged
+    other = "original" if options.base == "dequantized" else "dequantized"
+    if options.compare and not ckpt.prequantized:
+        scratch = merged_dir.parent / f".{merged_dir.name}-{other}"
+        scratch.mkdir(exist_ok=True)
+        try:
+            merge_weights(ckpt, adapter, scratch, MergeOptions(base=other, max_shard_bytes=options.max_shard_bytes),
+                       train_dtype, out_dtype)
+            (scratch / "config.json").write_text((merged_dir / "config.json").read_text())
+            model = fid.plain_model(str(scratch), out_dtype)
+            result[other] = fid.compare(reference, fid.logits_of(model, rows), rows).as_dict()
+            del model
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def _enforce(report: dict, options: MergeOptions) -> None:
+    fidelity = report.get("fidelity")
+    if not fidelity or options.allow_mismatch:
+        return
+    got = fidelity[options.base]
+    if got["top1_agreement"] < MIN_TOP1:
+        raise StageError(f"fidelity check failed: the merged model agrees with the trained adapter on only "
+                         f"{got['top1_agreement']:.1%} of next-token predictions (max |delta logit| "
+                         f"{got['max_abs_logit_diff']:.3g}); nothing was written. --allow-mismatch writes it anyway")
+
+
+def summary(report_path: Path) -> str:
+    report = json.loads(report_path.read_text())
+    fid = report.get("fidelity", {}).get(report["base"])
+    text = f"merged {report['tensors']} tensors into {report['shards']} shard(s), {report['dtype']}"
+    if fid:
+        text += (f"; vs the trained adapter: max |delta logit| {fid['max_abs_logit_diff']:.2e}, "
+                 f"top-1 {fid['top1_agreement']:.1%}, KL {fid['mean_kl']:.2e}")
+    return text
