@@ -125,3 +125,14 @@ def test_unknown_data_format_is_a_recipe_error(tmp_path):
     assert result.returncode == 2
     assert "data.format: 'jsonl' is not allowed; choose one of: auto, openai, sharegpt, alpaca, prompt_completion, " \
            "text" in result.stderr
+
+
+def test_merge_section_validates_sizes_and_choices(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", merge={"enabled": True, "max_shard_size": "lots", "base": "orig"})
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert info.value.problems == [
+        "merge.base: 'orig' is not allowed; choose one of: dequantized, original (did you mean 'original'?)",
+        "merge.max_shard_size: 'lots': 'lots' is not a size; use e.g. 500MB, 2GB or 1GiB",
+    ]
+    assert load_recipe(path, ["merge.max_shard_size=500MB", "merge.base=original"]).merge.base == "original"

@@ -68,14 +68,21 @@ def test_demo_events_follow_schema_v1(demo_run):
     events = read_events(run_dir)
     assert all(e["v"] == 1 and isinstance(e["t"], float) for e in events)
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "run_start" and kinds[-1] == "run_end" and events[-1]["status"] == "complete"
+    assert kinds[0] == "run_start" and kinds.count("run_end") == 1
+    assert read_events(run_dir, "run_end")[0]["status"] == "complete"
+    # Later stages (merge) run after training completed, each with its own stage events.
+    assert [(e["event"], e.get("name"), e.get("status")) for e in events[kinds.index("run_end"):]] == [
+        ("run_end", None, "complete"), ("stage", "merge", "start"), ("stage", "merge", "end")]
     steps = [e["step"] for e in events if e["event"] == "step"]
     assert steps == [1] + list(range(10, 301, 10))
     data = read_events(run_dir, "data")[0]
     assert data["train_rows"] + data["eval_rows"] == 74 and data["chat_template"] == "chatml"
     assert [e["step"] for e in read_events(run_dir, "checkpoint")] == [100, 200, 300]
     stages = [(e["name"], e["status"]) for e in read_events(run_dir, "stage")]
-    assert stages == [(s, p) for s in ("load_model", "prepare_data", "train", "save_adapter") for p in ("start", "end")]
+    assert stages == [(s, p) for s in ("load_model", "prepare_data", "train", "save_adapter", "merge")
+                      for p in ("start", "end")]
+    report = json.loads((run_dir / "merged" / "merge_report.json").read_text())
+    assert report["fidelity"]["dequantized"]["max_abs_logit_diff"] <= 1e-3
 
 
 def test_existing_run_is_not_clobbered(demo_run, tmp_path):

@@ -78,5 +78,6 @@ def compare(reference: list[torch.Tensor], candidate: list[torch.Tensor], rows: 
             loss_ref -= logp[:-1][mask].gather(-1, targets[:, None]).sum().item()
             loss_cand -= logq[:-1][mask].gather(-1, targets[:, None]).sum().item()
             loss_n += int(mask.sum())
-    return Comparison(max_diff, kl_sum / max(count, 1), agree / max(count, 1), loss_ref / max(loss_n, 1),
+    # KL is >= 0; tiny negative sums are float rounding of identical distributions.
+    return Comparison(max_diff, max(0.0, kl_sum / max(count, 1)), agree / max(count, 1), loss_ref / max(loss_n, 1),
                       loss_cand / max(loss_n, 1), count)

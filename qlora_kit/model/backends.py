@@ -18,6 +18,8 @@ from qlora_kit.recipe.schema import LoraSection, ModelSection
 
 # Module names never adapted by 'all-linear': the output head (and embeddings, which are not Linear anyway).
 EXCLUDED_LINEAR = {"lm_head", "embed_out", "output"}
+# Named explicitly in target_modules, these are trained in full (not with LoRA), as Unsloth does.
+FULLY_TRAINED = {"embed_tokens", "lm_head"}
 
 
 @dataclass
@@ -147,8 +149,14 @@ def _load_hf(path: str, cfg: ModelSection, lora: LoraSection, rt: Runtime):
     elif rt.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     torch.manual_seed(rt.seed)  # LoRA A matrices are initialized randomly
+    targets = target_modules(model, lora)
+    # Like Unsloth, embeddings and the output head named in target_modules are trained in full (peft's
+    # modules_to_save) rather than with LoRA: TRL computes the loss from lm_head.weight directly, so a LoRA on
+    # the head would never train, and the merge treats both backends' adapters the same way.
+    full = [t for t in targets if t in FULLY_TRAINED]
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                        target_modules=target_modules(model, lora), use_rslora=lora.rslora, task_type="CAUSAL_LM")
+                        target_modules=[t for t in targets if t not in FULLY_TRAINED], modules_to_save=full or None,
+                        use_rslora=lora.rslora, task_type="CAUSAL_LM")
     return get_peft_model(model, config), tokenizer
 
 
