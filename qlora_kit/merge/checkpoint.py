@@ -1,4 +1,8 @@
-"""Read a base checkpoint tensor by tensor from memory-mapped safetensors (never the whole model at once).
+"""Read a base checkpoint tensor by tensor (never the whole model at once).
+
+Tensors are read with positioned reads into their own buffers rather than through safetensors' memory map: a
+mapped file keeps every page it has touched resident in the process (it counts toward RSS and the OOM killer's
+view) until the map is closed, so reading a whole model through one map costs the whole model in RSS.
 
 Also reads bitsandbytes pre-quantized 4-bit checkpoints (e.g. '...-bnb-4bit' repos): each quantized weight is
 stored packed beside its quant state ('.absmax', '.quant_map', '.nested_*', '.quant_state.bitsandbytes__nf4');
@@ -8,10 +12,10 @@ stored packed beside its quant state ('.absmax', '.quant_map', '.nested_*', '.qu
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from qlora_kit.errors import UsageError
 
@@ -45,13 +49,13 @@ class Checkpoint:
         self.config = json.loads(config_file.read_text())
         self.files = self._files()
         self._where: dict[str, Path] = {}
+        self._entry: dict[str, dict] = {}  # name -> {dtype, shape, start, end} (absolute byte offsets)
         self._order: list[str] = []
         for file in self.files:
-            with safe_open(file, "pt") as fh:
-                for name in fh.keys():
-                    self._where[name] = file
-                    self._order.append(name)
-        self._handles: dict[Path, object] = {}
+            for name, entry in read_header(file).items():
+                self._where[name] = file
+                self._entry[name] = entry
+                self._order.append(name)
         qc = self.config.get("quantization_config") or {}
         self.prequantized = qc.get("quant_method") == "bitsandbytes" and bool(qc.get("load_in_4bit"))
         if qc and not self.prequantized:
@@ -71,11 +75,6 @@ class Checkpoint:
                              "only")
         return files
 
-    def _handle(self, file: Path):
-        if file not in self._handles:
-            self._handles[file] = safe_open(file, "pt")
-        return self._handles[file]
-
     def names(self) -> list[str]:
         return [n for n in self._order if not n.endswith(QUANT_AUX)]
 
@@ -88,15 +87,28 @@ class Checkpoint:
     def shape(self, name: str) -> tuple[int, ...]:
         if self.is_quantized(name):
             return tuple(self._quant_state(name).shape)
-        return tuple(self._handle(self._where[name]).get_slice(name).get_shape())
+        return tuple(self._entry[name]["shape"])
 
     def dtype(self, name: str) -> torch.dtype:
         if self.is_quantized(name):
             return self._quant_state(name).dtype
-        return ST_DTYPES[self._handle(self._where[name]).get_slice(name).get_dtype()]
+        return ST_DTYPES[self._entry[name]["dtype"]]
+
+    def _read(self, name: str) -> torch.Tensor:
+        entry = self._entry[name]
+        dtype, shape = ST_DTYPES[entry["dtype"]], entry["shape"]
+        size = entry["end"] - entry["start"]
+        if size == 0:
+            return torch.empty(shape, dtype=dtype)
+        buf = bytearray(size)
+        with open(self._where[name], "rb") as fh:
+            fh.seek(entry["start"])
+            if fh.readinto(buf) != size:
+                raise UsageError(f"{self._where[name]}: truncated file (tensor {name})")
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
     def get(self, name: str) -> torch.Tensor:
-        packed = self._handle(self._where[name]).get_tensor(name)
+        packed = self._read(name)
         if not self.is_quantized(name):
             return packed
         from bitsandbytes.functional import dequantize_4bit
@@ -109,8 +121,22 @@ class Checkpoint:
         parts = {}
         for key in self._where:
             if key.startswith(name + ".") and key.endswith(QUANT_AUX):
-                parts[key[len(name) + 1:]] = self._handle(self._where[key]).get_tensor(key)
+                parts[key[len(name) + 1:]] = self._read(key)
         return QuantState.from_dict(parts, device=torch.device("cpu"))
 
-    def close(self) -> None:
-        self._handles.clear()
+
+def read_header(file: Path) -> dict[str, dict]:
+    """A safetensors header: name -> dtype, shape and absolute byte range, in file order."""
+    with open(file, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise UsageError(f"{file}: not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", raw)
+        try:
+            header = json.loads(fh.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UsageError(f"{file}: not a safetensors file (unreadable header)") from None
+    base = 8 + length
+    return {name: {"dtype": e["dtype"], "shape": e["shape"], "start": base + e["data_offsets"][0],
+                   "end": base + e["data_offsets"][1]}
+            for name, e in header.items() if name != "__metadata__"}

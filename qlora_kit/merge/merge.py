@@ -25,6 +25,7 @@ import torch
 from qlora_kit.errors import QKError, StageError, UsageError
 from qlora_kit.merge.adapter import load_adapter
 from qlora_kit.merge.checkpoint import Checkpoint, nf4_roundtrip
+from qlora_kit.memory import return_large_frees_to_the_os
 from qlora_kit.merge.writer import PlannedTensor, ShardWriter, plan_shards, write_index
 
 OUT_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
@@ -61,6 +62,7 @@ def quantized_linear_names(config: dict) -> set[str]:
 def merge_weights(ckpt: Checkpoint, adapter, out: Path, options: MergeOptions, train_dtype: torch.dtype,
                   out_dtype: torch.dtype) -> dict:
     """Write the merged tensors into `out` (an empty directory). Returns facts for the report."""
+    return_large_frees_to_the_os()
     names = ckpt.names()
     shapes = {n: ckpt.shape(n) for n in names}
     adapter.check_fits(shapes)
@@ -80,6 +82,7 @@ def merge_weights(ckpt: Checkpoint, adapter, out: Path, options: MergeOptions, t
             if adapter.touches(t.name):
                 tensor = adapter.apply(t.name, tensor)
             writer.write(t.name, tensor.to(t.dtype))
+            del tensor  # before reading the next one: peak memory is one tensor, not two
         writer.close()
     write_index(out, shards)
     return {"tensors": len(names), "shards": len(shards), "bytes": sum(s.nbytes for s in shards),

@@ -7,7 +7,6 @@ Order matters and is chosen so mistakes fail fast: recipe and paths (ms), run-di
 from __future__ import annotations
 
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from qlora_kit import __version__
 from qlora_kit.data.encode import apply_chat_template_choice
 from qlora_kit.data.prepare import encode_split, load_examples
 from qlora_kit.errors import EXIT_INTERRUPTED, DataError, QKError, StageError
+from qlora_kit.memory import peak_rss_bytes
 from qlora_kit.recipe import dump_recipe, load_recipe
 from qlora_kit.recipe.checks import check_paths
 from qlora_kit.train.rundir import RunDir, atomic_write_json
@@ -162,7 +162,7 @@ def _metrics(events, result, trainer, split, eval_loss, rt, train_seconds, wall)
     if rt.device == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(), "cuda_max_memory_allocated"
     else:
-        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_peak_rss"  # KiB on Linux
+        peak, kind = peak_rss_bytes(), "cpu_peak_rss"
     steps = trainer.state.global_step
     epochs = float(trainer.state.epoch or 0)
     tokens_seen = trainer.state.num_input_tokens_seen
