@@ -116,3 +116,13 @@ def test_source_errors(tmp_path, name, content, message):
     with pytest.raises(DataError) as info:
         read_rows(str(path), "data.path")
     assert str(info.value) == message.format(p=path)
+
+
+def test_registries_refuse_duplicate_names():
+    from qlora_kit.data.templates import CHAT_TEMPLATES, register
+    from qlora_kit.model.backends import BACKENDS
+
+    with pytest.raises(ValueError, match="chat template 'chatml' registered twice"):
+        register(CHAT_TEMPLATES["chatml"])
+    assert BACKENDS.choices() == "unsloth, hf" and FORMATS.choices() == "openai, sharegpt, alpaca, " \
+                                                                         "prompt_completion, text"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from qlora_kit.errors import DataError
+from qlora_kit.registry import Registry
 
 ROLES = ("system", "user", "assistant", "tool", "function")
 # Keys the OpenAI chat fine-tuning format allows on a message.
@@ -58,14 +59,12 @@ class Format:
     description: str
 
 
-FORMATS: dict[str, Format] = {}
+FORMATS: Registry = Registry("data format")
 
 
 def register(name: str, columns: tuple[str, ...], description: str):
     def deco(fn: Callable[[dict], Example]):
-        if name in FORMATS:
-            raise ValueError(f"format {name!r} registered twice")
-        FORMATS[name] = Format(name, columns, fn, description)
+        FORMATS.add(name, Format(name, columns, fn, description))
         return fn
 
     return deco

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qlora_kit.registry import Registry
+
 
 @dataclass(frozen=True)
 class ChatTemplate:
@@ -19,14 +21,11 @@ class ChatTemplate:
     description: str
 
 
-CHAT_TEMPLATES: dict[str, ChatTemplate] = {}
+CHAT_TEMPLATES: Registry = Registry("chat template")
 
 
 def register(template: ChatTemplate) -> ChatTemplate:
-    if template.name in CHAT_TEMPLATES:
-        raise ValueError(f"chat template {template.name!r} registered twice")
-    CHAT_TEMPLATES[template.name] = template
-    return template
+    return CHAT_TEMPLATES.add(template.name, template)
 
 
 def get_template(name: str) -> ChatTemplate:

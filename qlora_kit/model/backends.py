@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from qlora_kit.errors import UsageError
+from qlora_kit.registry import Registry
 from qlora_kit.recipe.schema import LoraSection, ModelSection
 
 # Module names never adapted by 'all-linear': the output head (and embeddings, which are not Linear anyway).
@@ -46,13 +47,11 @@ class Backend:
     description: str
 
 
-BACKENDS: dict[str, Backend] = {}
+BACKENDS: Registry = Registry("backend")
 
 
 def register(backend: Backend) -> None:
-    if backend.name in BACKENDS:
-        raise ValueError(f"backend {backend.name!r} registered twice")
-    BACKENDS[backend.name] = backend
+    BACKENDS.add(backend.name, backend)
 
 
 def get_backend(name: str) -> Backend:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from qlora_kit.data.sources import BUILTIN_DATASETS
+from qlora_kit.registry import Registry
 
 PREFIX = "builtin:"
 
@@ -28,13 +29,11 @@ class BuiltinModel:
     description: str
 
 
-BUILTIN_MODELS: dict[str, BuiltinModel] = {}
+BUILTIN_MODELS: Registry = Registry("built-in model")
 
 
 def register(model: BuiltinModel) -> None:
-    if model.name in BUILTIN_MODELS:
-        raise ValueError(f"built-in model {model.name!r} registered twice")
-    BUILTIN_MODELS[model.name] = model
+    BUILTIN_MODELS.add(model.name, model)
 
 
 def cache_root() -> Path:
