@@ -293,3 +293,25 @@ def test_prequantized_checkpoint_merges_like_the_original(trained_run, tiny_mode
     assert ours.keys() == reference.keys()
     for name in reference:
         assert torch.allclose(ours[name], reference[name], atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_tied_embeddings_stay_tied(tiny_model_dir, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "tied")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "tied")
+    assert "lm_head.weight" not in load_file(tmp_path / "tied" / "model.safetensors")
+    recipe = write_recipe(tmp_path / "t.yaml", model={"name": str(tmp_path / "tied")}, data={"eval_split": 0.1},
+                          train={"max_steps": 20, "logging_steps": 10},
+                          merge={"enabled": True, "dtype": "fp32", "samples": 4})
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged = tmp_path / "runs" / "t" / "merged"
+    assert "lm_head.weight" not in load_file(merged / "model.safetensors")
+    assert json.loads((merged / "config.json").read_text())["tie_word_embeddings"] is True
+    report = json.loads((merged / "merge_report.json").read_text())
+    assert report["fidelity"]["dequantized"]["max_abs_logit_diff"] <= 1e-3
