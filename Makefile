@@ -26,6 +26,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/qlora-kit train recipes/tiny-demo.yaml --overwrite
+	$(BIN)/qlora-kit chat runs/tiny-demo/gguf/tiny-demo-q4_k_m.gguf --prompt "What is the capital of Peru?"
 
 test: install
 	$(BIN)/python -m pytest

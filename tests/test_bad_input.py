@@ -124,7 +124,7 @@ def test_unknown_builtin_and_template(tmp_path):
         f"qlora-kit: error: {recipe}: 2 problems:",
         "  - model.name: unknown built-in model 'builtin:huge'; available: builtin:tiny-llama",
         "  - data.chat_template: 'vicuna' is not a built-in template; choose auto (the tokenizer's) or one of: "
-        "chatml, llama-3, alpaca",
+        "chatml, llama-3, alpaca, gemma, mistral",
     ]
 
 
@@ -164,7 +164,7 @@ def test_data_check_reports_every_problem_kind_with_rows(tmp_path):
     assert result.returncode == 2
     out = result.stdout
     assert "rows: 8 read, 2 valid, 6 with problems" in out
-    for line in (f"  bad JSON line (bad_json): 1", f"      {data}:2: bad JSON (Expecting property name enclosed in "
+    for line in ("  bad JSON line (bad_json): 1", f"      {data}:2: bad JSON (Expecting property name enclosed in "
                  "double quotes at column 2)", "  empty row (empty_row): 1", f"      {data}:3: the row is empty",
                  "  unknown role (unknown_role): 1", "  missing content (missing_content): 1",
                  "  no assistant turn (no_assistant_turn): 1", "  no messages (no_messages): 1"):

@@ -82,3 +82,49 @@ register(ChatTemplate(
     special_tokens=(),
     description="Alpaca instruction format (### Instruction / ### Response), turns end with the eos token",
 ))
+
+register(ChatTemplate(
+    name="gemma",
+    jinja=(
+        # Gemma has no system role: a system message is folded into the first user turn ("SYSTEM\n\nUSER"),
+        # which keeps the template prefix-stable (the system text never moves once rendered).
+        "{{- bos_token }}"
+        "{%- set ns = namespace(system='') %}"
+        "{%- if messages and messages[0]['role'] == 'system' and messages[0]['content'] %}"
+        "{%- set ns.system = messages[0]['content'] + '\\n\\n' %}"
+        "{%- endif %}"
+        "{%- for message in messages %}"
+        "{%- if message['role'] == 'user' %}"
+        "{{ '<start_of_turn>user\\n' + ns.system + message['content'] + '<end_of_turn>\\n' }}{%- set ns.system = '' %}"
+        "{%- elif message['role'] == 'assistant' %}"
+        "{{ '<start_of_turn>model\\n' + message['content'] + '<end_of_turn>\\n' }}"
+        "{%- endif %}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{%- endif %}"
+    ),
+    end_of_turn=("<end_of_turn>",),
+    special_tokens=("<start_of_turn>", "<end_of_turn>"),
+    description="Gemma instruct format (<start_of_turn>user/model ... <end_of_turn>), system folded into turn 1",
+))
+
+register(ChatTemplate(
+    name="mistral",
+    jinja=(
+        # The system message goes before the first user message (Mistral's own v0.3 template puts it before the
+        # last one, which is not prefix-stable: the system text would move as the conversation grows).
+        "{{- bos_token }}"
+        "{%- set ns = namespace(system='') %}"
+        "{%- if messages and messages[0]['role'] == 'system' and messages[0]['content'] %}"
+        "{%- set ns.system = messages[0]['content'] + '\\n\\n' %}"
+        "{%- endif %}"
+        "{%- for message in messages %}"
+        "{%- if message['role'] == 'user' %}"
+        "{{ '[INST] ' + ns.system + message['content'] + ' [/INST]' }}{%- set ns.system = '' %}"
+        "{%- elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+        "{%- endif %}"
+        "{%- endfor %}"
+    ),
+    end_of_turn=(),  # the tokenizer's eos token ends the turn
+    special_tokens=(),
+    description="Mistral instruct format ([INST] ... [/INST] answer</s>), system prepended to the first user message",
+))

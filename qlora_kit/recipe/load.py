@@ -100,6 +100,8 @@ def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
         return f"{field}: {shown} is not allowed; choose one of: {', '.join(choices)}{hint}"
     msg = err["msg"]
     msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
+    if not loc:  # a rule across sections (e.g. export needs merge): the sections' values say nothing useful
+        return msg
     return f"{field}: {shown}: {msg[0].lower() + msg[1:]}"
 
 

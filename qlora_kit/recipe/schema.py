@@ -148,6 +148,16 @@ class MergeSection(Section):
         return v
 
 
+QuantName = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k"]
+
+
+class ExportSection(Section):
+    enabled: bool = Field(False, description="Export GGUF files (RUN_DIR/gguf/) after training and merging.")
+    quant: list[QuantName] = Field(["q4_k_m", "q8_0"], min_length=1, description="GGUF types to write.")
+    verify: bool = Field(True, description="Check tokens and logits through llama.cpp (export_report.json).")
+    samples: int = Field(4, gt=0, description="Held-out rows for the logit check.")
+
+
 class OutputSection(Section):
     dir: str = Field("runs", description="Parent directory of run directories.")
     name: str | None = Field(
@@ -156,9 +166,16 @@ class OutputSection(Section):
 
 
 class Recipe(Section):
+    @model_validator(mode="after")
+    def _export_needs_merge(self) -> "Recipe":
+        if self.export.enabled and not self.merge.enabled:
+            raise ValueError("export.enabled needs merge.enabled: GGUF is written from the merged 16-bit model")
+        return self
+
     model: ModelSection
     data: DataSection
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainSection = Field(default_factory=TrainSection)
     merge: MergeSection = Field(default_factory=MergeSection)
+    export: ExportSection = Field(default_factory=ExportSection)
     output: OutputSection = Field(default_factory=OutputSection)

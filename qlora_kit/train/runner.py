@@ -143,6 +143,10 @@ def run_later_stages(run: RunDir, recipe) -> int:
         stages.append(("merge", ["merge", str(run.root), "--base", m.base, "--dtype", m.dtype, "--max-shard-size",
                                  m.max_shard_size, "--samples", str(m.samples), "--overwrite"]
                        + ([] if m.verify else ["--no-verify"])))
+    if recipe.export.enabled:
+        e = recipe.export
+        stages.append(("export", ["export", str(run.root), "--quant", ",".join(e.quant), "--samples", str(e.samples),
+                                  "--overwrite"] + ([] if e.verify else ["--no-verify"])))
     for name, args in stages:
         started = _stage(run, name)
         code = subprocess.call([sys.executable, "-m", "qlora_kit", *args, *(["--debug"] if "--debug" in sys.argv

@@ -1,0 +1,62 @@
+"""`qlora-kit chat GGUF`: talk to an exported model in the terminal through llama-cpp-python.
+
+The GGUF's own chat template (tokenizer.chat_template, written at export from the template used in training)
+formats the conversation, so what you see here is what llama.cpp-based apps will do.
+"""
+
+from __future__ import annotations
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser("chat", parents=[common], help="chat with a GGUF file in the terminal",
+                              description="Interactive chat (empty line or Ctrl-D to quit); with --prompt, answer "
+                                          "one message and exit.")
+    p.add_argument("gguf", help="a .gguf file")
+    p.add_argument("--prompt", help="answer this one message and exit")
+    p.add_argument("--system", help="system message")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--n-ctx", type=int, default=2048)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from qlora_kit.errors import UsageError
+
+    if not Path(args.gguf).is_file():
+        raise UsageError(f"{args.gguf}: no such file")
+    import llama_cpp
+
+    from qlora_kit.export.verify import captured_native_output
+
+    with captured_native_output() as log:
+        try:
+            llm = llama_cpp.Llama(model_path=args.gguf, n_ctx=args.n_ctx, n_gpu_layers=0, verbose=False, seed=0)
+        except ValueError:
+            llm = None
+    if llm is None:
+        raise UsageError(f"{args.gguf}: llama.cpp cannot load it ({(log['text'].strip().splitlines() or ['?'])[-1]})")
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    try:
+        while True:
+            text = args.prompt if args.prompt is not None else _ask()
+            if not text:
+                return 0
+            messages.append({"role": "user", "content": text})
+            reply = llm.create_chat_completion(messages=messages, max_tokens=args.max_tokens,
+                                               temperature=args.temperature)["choices"][0]["message"]["content"]
+            messages.append({"role": "assistant", "content": reply})
+            print(reply if args.prompt is not None else f"assistant> {reply}", flush=True)
+            if args.prompt is not None:
+                return 0
+    finally:
+        llm.close()
+
+
+def _ask() -> str:
+    try:
+        return input("you> ").strip()
+    except EOFError:
+        return ""

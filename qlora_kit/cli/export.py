@@ -1,0 +1,41 @@
+"""`qlora-kit export RUN_DIR|MODEL_DIR --quant q4_k_m,q8_0`: GGUF files for llama.cpp/Ollama, verified."""
+
+from __future__ import annotations
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser(
+        "export", parents=[common], help="write verified GGUF files (+ Ollama Modelfile)",
+        description="Convert a run's merged model (or a Hugging Face model directory) to GGUF, offline, tensor by "
+                    "tensor; quantize with llama.cpp's own quantizer; check tokens and logits through "
+                    "llama-cpp-python (gguf/export_report.json) and write gguf/Modelfile for Ollama.")
+    p.add_argument("source", help="a run directory (exports RUN_DIR/merged) or a Hugging Face model directory")
+    p.add_argument("--quant", default="q8_0",
+                   help="comma-separated types: f32, f16, bf16, q8_0, q4_0, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k")
+    p.add_argument("--out", help="output directory (default: SOURCE/gguf)")
+    p.add_argument("--no-verify", action="store_true", help="skip the llama.cpp token and logit checks")
+    p.add_argument("--allow-mismatch", action="store_true", help="keep files that fail verification")
+    p.add_argument("--samples", type=int, default=4, help="held-out rows for the logit check (default 4)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing GGUF files")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from qlora_kit.errors import UsageError
+    from qlora_kit.export.run import ExportOptions, export
+
+    quants = [q.strip() for q in args.quant.split(",") if q.strip()]
+    if not quants:
+        raise UsageError("--quant: name at least one type, e.g. --quant q4_k_m,q8_0")
+    options = ExportOptions(quants=quants, verify=not args.no_verify, allow_mismatch=args.allow_mismatch,
+                            overwrite=args.overwrite, samples=args.samples)
+    out = export(args.source, options, args.out)
+    report = json.loads((out / "export_report.json").read_text())
+    for name, entry in report["exports"].items():
+        check = entry.get("verification")
+        note = f"; {check['summary']}" if check else ""
+        print(f"{entry['file']}: {entry['bytes'] / 2**20:.2f} MiB{note}")
+    print(f"Modelfile: {out / 'Modelfile'} (template: {report['modelfile']['template'] or 'fallback'})")
+    return 0

@@ -1,0 +1,37 @@
+"""Write gguf/Modelfile for every export: Ollama does not run Jinja, so the chat template used in training is
+written as an explicit Go TEMPLATE with its stop strings (see qlora_kit/export/ollama.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+PREFERRED = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "bf16", "f32")
+
+
+def write_modelfile(out: Path, model_dir: Path, run_dir: Path | None, targets: dict[str, Path], report: dict) -> dict:
+    from transformers import AutoTokenizer
+
+    from qlora_kit.export.ollama import build_modelfile, identify_template
+
+    chosen = next((q for q in PREFERRED if q in targets), next(iter(targets)))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    name, system = None, None
+    if run_dir is not None:
+        info = run_dir / "adapter" / "qlora_kit.json"
+        if info.is_file():
+            name = json.loads(info.read_text()).get("chat_template")
+        from qlora_kit.recipe import load_recipe
+
+        system = load_recipe(run_dir / "recipe.yaml").data.system_prompt
+    from qlora_kit.export.ollama import OLLAMA_TEMPLATES
+
+    if name not in OLLAMA_TEMPLATES:
+        name = identify_template(tokenizer.chat_template or "")
+    stops = [tokenizer.eos_token] if tokenizer.eos_token else []
+    text, warnings = build_modelfile(targets[chosen].name, name, system, stops, eos_token=tokenizer.eos_token)
+    (out / "Modelfile").write_text(text)
+    for warning in warnings:
+        print(f"qlora-kit: warning: {warning}", file=sys.stderr)
+    return {"file": "Modelfile", "from": targets[chosen].name, "template": name, "warnings": warnings}

@@ -1,0 +1,113 @@
+"""Prove a GGUF file right with llama.cpp itself (through llama-cpp-python), against the merged HF model.
+
+Tokens: llama.cpp's tokenizer must give the HF tokenizer's ids on texts that break wrong pre-tokenizers (digit
+runs, whitespace runs, punctuation, non-Latin scripts, emoji, the chat template with its special tokens).
+Logits: on held-out rows, max |delta|, mean KL and top-1 agreement against transformers in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+import numpy as np
+
+TOKEN_TEXTS = (
+    "Numbers: 1 12 123 1234 12345 3.14159 -42 1,000,000 2026-11-25",
+    "Whitespace:  two   three    four\ttab\n\nnewlines   \n  indented",
+    "Punctuation!? (brackets) [square] {curly} \"quotes\" 'single' --- ... ;:,",
+    "Non-Latin: Привет мир, こんにちは世界, مرحبا بالعالم, 你好，世界, Ελληνικά",
+    "Emoji: 😀 👍🏽 🇫🇷 ❤️ 🧑‍💻",
+    "it's they're we've I'm you'll he'd CAPS MiXeD",
+)
+# Thresholds from the export spec: a failed check fails the export unless --allow-mismatch.
+THRESHOLDS = {"f32": ("max_abs_logit_diff", 1e-2), "f16": ("top1_agreement", 0.99),
+              "bf16": ("top1_agreement", 0.99), "q8_0": ("top1_agreement", 0.97)}
+
+
+@contextlib.contextmanager
+def captured_native_output():
+    """llama.cpp writes to the process's stdout/stderr from C; keep it out of ours (it is returned on failure)."""
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        box = {"text": ""}
+        try:
+            yield box
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            box["text"] = sink.read().decode("utf-8", "replace")
+
+
+def check_tokens(gguf_path, hf_tokenizer, chat_sample: str) -> dict:
+    import llama_cpp
+
+    texts = list(TOKEN_TEXTS) + [chat_sample]
+    with captured_native_output():
+        llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+        try:
+            mismatched = [t for t in texts if llm.tokenize(t.encode(), add_bos=False, special=True)
+                          != hf_tokenizer(t, add_special_tokens=False)["input_ids"]]
+        finally:
+            llm.close()
+    return {"texts": len(texts), "equal": len(texts) - len(mismatched), "mismatched": mismatched[:3]}
+
+
+def gguf_logits(gguf_path, rows: list[list[int]]) -> list[np.ndarray]:
+    import llama_cpp
+
+    n_ctx = max(len(r) for r in rows) + 8
+    out = []
+    with captured_native_output():
+        llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, logits_all=True, n_gpu_layers=0,
+                              verbose=False, seed=0)
+        try:
+            for ids in rows:
+                llm.reset()
+                llm.eval(ids)
+                out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+        finally:
+            llm.close()
+    return out
+
+
+def hf_logits(model, rows: list[list[int]]) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([ids])).logits[0].float().numpy() for ids in rows]
+
+
+def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:
+    max_diff, kl, agree, count = 0.0, 0.0, 0, 0
+    for ref, cand in zip(reference, candidate):
+        max_diff = max(max_diff, float(np.abs(ref - cand).max()))
+        logp, logq = _log_softmax(ref), _log_softmax(cand)
+        kl += float((np.exp(logp) * (logp - logq)).sum())
+        agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
+        count += ref.shape[0]
+    return {"max_abs_logit_diff": max_diff, "mean_kl": max(0.0, kl / max(count, 1)),
+            "top1_agreement": agree / max(count, 1), "tokens": count}
+
+
+def judge(quant: str, tokens: dict, logits: dict) -> tuple[bool, str]:
+    if tokens["equal"] != tokens["texts"]:
+        return False, f"llama.cpp tokenizes {tokens['texts'] - tokens['equal']} of {tokens['texts']} test texts " \
+                      f"differently from the HF tokenizer (first: {tokens['mismatched'][0]!r})"
+    if quant not in THRESHOLDS:
+        return True, "reported only (no threshold for this type)"
+    metric, limit = THRESHOLDS[quant]
+    value = logits[metric]
+    ok = value <= limit if metric == "max_abs_logit_diff" else value >= limit
+    return ok, f"{metric} {value:.4g} ({'within' if ok else 'outside'} the limit {limit})"
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))

@@ -1,0 +1,160 @@
+"""GGUF export through the real CLI, verified by llama.cpp (llama-cpp-python) on CPU: every supported architecture
+as a tiny random model, direct types and K-quants, K-quant fallback reporting, the Modelfile, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def make_model(root, tiny_model_dir, kind: str, hidden: int = 256, intermediate: int = 512):
+    """A 2-layer random model of one architecture, sharing the tiny byte-level BPE tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    vocab = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
+    extra = {"llama": {}, "mistral": {}, "qwen2": {}, "qwen3": {"head_dim": 64},
+             "llama31": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}}[kind]
+    model_type = {"llama31": "llama"}.get(kind, kind)
+    config = AutoConfig.for_model(model_type, **common, **extra)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # random norms and biases, so mishandled ones show up in the logits
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(1.0 + 0.2 * torch.randn_like(param))
+            elif name.endswith(".bias"):
+                param.copy_(0.1 * torch.randn_like(param))
+        # Random init gives nearly flat next-token distributions, where any rounding flips near-ties and top-1
+        # agreement measures luck (scaling the head would not help: it scales gaps and errors alike). A trained
+        # model has a clear favourite; give this one too: a head equal to the input embeddings makes each
+        # position's own token the argmax by a wide margin (with embeddings large enough to dominate the residual
+        # stream), so top-1 agreement measures the conversion.
+        model.get_input_embeddings().weight.mul_(5.0)  # std 0.1: the token dominates the residual stream
+        model.lm_head.weight.copy_(model.get_input_embeddings().weight)
+    out = root / kind
+    model.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        shutil.copy2(tiny_model_dir / name, out / name)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama31", "mistral", "qwen2", "qwen3"])
+def test_every_architecture_exports_and_llama_cpp_agrees(tiny_model_dir, tmp_path, kind):
+    model = make_model(tmp_path, tiny_model_dir, kind)
+    result = run_cli("export", str(model), "--quant", "f32,f16,q8_0,q4_k_m", "--out", str(tmp_path / "gguf"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "gguf" / "export_report.json").read_text())
+    for quant in ("f32", "f16", "q8_0", "q4_k_m"):
+        entry = report["exports"][quant]
+        check = entry["verification"]
+        assert check["passed"], (quant, check["summary"])
+        assert check["tokens"]["equal"] == check["tokens"]["texts"] == 7
+        assert (tmp_path / "gguf" / entry["file"]).is_file()
+    assert report["exports"]["f32"]["verification"]["logits"]["max_abs_logit_diff"] <= 1e-2
+    assert report["exports"]["q8_0"]["verification"]["logits"]["top1_agreement"] >= 0.97
+    assert report["exports"]["q4_k_m"]["fallbacks"] == []  # every row width is a multiple of 256
+    assert report["exports"]["f32"]["architecture"] == {"llama31": "llama", "mistral": "llama"}.get(kind, kind)
+    assert not list((tmp_path / "gguf").glob("*.tmp")) and not list((tmp_path / "gguf").glob(".*intermediate*"))
+    if kind == "llama31":
+        from gguf import GGUFReader
+
+        names = [t.name for t in GGUFReader(str(tmp_path / "gguf" / report["exports"]["f32"]["file"])).tensors]
+        assert "rope_freqs.weight" in names
+
+
+def test_k_quant_fallback_is_reported(tiny_model_dir, tmp_path):
+    model = make_model(tmp_path, tiny_model_dir, "llama", hidden=320, intermediate=640)
+    result = run_cli("export", str(model), "--quant", "q4_k_m", "--out", str(tmp_path / "gguf"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    entry = json.loads((tmp_path / "gguf" / "export_report.json").read_text())["exports"]["q4_k_m"]
+    assert entry["fallbacks"], "rows 320/640 wide cannot use 256-value K-quant blocks"
+    assert all(f["row_width"] % 256 for f in entry["fallbacks"])
+    assert all(not f["type"].endswith("_K") for f in entry["fallbacks"])
+
+
+def test_export_refuses_bad_input(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    out = str(tmp_path / "gguf")
+    result = run_cli("export", str(tiny_model_dir), "--quant", "q4_k_m,iq2_xxs", "--out", out)
+    assert result.returncode == 2 and "--quant iq2_xxs: needs an importance matrix (imatrix)" in result.stderr
+    result = run_cli("export", str(tiny_model_dir), "--quant", "q9_9", "--out", out)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("qlora-kit: error: --quant q9_9: unknown type; choose from: f32, f16, bf16, q8_0, "
+                                     "q4_0, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k")
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=quant,
+                                         device_map={"": "cpu"}).save_pretrained(tmp_path / "bnb")
+    result = run_cli("export", str(tmp_path / "bnb"), "--out", out)
+    assert result.returncode == 2 and "merge into 16-bit weights first: qlora-kit merge RUN_DIR" in result.stderr
+
+    no_tok = tmp_path / "no-tok"
+    shutil.copytree(tiny_model_dir, no_tok)
+    (no_tok / "tokenizer.json").unlink()
+    result = run_cli("export", str(no_tok), "--out", out, "--no-verify")
+    assert result.returncode == 2 and f"{no_tok}: missing tokenizer.json" in result.stderr
+
+    other = tmp_path / "other-arch"
+    shutil.copytree(tiny_model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["architectures"] = ["FalconForCausalLM"]
+    (other / "config.json").write_text(json.dumps(config))
+    result = run_cli("export", str(other), "--out", out, "--no-verify")
+    assert result.returncode == 2
+    assert "architecture FalconForCausalLM is not supported for GGUF export; supported: LlamaForCausalLM, " \
+           "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM" in result.stderr
+
+    odd = tmp_path / "odd-pre"
+    shutil.copytree(tiny_model_dir, odd)
+    data = json.loads((odd / "tokenizer.json").read_text())
+    data["pre_tokenizer"] = {"type": "Whitespace"}
+    (odd / "tokenizer.json").write_text(json.dumps(data))
+    result = run_cli("export", str(odd), "--out", out, "--no-verify")
+    assert result.returncode == 2 and "unknown pre-tokenizer (Whitespace)" in result.stderr
+    assert not list((tmp_path / "gguf").glob("*.gguf")), "nothing half-written left behind"
+
+    assert run_cli("export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify").returncode == 0
+    result = run_cli("export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify")
+    assert result.returncode == 2 and "already exists; pass --overwrite to replace it" in result.stderr
+    assert run_cli("export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify",
+                   "--overwrite").returncode == 0
+
+
+def test_run_without_a_merge_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"status": "complete"}))
+    result = run_cli("export", str(run))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"qlora-kit: error: {run}: no merged model to export; merge it first: " \
+                                    f"qlora-kit merge {run}"
+
+
+def test_verification_catches_a_wrong_conversion(tiny_model_dir, tmp_path, monkeypatch):
+    """Without the Q/K un-permute (the classic Llama converter bug) llama.cpp computes different attention; the F32
+    check must fail the export and leave no .gguf behind."""
+    import dataclasses
+
+    from qlora_kit.errors import StageError
+    from qlora_kit.export import archs
+    from qlora_kit.export.run import ExportOptions, export
+
+    model = make_model(tmp_path, tiny_model_dir, "llama")
+    broken = dataclasses.replace(archs.ARCHS["LlamaForCausalLM"], permute_qk=False)
+    monkeypatch.setitem(archs.ARCHS, "LlamaForCausalLM", broken)
+    with pytest.raises(StageError, match=r"verification failed for f32: max_abs_logit_diff 0\.\d+ \(outside the limit"):
+        export(model, ExportOptions(quants=["f32"]), tmp_path / "gguf")
+    assert not list((tmp_path / "gguf").glob("*.gguf*"))
