@@ -158,3 +158,67 @@ def test_verification_catches_a_wrong_conversion(tiny_model_dir, tmp_path, monke
     with pytest.raises(StageError, match=r"verification failed for f32: max_abs_logit_diff 0\.\d+ \(outside the limit"):
         export(model, ExportOptions(quants=["f32"]), tmp_path / "gguf")
     assert not list((tmp_path / "gguf").glob("*.gguf*"))
+
+
+@pytest.fixture(scope="module")
+def chat_gguf(tmp_path_factory):
+    """The tiny model with a ChatML template, exported to Q8_0."""
+    from qlora_kit.data.templates import CHAT_TEMPLATES
+    from qlora_kit.model.builtin import materialize
+
+    root = tmp_path_factory.mktemp("chat")
+    shutil.copytree(materialize("builtin:tiny-llama"), root / "model")
+    (root / "model" / "chat_template.jinja").write_text(CHAT_TEMPLATES["chatml"].jinja)
+    # Untrained, this model's next-token distributions are flat (near-ties), so Q8_0's top-1 check is luck here;
+    # conversion correctness is tested above on peaked models. These tests are about chat and serve.
+    result = run_cli("export", str(root / "model"), "--quant", "q8_0", "--out", str(root / "gguf"), "--no-verify")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "gguf" / "model-q8_0.gguf"
+
+
+def test_chat_runs_one_prompt_and_refuses_a_missing_file(chat_gguf):
+    # Untrained weights: the reply is arbitrary (possibly empty); the trained demo's answer is checked in
+    # tests/test_train.py.
+    result = run_cli("chat", str(chat_gguf), "--prompt", "What is the capital of Peru?", "--max-tokens", "8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli("chat", str(chat_gguf.parent / "missing.gguf"), "--prompt", "hi")
+    assert result.returncode == 2 and "missing.gguf: no such file" in result.stderr
+
+
+def test_serve_answers_an_openai_chat_completion_on_loopback(chat_gguf):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:  # a free loopback port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "qlora_kit", "serve", str(chat_gguf), "--port", str(port),
+                             "--name", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 120
+        while True:  # bounded: until the server answers, it exits, or two minutes pass
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.time() < deadline, "server did not start"
+            try:
+                models = json.load(urllib.request.urlopen(f"{base}/models", timeout=2))
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert [m["id"] for m in models["data"]] == ["tiny"]
+        body = json.dumps({"model": "tiny", "max_tokens": 8, "temperature": 0,
+                           "messages": [{"role": "user", "content": "What is the capital of Peru?"}]}).encode()
+        request = urllib.request.Request(f"{base}/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        reply = json.load(urllib.request.urlopen(request, timeout=60))
+        assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
+        assert isinstance(reply["choices"][0]["message"]["content"], str)
+        assert reply["usage"]["prompt_tokens"] > 5
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -70,16 +70,17 @@ def test_demo_events_follow_schema_v1(demo_run):
     kinds = [e["event"] for e in events]
     assert kinds[0] == "run_start" and kinds.count("run_end") == 1
     assert read_events(run_dir, "run_end")[0]["status"] == "complete"
-    # Later stages (merge) run after training completed, each with its own stage events.
+    # Later stages (merge, export) run after training completed, each with its own stage events.
     assert [(e["event"], e.get("name"), e.get("status")) for e in events[kinds.index("run_end"):]] == [
-        ("run_end", None, "complete"), ("stage", "merge", "start"), ("stage", "merge", "end")]
+        ("run_end", None, "complete"), ("stage", "merge", "start"), ("stage", "merge", "end"),
+        ("stage", "export", "start"), ("stage", "export", "end")]
     steps = [e["step"] for e in events if e["event"] == "step"]
     assert steps == [1] + list(range(10, 301, 10))
     data = read_events(run_dir, "data")[0]
     assert data["train_rows"] + data["eval_rows"] == 74 and data["chat_template"] == "chatml"
     assert [e["step"] for e in read_events(run_dir, "checkpoint")] == [100, 200, 300]
     stages = [(e["name"], e["status"]) for e in read_events(run_dir, "stage")]
-    assert stages == [(s, p) for s in ("load_model", "prepare_data", "train", "save_adapter", "merge")
+    assert stages == [(s, p) for s in ("load_model", "prepare_data", "train", "save_adapter", "merge", "export")
                       for p in ("start", "end")]
     report = json.loads((run_dir / "merged" / "merge_report.json").read_text())
     assert report["fidelity"]["dequantized"]["max_abs_logit_diff"] <= 1e-3
@@ -210,3 +211,20 @@ def test_gradient_checkpointing_and_an_eval_file(tmp_path):
     assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["gradient_checkpointing"] is True
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["eval_loss"] < metrics["first_loss"]
+
+
+def test_demo_exports_verified_gguf_that_answers_through_llama_cpp(demo_run):
+    run_dir, _ = demo_run
+    report = json.loads((run_dir / "gguf" / "export_report.json").read_text())
+    assert set(report["exports"]) == {"q8_0", "q4_k_m"}
+    q8 = report["exports"]["q8_0"]["verification"]
+    assert q8["passed"] and q8["samples_from"] == "eval split" and q8["tokens"]["equal"] == q8["tokens"]["texts"]
+    assert report["modelfile"]["template"] == "chatml"
+    modelfile = (run_dir / "gguf" / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./tiny-demo-q4_k_m.gguf\nTEMPLATE \"\"\"")
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile
+    # What `make demo` ends with: the fine-tuned answer, from the 4-bit GGUF, through llama.cpp.
+    result = run_cli("chat", str(run_dir / "gguf" / "tiny-demo-q4_k_m.gguf"), "--prompt",
+                     "What is the capital of Peru?")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Lima" in result.stdout

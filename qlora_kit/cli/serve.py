@@ -1,0 +1,42 @@
+"""`qlora-kit serve GGUF`: an OpenAI-compatible HTTP endpoint on this machine, through llama-cpp-python's server.
+
+So the last step of the OpenAI fine-tuning guide ("use the fine-tuned model" with the OpenAI client) works
+locally: point the client's base_url at http://127.0.0.1:PORT/v1 and ask for the model by its alias. Listens on
+the loopback interface unless --host says otherwise; the GGUF's own chat template formats conversations.
+"""
+
+from __future__ import annotations
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser("serve", parents=[common], help="serve a GGUF file over an OpenAI-compatible API",
+                              description="Serve /v1/chat/completions, /v1/completions and /v1/models for one GGUF "
+                                          "file (Ctrl-C stops it).")
+    p.add_argument("gguf", help="a .gguf file")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", help="model alias clients ask for (default: the file name without .gguf)")
+    p.add_argument("--n-ctx", type=int, default=2048)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from qlora_kit.errors import UsageError
+
+    path = Path(args.gguf)
+    if not path.is_file():
+        raise UsageError(f"{args.gguf}: no such file")
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port}: not a TCP port")
+    import uvicorn
+    from llama_cpp.server.app import create_app
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    alias = args.name or path.stem
+    model = ModelSettings(model=str(path), model_alias=alias, n_ctx=args.n_ctx, n_gpu_layers=0, verbose=False)
+    app = create_app(server_settings=ServerSettings(host=args.host, port=args.port), model_settings=[model])
+    print(f"serving {alias!r} at http://{args.host}:{args.port}/v1 (OpenAI-compatible; Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
