@@ -44,16 +44,11 @@ print(json.dumps({"seconds": seconds, "peak": peak_rss_bytes()}))
 
 
 def build(root: Path, layers: int, hidden: int, intermediate: int) -> int:
-    import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 128,
-                         tie_word_embeddings=False)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(root / "model")
+    from _models import random_llama
+
+    model = random_llama(root / "model", layers, hidden, intermediate)
     peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:
