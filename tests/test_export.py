@@ -22,12 +22,16 @@ def make_model(root, tiny_model_dir, kind: str, hidden: int = 256, intermediate:
 
     vocab = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+                  pad_token_id=0)
+    gemma = {"head_dim": 64, "query_pre_attn_scalar": 64, "sliding_window": 128, "tie_word_embeddings": True}
     extra = {"llama": {}, "mistral": {}, "qwen2": {}, "qwen3": {"head_dim": 64},
+             "gemma2": {**gemma, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
+             "gemma3_text": {**gemma},
              "llama31": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}}[kind]
     model_type = {"llama31": "llama"}.get(kind, kind)
-    config = AutoConfig.for_model(model_type, **common, **extra)
+    config = AutoConfig.for_model(model_type, **{**common, **extra})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # random norms and biases, so mishandled ones show up in the logits
@@ -42,7 +46,8 @@ def make_model(root, tiny_model_dir, kind: str, hidden: int = 256, intermediate:
         # position's own token the argmax by a wide margin (with embeddings large enough to dominate the residual
         # stream), so top-1 agreement measures the conversion.
         model.get_input_embeddings().weight.mul_(5.0)  # std 0.1: the token dominates the residual stream
-        model.lm_head.weight.copy_(model.get_input_embeddings().weight)
+        if not config.tie_word_embeddings:
+            model.lm_head.weight.copy_(model.get_input_embeddings().weight)
     out = root / kind
     model.save_pretrained(out)
     for name in TOKENIZER_FILES:
@@ -50,7 +55,7 @@ def make_model(root, tiny_model_dir, kind: str, hidden: int = 256, intermediate:
     return out
 
 
-@pytest.mark.parametrize("kind", ["llama", "llama31", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("kind", ["llama", "llama31", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"])
 def test_every_architecture_exports_and_llama_cpp_agrees(tiny_model_dir, tmp_path, kind):
     model = make_model(tmp_path, tiny_model_dir, kind)
     result = run_cli("export", str(model), "--quant", "f32,f16,q8_0,q4_k_m", "--out", str(tmp_path / "gguf"))
@@ -65,7 +70,8 @@ def test_every_architecture_exports_and_llama_cpp_agrees(tiny_model_dir, tmp_pat
     assert report["exports"]["f32"]["verification"]["logits"]["max_abs_logit_diff"] <= 1e-2
     assert report["exports"]["q8_0"]["verification"]["logits"]["top1_agreement"] >= 0.97
     assert report["exports"]["q4_k_m"]["fallbacks"] == []  # every row width is a multiple of 256
-    assert report["exports"]["f32"]["architecture"] == {"llama31": "llama", "mistral": "llama"}.get(kind, kind)
+    assert report["exports"]["f32"]["architecture"] == {"llama31": "llama", "mistral": "llama",
+                                                        "gemma3_text": "gemma3"}.get(kind, kind)
     assert not list((tmp_path / "gguf").glob("*.tmp")) and not list((tmp_path / "gguf").glob(".*intermediate*"))
     if kind == "llama31":
         from gguf import GGUFReader
@@ -115,7 +121,8 @@ def test_export_refuses_bad_input(tiny_model_dir, tmp_path):
     result = run_cli("export", str(other), "--out", out, "--no-verify")
     assert result.returncode == 2
     assert "architecture FalconForCausalLM is not supported for GGUF export; supported: LlamaForCausalLM, " \
-           "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM" in result.stderr
+           "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM" \
+           in result.stderr
 
     odd = tmp_path / "odd-pre"
     shutil.copytree(tiny_model_dir, odd)

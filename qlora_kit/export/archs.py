@@ -20,6 +20,7 @@ from qlora_kit.registry import Registry
 class Arch:
     gguf_arch: str  # llama.cpp's architecture name (general.architecture)
     permute_qk: bool = False  # HF Llama stores Q/K permuted for rotate_half RoPE; llama.cpp's llama uses pairs
+    norm_shift: float = 0.0  # Gemma's RMSNorm computes x * (1 + w); llama.cpp's computes x * w
     extra_kv: Callable[[object, dict], None] | None = None
     extra_tensors: Callable[[dict], dict[str, np.ndarray]] = field(default=lambda config: {})
 
@@ -31,6 +32,7 @@ def rope(config: dict) -> tuple[float, dict]:
     """(rope theta, scaling dict). transformers 5 saves `rope_parameters` (theta inside it); configs written by
     transformers 4, as most Hub checkpoints are, have `rope_theta` and `rope_scaling`. Read both."""
     params = config.get("rope_parameters") or {}
+    params = params.get("full_attention", params)  # Gemma 3 keeps one entry per layer type
     scaling = config.get("rope_scaling") or params
     theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
     return float(theta), scaling if (scaling.get("rope_type") or scaling.get("type")) not in (None, "default") else {}
@@ -97,3 +99,45 @@ ARCHS.add("LlamaForCausalLM", Arch("llama", permute_qk=True, extra_kv=_llama_kv,
 ARCHS.add("MistralForCausalLM", Arch("llama", permute_qk=True, extra_kv=_llama_kv))
 ARCHS.add("Qwen2ForCausalLM", Arch("qwen2"))  # NEOX RoPE = rotate_half: no permute; q/k/v biases map by name
 ARCHS.add("Qwen3ForCausalLM", Arch("qwen3"))  # q_norm/k_norm map to attn_q_norm/attn_k_norm unchanged
+
+
+def _gemma2_kv(writer, config: dict) -> None:
+    _check_attention_scale(config, "gemma2")
+    writer.add_sliding_window(config["sliding_window"])
+    if config.get("attn_logit_softcapping"):
+        writer.add_attn_logit_softcapping(float(config["attn_logit_softcapping"]))
+    if config.get("final_logit_softcapping"):
+        writer.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
+
+
+def _gemma3_kv(writer, config: dict) -> None:
+    from qlora_kit.errors import UsageError
+
+    _check_attention_scale(config, "gemma3")
+    layer_types = config.get("layer_types")
+    expected = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                for i in range(config["num_hidden_layers"])]
+    if layer_types and list(layer_types) != expected:
+        raise UsageError("gemma3: llama.cpp assumes every 6th layer is global and the rest sliding-window; this "
+                         f"model's layer_types differ ({layer_types})")
+    local = ((config.get("rope_parameters") or {}).get("sliding_attention") or {}).get("rope_theta")
+    writer.add_rope_freq_base_swa(float(local or config.get("rope_local_base_freq", 10000.0)))
+    writer.add_sliding_window(config["sliding_window"])
+    if config.get("final_logit_softcapping"):
+        writer.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
+
+
+def _check_attention_scale(config: dict, arch: str) -> None:
+    """llama.cpp scales Gemma attention by 1/sqrt(head_dim) (hidden/heads for the 27B models), not by
+    query_pre_attn_scalar: refuse a model where they differ rather than export wrong attention."""
+    from qlora_kit.errors import UsageError
+
+    scalar = config.get("query_pre_attn_scalar")
+    allowed = {head_dim(config), config["hidden_size"] // config["num_attention_heads"]}
+    if scalar is not None and scalar not in allowed:
+        raise UsageError(f"{arch}: query_pre_attn_scalar {scalar} differs from the head size llama.cpp uses "
+                         f"({sorted(allowed)}); this model cannot be exported faithfully")
+
+
+ARCHS.add("Gemma2ForCausalLM", Arch("gemma2", norm_shift=1.0, extra_kv=_gemma2_kv))
+ARCHS.add("Gemma3ForCausalLM", Arch("gemma3", norm_shift=1.0, extra_kv=_gemma3_kv))  # text-only Gemma 3

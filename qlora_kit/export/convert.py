@@ -115,6 +115,8 @@ def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int
             data = permute_for_llama_cpp(data, heads)
         elif arch.permute_qk and ".self_attn.k_proj." in hf_name:
             data = permute_for_llama_cpp(data, kv_heads)
+        if arch.norm_shift and hf_name.endswith("norm.weight"):
+            data = data + arch.norm_shift
         writer.write_tensor_data(_encode(data, kind))
         del data
     for data in extra.values():

@@ -65,8 +65,9 @@ def gguf_logits(gguf_path, rows: list[list[int]]) -> list[np.ndarray]:
     n_ctx = max(len(r) for r in rows) + 8
     out = []
     with captured_native_output():
+        # F32 KV cache (llama.cpp's default is F16): this measures the conversion, not the runtime's cache rounding.
         llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, logits_all=True, n_gpu_layers=0,
-                              verbose=False, seed=0)
+                              verbose=False, seed=0, type_k=0, type_v=0)
         try:
             for ids in rows:
                 llm.reset()

@@ -59,7 +59,9 @@ def add_vocab(writer, model_dir: Path, vocab_size: int) -> dict:
     for added in data.get("added_tokens", []):
         tokens[added["id"]] = added["content"]
         types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
-    size = max(vocab_size, max(tokens) + 1)
+    # llama.cpp requires one token per embedding row: pad with unused entries, and drop ids the model cannot
+    # embed (some tokenizers list more tokens than the embedding has rows).
+    size = vocab_size
     names = [tokens.get(i, f"[PAD{i}]") for i in range(size)]
     kinds = [types.get(i, UNUSED) for i in range(size)]
     writer.add_tokenizer_model("gpt2")
@@ -70,5 +72,6 @@ def add_vocab(writer, model_dir: Path, vocab_size: int) -> dict:
     if not special.merges:
         raise UsageError(f"{tokenizer_file}: a BPE tokenizer without merges cannot be exported")
     special.add_to_gguf(writer, quiet=True)
-    return {"tokenizer": "gpt2", "pre_tokenizer": pre, "tokens": size, "merges": len(special.merges),
+    return {"tokenizer": "gpt2", "pre_tokenizer": pre, "tokens": size, "dropped_tokens": sum(i >= size for i in tokens),
+            "merges": len(special.merges),
             "chat_template": bool(special.chat_template)}
