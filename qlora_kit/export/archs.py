@@ -21,6 +21,7 @@ class Arch:
     gguf_arch: str  # llama.cpp's architecture name (general.architecture)
     permute_qk: bool = False  # HF Llama stores Q/K permuted for rotate_half RoPE; llama.cpp's llama uses pairs
     norm_shift: float = 0.0  # Gemma's RMSNorm computes x * (1 + w); llama.cpp's computes x * w
+    space_prefix: bool = True  # SentencePiece: prepend a space before the text (Gemma's tokenizer does not)
     extra_kv: Callable[[object, dict], None] | None = None
     extra_tensors: Callable[[dict], dict[str, np.ndarray]] = field(default=lambda config: {})
 
@@ -139,5 +140,5 @@ def _check_attention_scale(config: dict, arch: str) -> None:
                          f"({sorted(allowed)}); this model cannot be exported faithfully")
 
 
-ARCHS.add("Gemma2ForCausalLM", Arch("gemma2", norm_shift=1.0, extra_kv=_gemma2_kv))
-ARCHS.add("Gemma3ForCausalLM", Arch("gemma3", norm_shift=1.0, extra_kv=_gemma3_kv))  # text-only Gemma 3
+ARCHS.add("Gemma2ForCausalLM", Arch("gemma2", norm_shift=1.0, space_prefix=False, extra_kv=_gemma2_kv))
+ARCHS.add("Gemma3ForCausalLM", Arch("gemma3", norm_shift=1.0, space_prefix=False, extra_kv=_gemma3_kv))  # text-only Gemma 3

@@ -95,7 +95,7 @@ def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int
     common_kv(writer, config, arch.gguf_arch)
     if arch.extra_kv:
         arch.extra_kv(writer, config)
-    vocab = add_vocab(writer, model_dir, config["vocab_size"])
+    vocab = add_vocab(writer, model_dir, config["vocab_size"], space_prefix=arch.space_prefix)
     for hf_name, gguf_name, shape, kind in plan:
         qtype = _ggml_type(kind)
         byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype) if kind not in ("F32", "F16") else shape

@@ -1,6 +1,7 @@
 """The tokenizer, written into GGUF metadata the way llama.cpp reads it.
 
-Byte-level BPE tokenizers ("gpt2" in GGUF) only, for now. The pre-tokenizer matters as much as the vocabulary: a
+Byte-level BPE tokenizers ("gpt2" in GGUF) from tokenizer.json, and SentencePiece ("llama") from tokenizer.model.
+For byte-level BPE the pre-tokenizer matters as much as the vocabulary: a
 wrong `tokenizer.ggml.pre` makes llama.cpp split text (numbers, whitespace) differently from the model's own
 tokenizer without any error. We identify it from the tokenizer's own pre-tokenizer definition (its regex) and
 refuse any we do not know, instead of guessing; verification then compares token ids on tricky texts.
@@ -41,8 +42,10 @@ def identify_pre_tokenizer(spec: dict | None, where: str) -> str:
                      f"from this tokenizer, so export refuses it. Supported: {SUPPORTED}")
 
 
-def add_vocab(writer, model_dir: Path, vocab_size: int) -> dict:
-    """Write tokens, types, merges, special ids and the chat template; return facts for the report."""
+def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = True) -> dict:
+    """Write tokens, types, merges/scores, special ids and the chat template; return facts for the report."""
+    if (model_dir / "tokenizer.model").is_file():
+        return add_sentencepiece_vocab(writer, model_dir, vocab_size, space_prefix)
     import gguf
 
     tokenizer_file = model_dir / "tokenizer.json"
@@ -51,8 +54,10 @@ def add_vocab(writer, model_dir: Path, vocab_size: int) -> dict:
     data = json.loads(tokenizer_file.read_text(encoding="utf-8"))
     model = data.get("model", {})
     if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise UsageError(f"{model_dir}: only byte-level BPE tokenizers can be exported so far (this one is "
-                         f"{model.get('type')}{' with byte fallback, i.e. SentencePiece-style' if model.get('byte_fallback') else ''})")
+        raise UsageError(f"{model_dir}: a SentencePiece-style tokenizer ({model.get('type')}"
+                         f"{' with byte fallback' if model.get('byte_fallback') else ''}) needs its tokenizer.model "
+                         "(the scores llama.cpp merges by are not in tokenizer.json); copy the base model's "
+                         "tokenizer.model next to the weights")
     pre = identify_pre_tokenizer(data.get("pre_tokenizer"), str(tokenizer_file))
     tokens: dict[int, str] = {i: t for t, i in model["vocab"].items()}
     types: dict[int, int] = {i: NORMAL for i in tokens}
@@ -74,4 +79,40 @@ def add_vocab(writer, model_dir: Path, vocab_size: int) -> dict:
     special.add_to_gguf(writer, quiet=True)
     return {"tokenizer": "gpt2", "pre_tokenizer": pre, "tokens": size, "dropped_tokens": sum(i >= size for i in tokens),
             "merges": len(special.merges),
+            "chat_template": bool(special.chat_template)}
+
+
+def add_sentencepiece_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool) -> dict:
+    """SentencePiece ('llama' in GGUF: Llama 2, Mistral, Gemma): pieces, scores and types from tokenizer.model
+    itself, since llama.cpp merges by piece score; tokens added on top (tokenizer.json) keep their ids."""
+    import gguf
+
+    spm = gguf.SentencePieceVocab(model_dir)
+    names, scores, kinds = [], [], []
+    for text, score, kind in spm.all_tokens():
+        names.append(text.decode("utf-8"))
+        scores.append(score)
+        kinds.append(int(kind))
+    tokenizer_file = model_dir / "tokenizer.json"
+    added = json.loads(tokenizer_file.read_text(encoding="utf-8")).get("added_tokens", []) \
+        if tokenizer_file.is_file() else []
+    for token in added:
+        while len(names) <= token["id"]:
+            names.append(f"[PAD{len(names)}]"), scores.append(-1000.0), kinds.append(UNUSED)
+        if token["id"] >= spm.vocab_size_base or token["content"] != names[token["id"]]:
+            names[token["id"]], scores[token["id"]] = token["content"], -1000.0
+        kinds[token["id"]] = CONTROL if token.get("special") else USER_DEFINED
+    names, scores, kinds = names[:vocab_size], scores[:vocab_size], kinds[:vocab_size]
+    for i in range(len(names), vocab_size):  # one token per embedding row, as llama.cpp requires
+        names.append(f"[PAD{i}]"), scores.append(-1000.0), kinds.append(UNUSED)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(names)
+    writer.add_token_scores(scores)
+    writer.add_token_types(kinds)
+    if not space_prefix:
+        writer.add_add_space_prefix(False)
+    special = gguf.SpecialVocab(model_dir, load_merges=False, n_vocab=vocab_size)
+    special.add_to_gguf(writer, quiet=True)
+    return {"tokenizer": "llama (sentencepiece)", "pre_tokenizer": "default", "tokens": vocab_size,
             "chat_template": bool(special.chat_template)}
