@@ -27,7 +27,7 @@ def make_model(root, tiny_model_dir, kind: str, hidden: int = 256, intermediate:
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
                   pad_token_id=0)
     gemma = {"head_dim": 64, "query_pre_attn_scalar": 64, "sliding_window": 128, "tie_word_embeddings": True}
-    extra = {"llama": {}, "mistral": {}, "qwen2": {}, "qwen3": {"head_dim": 64},
+    extra = {"llama": {}, "mistral": {}, "qwen2": {}, "qwen3": {"head_dim": 64}, "phi3": {},
              "gemma2": {**gemma, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
              "gemma3_text": {**gemma},
              "llama31": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -124,8 +124,8 @@ def test_export_refuses_bad_input(tiny_model_dir, tmp_path):
     result = run_cli("export", str(other), "--out", out, "--no-verify")
     assert result.returncode == 2
     assert "architecture FalconForCausalLM is not supported for GGUF export; supported: LlamaForCausalLM, " \
-           "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM" \
-           in result.stderr
+           "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, " \
+           "Phi3ForCausalLM" in result.stderr
 
     odd = tmp_path / "odd-pre"
     shutil.copytree(tiny_model_dir, odd)
@@ -266,12 +266,16 @@ def make_spm_tokenizer(root, dummy_prefix: bool, cls: str):
 
 
 @pytest.mark.parametrize("kind, dummy_prefix, cls", [("llama", True, "LlamaTokenizer"),
-                                                      ("gemma2", False, "GemmaTokenizer")])
+                                                      ("gemma2", False, "GemmaTokenizer"),
+                                                      ("phi3", True, "LlamaTokenizer")])
 def test_sentencepiece_tokenizers_export_from_tokenizer_model(tmp_path, kind, dummy_prefix, cls):
     from transformers import AutoTokenizer
 
     tok_dir = make_spm_tokenizer(tmp_path / "tok", dummy_prefix, cls)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    # A token added on top of the SentencePiece vocabulary (Phi-3's tokenizer has this one; llama.cpp requires it
+    # for phi3), so the added-token path is exercised for every family.
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|endoftext|>"]})
     tokenizer.save_pretrained(tok_dir)  # writes tokenizer.json; transformers keeps no tokenizer.model
     model = make_model(tmp_path, tok_dir, kind)
     shutil.copy2(tok_dir / "tokenizer.model", model / "tokenizer.model")

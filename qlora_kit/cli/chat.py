@@ -23,21 +23,16 @@ def register(subparsers, common) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from qlora_kit.errors import UsageError
+    from qlora_kit.errors import StageError, UsageError
 
     if not Path(args.gguf).is_file():
         raise UsageError(f"{args.gguf}: no such file")
-    import llama_cpp
+    from qlora_kit.export.verify import load
 
-    from qlora_kit.export.verify import captured_native_output
-
-    with captured_native_output() as log:
-        try:
-            llm = llama_cpp.Llama(model_path=args.gguf, n_ctx=args.n_ctx, n_gpu_layers=0, verbose=False, seed=0)
-        except ValueError:
-            llm = None
-    if llm is None:
-        raise UsageError(f"{args.gguf}: llama.cpp cannot load it ({(log['text'].strip().splitlines() or ['?'])[-1]})")
+    try:
+        llm = load(Path(args.gguf), n_ctx=args.n_ctx, n_gpu_layers=0, seed=0)
+    except StageError as exc:  # the file the user named is not a model llama.cpp can run
+        raise UsageError(str(exc)) from None
     messages = [{"role": "system", "content": args.system}] if args.system else []
     try:
         while True:

@@ -142,3 +142,22 @@ def _check_attention_scale(config: dict, arch: str) -> None:
 
 ARCHS.add("Gemma2ForCausalLM", Arch("gemma2", norm_shift=1.0, space_prefix=False, extra_kv=_gemma2_kv))
 ARCHS.add("Gemma3ForCausalLM", Arch("gemma3", norm_shift=1.0, space_prefix=False, extra_kv=_gemma3_kv))  # text-only Gemma 3
+
+
+def _phi3_kv(writer, config: dict) -> None:
+    from qlora_kit.errors import UsageError
+
+    _, scaling = rope(config)
+    if scaling:
+        kind = scaling.get("rope_type") or scaling.get("type")
+        raise UsageError(f"phi3: RoPE scaling {kind!r} (the long-context Phi-3 variants) is not supported for export "
+                         "yet")
+    params = config.get("rope_parameters") or {}
+    factor = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    writer.add_rope_dimension_count(int(head_dim(config) * factor))
+    if config.get("sliding_window"):
+        writer.add_sliding_window(config["sliding_window"])
+
+
+# Fused qkv_proj / gate_up_proj map to attn_qkv / ffn_up as they are; NEOX RoPE, so no permute.
+ARCHS.add("Phi3ForCausalLM", Arch("phi3", extra_kv=_phi3_kv))

@@ -45,12 +45,26 @@ def captured_native_output():
             box["text"] = sink.read().decode("utf-8", "replace")
 
 
-def check_tokens(gguf_path, hf_tokenizer, chat_sample: str) -> dict:
+def load(gguf_path, **kwargs):
+    """llama_cpp.Llama, or a one-line StageError carrying llama.cpp's own last complaint."""
     import llama_cpp
 
+    from qlora_kit.errors import StageError
+
+    with captured_native_output() as log:
+        try:
+            return llama_cpp.Llama(model_path=str(gguf_path), verbose=False, **kwargs)
+        except ValueError:
+            pass
+    errors = [line for line in log["text"].splitlines() if "error" in line.lower()] or log["text"].splitlines()
+    raise StageError(f"llama.cpp cannot load {gguf_path.name if hasattr(gguf_path, 'name') else gguf_path}: "
+                     f"{errors[-1].strip() if errors else 'no message'}")
+
+
+def check_tokens(gguf_path, hf_tokenizer, chat_sample: str) -> dict:
     texts = list(TOKEN_TEXTS) + [chat_sample]
+    llm = load(gguf_path, vocab_only=True)
     with captured_native_output():
-        llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
         try:
             mismatched = [t for t in texts if llm.tokenize(t.encode(), add_bos=False, special=True)
                           != hf_tokenizer(t, add_special_tokens=False)["input_ids"]]
@@ -60,14 +74,11 @@ def check_tokens(gguf_path, hf_tokenizer, chat_sample: str) -> dict:
 
 
 def gguf_logits(gguf_path, rows: list[list[int]]) -> list[np.ndarray]:
-    import llama_cpp
-
     n_ctx = max(len(r) for r in rows) + 8
     out = []
+    # F32 KV cache (llama.cpp's default is F16): this measures the conversion, not the runtime's cache rounding.
+    llm = load(gguf_path, n_ctx=n_ctx, logits_all=True, n_gpu_layers=0, seed=0, type_k=0, type_v=0)
     with captured_native_output():
-        # F32 KV cache (llama.cpp's default is F16): this measures the conversion, not the runtime's cache rounding.
-        llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, logits_all=True, n_gpu_layers=0,
-                              verbose=False, seed=0, type_k=0, type_v=0)
         try:
             for ids in rows:
                 llm.reset()
