@@ -290,3 +290,47 @@ def test_sentencepiece_tokenizers_export_from_tokenizer_model(tmp_path, kind, du
     (model / "tokenizer.model").unlink()
     result = run_cli("export", str(model), "--quant", "f32", "--out", str(tmp_path / "gguf2"), "--no-verify")
     assert result.returncode == 2 and "needs its tokenizer.model" in result.stderr
+
+
+def _bpe_tokenizer(root, regex: str):
+    """A byte-level BPE tokenizer split by `regex`, trained on the shipped chat data plus numbers (multi-digit
+    merges are where the Llama 3 and Qwen 2 patterns differ: 1-3 digits vs single digits)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from qlora_kit.model.builtin import TINY_SPECIAL_TOKENS, tiny_corpus
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    numbers = [" ".join(str(i) for i in range(2000))] * 5
+    tok.train_from_iterator(tiny_corpus() + numbers, trainers.BpeTrainer(
+        vocab_size=1200, special_tokens=TINY_SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+                            pad_token="<|pad|>").save_pretrained(root)
+    return root
+
+
+@pytest.mark.parametrize("regex_name, kind, expected", [
+    ("LLAMA3_REGEX", "llama", "llama-bpe"),
+    ("QWEN2_REGEX", "llama", "qwen2"),
+    # transformers 5 loads a qwen2 model's tokenizer as Qwen2Tokenizer, which applies Qwen 2's own pattern
+    # whatever tokenizer.json says: export must name the pattern transformers really uses.
+    ("LLAMA3_REGEX", "qwen2", "qwen2"),
+])
+def test_pre_tokenizer_is_identified_as_transformers_applies_it(tmp_path, regex_name, kind, expected):
+    from transformers import AutoTokenizer
+
+    from qlora_kit.export import vocab
+
+    model = make_model(tmp_path, _bpe_tokenizer(tmp_path / "tok", getattr(vocab, regex_name)), kind)
+    digits = AutoTokenizer.from_pretrained(model).tokenize("12345")
+    assert digits == (["123", "45"] if expected == "llama-bpe" else list("12345"))  # the patterns do differ here
+    result = run_cli("export", str(model), "--quant", "f32", "--out", str(tmp_path / "gguf"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    f32 = json.loads((tmp_path / "gguf" / "export_report.json").read_text())["exports"]["f32"]
+    assert f32["pre_tokenizer"] == expected
+    assert f32["verification"]["tokens"]["equal"] == 7, f32["verification"]["tokens"]

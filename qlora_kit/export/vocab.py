@@ -42,6 +42,19 @@ def identify_pre_tokenizer(spec: dict | None, where: str) -> str:
                      f"from this tokenizer, so export refuses it. Supported: {SUPPORTED}")
 
 
+def effective_pre_tokenizer(model_dir: Path) -> dict | None:
+    """The pre-tokenizer transformers really applies. In transformers 5 a model-specific tokenizer class (e.g.
+    Qwen2Tokenizer, chosen from config.json's model_type) installs its own pre-tokenizer instead of the one in
+    tokenizer.json, so the file alone can name the wrong one."""
+    from transformers import AutoTokenizer
+
+    try:
+        backend = AutoTokenizer.from_pretrained(model_dir).backend_tokenizer
+    except Exception:  # no fast tokenizer: fall back to the file
+        return None
+    return json.loads(backend.to_str()).get("pre_tokenizer")
+
+
 def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = True) -> dict:
     """Write tokens, types, merges/scores, special ids and the chat template; return facts for the report."""
     if (model_dir / "tokenizer.model").is_file():
@@ -58,7 +71,7 @@ def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = Tru
                          f"{' with byte fallback' if model.get('byte_fallback') else ''}) needs its tokenizer.model "
                          "(the scores llama.cpp merges by are not in tokenizer.json); copy the base model's "
                          "tokenizer.model next to the weights")
-    pre = identify_pre_tokenizer(data.get("pre_tokenizer"), str(tokenizer_file))
+    pre = identify_pre_tokenizer(effective_pre_tokenizer(model_dir) or data.get("pre_tokenizer"), str(tokenizer_file))
     tokens: dict[int, str] = {i: t for t, i in model["vocab"].items()}
     types: dict[int, int] = {i: NORMAL for i in tokens}
     for added in data.get("added_tokens", []):
