@@ -16,14 +16,14 @@ pytestmark = pytest.mark.slow
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def make_model(root, tiny_model_dir, kind: str, hidden: int = 256, intermediate: int = 512):
-    """A 2-layer random model of one architecture, sharing the tiny byte-level BPE tokenizer."""
+def make_model(root, tiny_model_dir, kind: str, hidden: int = 256, intermediate: int = 512, layers: int = 2):
+    """A small random model of one architecture, using the tokenizer in `tiny_model_dir`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from transformers import AutoTokenizer
 
     vocab = len(AutoTokenizer.from_pretrained(tiny_model_dir))
-    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
                   pad_token_id=0)
     gemma = {"head_dim": 64, "query_pre_attn_scalar": 64, "sliding_window": 128, "tie_word_embeddings": True}
@@ -334,3 +334,39 @@ def test_pre_tokenizer_is_identified_as_transformers_applies_it(tmp_path, regex_
     f32 = json.loads((tmp_path / "gguf" / "export_report.json").read_text())["exports"]["f32"]
     assert f32["pre_tokenizer"] == expected
     assert f32["verification"]["tokens"]["equal"] == 7, f32["verification"]["tokens"]
+
+
+MEASURE = """
+import sys
+import torch, transformers, gguf, llama_cpp  # the fixed cost every export pays
+from qlora_kit.cli import main
+from qlora_kit.memory import peak_rss_bytes
+code = main(sys.argv[1:])
+print("PEAK", peak_rss_bytes())
+sys.exit(code)
+"""
+
+
+def test_export_memory_does_not_grow_with_model_size(tiny_model_dir, tmp_path):
+    """Converting a ~540 MiB model must peak about where converting the 6 MiB tiny model does (same code path and
+    imports): only the largest tensor may add to it, never the model."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    big = make_model(tmp_path, tiny_model_dir, "llama", hidden=1024, intermediate=2816, layers=12)
+    big_bytes = sum(f.stat().st_size for f in big.glob("*.safetensors"))
+
+    def peak(model, out):
+        result = subprocess.run([sys.executable, "-c", MEASURE, "export", str(model), "--quant", "f32", "--out",
+                                 str(out), "--no-verify"], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return int(result.stdout.split("PEAK")[-1])
+
+    small = peak(tiny_model_dir, tmp_path / "small-out")
+    large = peak(big, tmp_path / "big-out")
+    print(f"export peak RSS: {small / 2**20:.0f} MiB (tiny model), {large / 2**20:.0f} MiB ({big_bytes / 2**20:.0f} MiB)")
+    bound = 64 * 2**20
+    assert big_bytes > 5 * bound
+    assert large - small < bound, (large - small) / 2**20

@@ -16,6 +16,7 @@ import numpy as np
 from qlora_kit.errors import StageError, UsageError
 from qlora_kit.export.archs import ARCHS, common_kv, permute_for_llama_cpp
 from qlora_kit.export.vocab import add_vocab
+from qlora_kit.memory import return_large_frees_to_the_os
 from qlora_kit.merge.checkpoint import Checkpoint
 from qlora_kit.registry import Registry
 
@@ -66,6 +67,7 @@ def tensor_type(name: str, shape: tuple[int, ...], target: str) -> str:
 def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int, name: str) -> dict:
     import gguf
 
+    return_large_frees_to_the_os()  # tensor-sized buffers come and go one after another (see qlora_kit.memory)
     ckpt = Checkpoint(model_dir)
     if ckpt.prequantized:
         raise UsageError(f"{model_dir}: a bitsandbytes 4-bit checkpoint cannot be converted (its tensors are packed "
@@ -117,8 +119,10 @@ def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int
             data = permute_for_llama_cpp(data, kv_heads)
         if arch.norm_shift and hf_name.endswith("norm.weight"):
             data = data + arch.norm_shift
-        writer.write_tensor_data(_encode(data, kind))
+        encoded = _encode(data, kind)
         del data
+        writer.write_tensor_data(encoded)
+        del encoded  # before reading the next tensor: peak memory is one tensor, not two
     for data in extra.values():
         writer.write_tensor_data(data)
     writer.close()
@@ -130,7 +134,7 @@ def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int
 
 def _encode(data: np.ndarray, kind: str) -> np.ndarray:
     if kind == "F32":
-        return data.astype(np.float32)
+        return data.astype(np.float32, copy=False)
     if kind == "F16":
         return data.astype(np.float16)
     import gguf
