@@ -31,15 +31,6 @@ class Rows:
     rows: list[Row] = field(default_factory=list)
 
 
-def describe_source(spec: str) -> str:
-    """What a `data.path` value points at, for messages."""
-    if spec.startswith("builtin:"):
-        return f"{spec} (shipped with qlora-kit)"
-    if spec.startswith("hf:"):
-        return f"Hub dataset {spec[3:]}"
-    return spec
-
-
 def check_source(spec: str, field_name: str) -> None:
     """Cheap existence checks for `validate` (no file parsing, no network)."""
     if spec.startswith("builtin:"):

@@ -120,12 +120,6 @@ class RunDir:
         with open(self.events, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
 
-    def read_events(self, kind: str | None = None) -> list[dict]:
-        if not self.events.is_file():
-            return []
-        rows = [json.loads(line) for line in self.events.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [r for r in rows if kind is None or r["event"] == kind]
-
     def publish_dir(self, tmp: Path, final: Path) -> None:
         """Move a fully written directory into place (replacing an older one)."""
         if final.exists():
