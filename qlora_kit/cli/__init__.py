@@ -60,17 +60,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def quiet_libraries() -> None:
-    """Library chatter (deprecation warnings, weight loading/writing bars, bitsandbytes' note that the optional
-    `kernels` package is absent) buries our own progress and one-line errors; --debug keeps it. The libraries read
-    these variables when imported, which is why this runs before any command does."""
+    """Library chatter (deprecation warnings, bitsandbytes' note that the optional `kernels` package is absent,
+    and progress bars when output goes to a log) buries our own progress and one-line errors; --debug keeps it.
+    The libraries read these variables when imported, which is why this runs before any command does."""
     import logging
     import os
     import warnings
 
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not sys.stderr.isatty():
+        # In logs, progress bars are noise; on a terminal they are how a multi-GB Hub download shows it is alive.
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
