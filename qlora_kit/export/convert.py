@@ -49,6 +49,9 @@ def get_quant_type(name: str) -> QuantType:
     return QUANT_TYPES[key]
 
 
+NUMPY_TYPES = {"F32": np.float32, "F16": np.float16}  # GGML types numpy can hold directly
+
+
 def _ggml_type(name: str):
     import gguf
 
@@ -99,12 +102,13 @@ def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int
         arch.extra_kv(writer, config)
     vocab = add_vocab(writer, model_dir, config["vocab_size"], space_prefix=arch.space_prefix)
     for hf_name, gguf_name, shape, kind in plan:
-        qtype = _ggml_type(kind)
-        byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype) if kind not in ("F32", "F16") else shape
-        nbytes = int(np.prod(byte_shape)) * (4 if kind == "F32" else 2 if kind in ("F16", "BF16") else 1)
-        writer.add_tensor_info(gguf_name, byte_shape, np.dtype(np.float32 if kind == "F32" else np.float16
-                                                               if kind == "F16" else np.uint8),
-                               nbytes, raw_dtype=qtype if kind not in ("F32", "F16") else None)
+        if kind in NUMPY_TYPES:
+            dtype = np.dtype(NUMPY_TYPES[kind])
+            writer.add_tensor_info(gguf_name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
+        else:  # BF16 and quantized types are written as raw bytes in their block layout
+            byte_shape = gguf.quant_shape_to_byte_shape(shape, _ggml_type(kind))
+            writer.add_tensor_info(gguf_name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)),
+                                   raw_dtype=_ggml_type(kind))
     for gguf_name, data in extra.items():
         writer.add_tensor_info(gguf_name, data.shape, data.dtype, data.nbytes)
     writer.write_header_to_file()
@@ -133,10 +137,8 @@ def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int
 
 
 def _encode(data: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "F32":
-        return data.astype(np.float32, copy=False)
-    if kind == "F16":
-        return data.astype(np.float16)
+    if kind in NUMPY_TYPES:
+        return data.astype(NUMPY_TYPES[kind], copy=False)
     import gguf
 
     # Rows are contiguous in the last dimension: gguf quantizes along it, exactly as llama.cpp reads it.

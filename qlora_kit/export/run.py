@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlora_kit.errors import StageError, UsageError
-from qlora_kit.export.convert import get_quant_type, llama_cpp_quantize, write_gguf
+from qlora_kit.export.convert import QUANT_TYPES, get_quant_type, llama_cpp_quantize, write_gguf
 from qlora_kit.export.verify import captured_native_output
 
 # Approximate bytes per weight, for the free-space check before writing.
@@ -63,17 +63,23 @@ def export(source: str | Path, options: ExportOptions, out: str | Path | None = 
     _check_disk(model_dir, out, [q.name for q in quants])
     report = {"source": str(model_dir), "run": str(run_dir) if run_dir else None, "exports": {}}
     checker = _Verifier(model_dir, run_dir, options.samples) if options.verify else None
-    intermediate = None
+    intermediate, intermediate_facts = None, {}
     try:
         for q in quants:
-            entry = _export_one(model_dir, stem, q, targets[q.name], out, config, intermediate)
-            intermediate = entry.pop("_intermediate", intermediate)
+            t0, tmp = time.time(), Path(str(targets[q.name]) + ".tmp")
+            if q.via_llama_cpp:
+                if intermediate is None:  # K-quants all start from one GGUF in the model's own precision
+                    intermediate, intermediate_facts = _write_intermediate(model_dir, out, stem, config)
+                entry = {**intermediate_facts, **_quantize(intermediate, tmp, q)}
+            else:
+                entry = write_gguf(model_dir, tmp, q.ggml, q.file_type, stem)
+            entry.update(seconds=round(time.time() - t0, 3), bytes=tmp.stat().st_size)
             if checker:
-                entry["verification"] = checker.check(q.name, Path(str(targets[q.name]) + ".tmp"))
+                entry["verification"] = checker.check(q.name, tmp)
                 if not entry["verification"]["passed"] and not options.allow_mismatch:
                     raise StageError(f"verification failed for {q.name}: {entry['verification']['summary']}; "
                                      "nothing was written (--allow-mismatch writes it anyway)")
-            Path(str(targets[q.name]) + ".tmp").replace(targets[q.name])
+            tmp.replace(targets[q.name])
             report["exports"][q.name] = {**entry, "file": targets[q.name].name}
     finally:
         for leftover in out.glob("*.gguf.tmp"):
@@ -87,28 +93,21 @@ def export(source: str | Path, options: ExportOptions, out: str | Path | None = 
     return out
 
 
-def _export_one(model_dir, stem, q, target: Path, out: Path, config, intermediate) -> dict:
-    t0 = time.time()
-    tmp = Path(str(target) + ".tmp")
-    if not q.via_llama_cpp:
-        facts = write_gguf(model_dir, tmp, q.ggml, q.file_type, stem)
-        return {**facts, "seconds": round(time.time() - t0, 3), "bytes": tmp.stat().st_size}
-    from qlora_kit.export.convert import QUANT_TYPES
-
+def _write_intermediate(model_dir: Path, out: Path, stem: str, config: dict) -> tuple[Path, dict]:
     base = QUANT_TYPES[INTERMEDIATE.get(config.get("dtype") or config.get("torch_dtype") or "float32", "f32")]
-    result = {}
-    if intermediate is None:
-        intermediate = out / f".{stem}-{base.name}.intermediate.gguf"
-        result = write_gguf(model_dir, intermediate, base.ggml, base.file_type, stem)
-    with captured_native_output() as log:
-        try:
-            llama_cpp_quantize(intermediate, tmp, q.file_type)
-        except StageError as exc:
-            raise StageError(f"{exc}: {log['text'].strip().splitlines()[-1:] or ''}") from None
+    path = out / f".{stem}-{base.name}.intermediate.gguf"
+    return path, {**write_gguf(model_dir, path, base.ggml, base.file_type, stem), "from": base.name}
+
+
+def _quantize(src: Path, dst: Path, q) -> dict:
     from qlora_kit.export.inspect import fallbacks, tensor_types
 
-    return {**result, "from": base.name, "tensor_types": tensor_types(tmp), "fallbacks": fallbacks(tmp, q.name),
-            "seconds": round(time.time() - t0, 3), "bytes": tmp.stat().st_size, "_intermediate": intermediate}
+    with captured_native_output() as log:
+        try:
+            llama_cpp_quantize(src, dst, q.file_type)
+        except StageError as exc:
+            raise StageError(f"{exc}: {log['text'].strip().splitlines()[-1:] or ''}") from None
+    return {"tensor_types": tensor_types(dst), "fallbacks": fallbacks(dst, q.name)}
 
 
 def _check_disk(model_dir: Path, out: Path, quants: list[str]) -> None:

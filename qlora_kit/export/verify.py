@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def load(gguf_path, **kwargs):
         except ValueError:
             pass
     errors = [line for line in log["text"].splitlines() if "error" in line.lower()] or log["text"].splitlines()
-    raise StageError(f"llama.cpp cannot load {gguf_path.name if hasattr(gguf_path, 'name') else gguf_path}: "
+    raise StageError(f"llama.cpp cannot load {Path(gguf_path).name}: "
                      f"{errors[-1].strip() if errors else 'no message'}")
 
 

@@ -90,17 +90,20 @@ def merge_weights(ckpt: Checkpoint, adapter, out: Path, options: MergeOptions, t
             "replaced": len(adapter.full)}
 
 
-def write_model_files(ckpt: Checkpoint, adapter_dir: Path, out: Path, out_dtype: torch.dtype, adapter) -> None:
+def check_tied(ckpt: Checkpoint, adapter) -> None:
+    """Checked before any tensor is written: a trained embedding or head no longer equals its tied twin, and
+    transformers/llama.cpp would re-tie them on load."""
+    changed = [*adapter.linear, *adapter.embedding, *adapter.full]
+    if ckpt.config.get("tie_word_embeddings") and any(n.endswith(("embed_tokens.weight", "lm_head.weight"))
+                                                       for n in changed):
+        raise UsageError("the adapter changes a tied embedding/output head; merging it would untie them, which is "
+                         "not supported yet (train without embed_tokens/lm_head in lora.target_modules)")
+
+
+def write_model_files(ckpt: Checkpoint, adapter_dir: Path, out: Path, out_dtype: torch.dtype) -> None:
     config = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
     config["dtype"] = str(out_dtype).removeprefix("torch.")
     config.pop("torch_dtype", None)
-    tied_changed = config.get("tie_word_embeddings") and any(
-        n.endswith(("embed_tokens.weight", "lm_head.weight")) for n in
-        [*adapter.linear, *adapter.embedding, *adapter.full])
-    if tied_changed:
-        # A trained embedding or head no longer equals its tied twin: llama.cpp/transformers must not re-tie them.
-        raise UsageError("the adapter changes a tied embedding/output head; merging it would untie them, which is "
-                         "not supported yet (train without embed_tokens/lm_head in lora.target_modules)")
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for name in ("generation_config.json",):
         if (ckpt.path / name).is_file():

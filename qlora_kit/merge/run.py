@@ -14,8 +14,8 @@ import torch
 
 from qlora_kit.errors import QKError, StageError, UsageError
 from qlora_kit.merge.checkpoint import Checkpoint
-from qlora_kit.merge.merge import (MergeOptions, load_adapter_checked, merge_weights, publish, resolve_out_dtype,
-                                   temp_dir_for, write_model_files)
+from qlora_kit.merge.merge import (MergeOptions, check_tied, load_adapter_checked, merge_weights, publish,
+                                   resolve_out_dtype, temp_dir_for, write_model_files)
 from qlora_kit.train.rundir import RunDir, atomic_write_json
 
 # Top-1 agreement below this means the merge is wrong (a missing scale, a transposed delta), not float noise.
@@ -41,6 +41,7 @@ def merge_run(run_dir: str | Path, options: MergeOptions, out: str | Path | None
     if ckpt.prequantized and options.base == "original":
         raise UsageError(f"{ckpt.path} is a pre-quantized 4-bit checkpoint: there are no original 16-bit weights, "
                          "so only --base dequantized is possible")
+    check_tied(ckpt, adapter)
     out = Path(out) if out else run.root / "merged"
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists; pass --overwrite to replace it")
@@ -50,7 +51,7 @@ def merge_run(run_dir: str | Path, options: MergeOptions, out: str | Path | None
     try:
         t0 = time.time()
         facts = merge_weights(ckpt, adapter, tmp, options, train_dtype, out_dtype)
-        write_model_files(ckpt, run.adapter, tmp, out_dtype, adapter)
+        write_model_files(ckpt, run.adapter, tmp, out_dtype)
         report = {"run": str(run.root), "base_model": str(ckpt.path), "base": options.base,
                   "dtype": str(out_dtype).removeprefix("torch."), "train_dtype": recipe.model.dtype,
                   "prequantized_base": ckpt.prequantized, "scale": adapter.scale, **facts,
