@@ -10,15 +10,27 @@ from __future__ import annotations
 import resource
 
 
-def peak_rss_bytes() -> int:
+def _status_bytes(field: str) -> int | None:
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024  # reported in kB
     except OSError:
         pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    peak = _status_bytes("VmHWM:")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux (bytes on macOS: rarely used)
+
+
+def current_rss_bytes() -> int | None:
+    """Resident memory now (Linux; None elsewhere)."""
+    return _status_bytes("VmRSS:")
 
 
 def return_large_frees_to_the_os() -> None:

@@ -15,7 +15,7 @@ from qlora_kit import __version__
 from qlora_kit.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, QKError, RecipeError
 
 # Each module exposes register(subparsers, common) and sets `func` on its parser.
-_SUBCOMMANDS = ("train", "validate", "data", "merge", "export", "chat", "serve", "schema")
+_SUBCOMMANDS = ("train", "validate", "data", "merge", "export", "chat", "serve", "bench", "plan", "schema")
 
 
 def build_parser() -> argparse.ArgumentParser:

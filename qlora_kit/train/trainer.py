@@ -14,7 +14,7 @@ def to_dataset(rows: list[Encoded]):
     return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
 
 
-def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool):
+def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool, save: bool = True):
     from trl import SFTConfig
 
     t = recipe.train
@@ -27,7 +27,7 @@ def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool):
         learning_rate=t.lr, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio
         optim=t.optimizer, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps, logging_first_step=True,
-        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        save_strategy="steps" if save else "no", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         eval_strategy="steps" if eval_every else "no", eval_steps=t.eval_steps if eval_every else None,
         seed=t.seed, data_seed=t.seed,
         bf16=rt.device == "cuda" and rt.dtype == "bfloat16", fp16=rt.device == "cuda" and rt.dtype == "float16",
@@ -43,7 +43,9 @@ def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool):
     )
 
 
-def build_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eval_rows, output_dir, callbacks):
+def build_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eval_rows, output_dir, callbacks,
+                  save: bool = True):
+    """save=False: no checkpoints at all (benchmark cells; the Trainer would otherwise save at max_steps)."""
     from trl import SFTTrainer
 
     cls = SFTTrainer
@@ -53,7 +55,7 @@ def build_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eva
 
     adapter_dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
     trainer = cls(
-        model=model, processing_class=tokenizer, args=sft_config(recipe, rt, output_dir, bool(eval_rows)),
+        model=model, processing_class=tokenizer, args=sft_config(recipe, rt, output_dir, bool(eval_rows), save),
         train_dataset=to_dataset(train_rows), eval_dataset=to_dataset(eval_rows) if eval_rows else None,
         callbacks=callbacks,
     )

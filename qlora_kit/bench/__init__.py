@@ -1,0 +1,1 @@
+"""`qlora-kit bench`: measured tokens/s and peak memory per backend, sequence length and batch size."""

@@ -1,0 +1,219 @@
+"""One benchmark cell in a process of its own: `python -m qlora_kit.bench.cell SPEC.json RESULT.json`.
+
+A fresh process per cell because Unsloth patches transformers globally at import (it must never share a process
+with the hf baseline) and because peak memory is a per-process quantity. The cell trains through the same
+backend loader and SFTTrainer as `qlora-kit train`, on rows of exactly `seq_len` tokens, and always writes
+RESULT.json: status ok, oom or error. Exit codes: 0 ok, 3 out of memory, 1 anything else.
+
+Timing: each optimizer step is timed between the Trainer's step callbacks (CUDA synchronized); the first
+`warmup` steps are excluded from tokens/s. On CPU one extra step runs last under the memory profiler (see
+bench.tensors) and is excluded too, as profiling slows it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+STARTED = time.perf_counter()  # "time to first step" counts from here: process start, imports and load included
+
+EXIT_OOM = 3
+# Messages of PyTorch's CPU allocator and of CUDA when memory runs out.
+OOM_MARKERS = ("out of memory", "can't allocate memory", "CUDA error: out of memory")
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    result = {key: spec[key] for key in ("backend", "seq_len", "batch_size")}
+    code = 0
+    try:
+        _limit_memory(spec)
+        result.update(run_cell(spec))
+        result["status"] = "ok"
+    except MemoryError as exc:
+        result.update(status="oom", error=_first_line(exc) or "MemoryError")
+        code = EXIT_OOM
+    except Exception as exc:  # noqa: BLE001  (a cell always reports; the sweep goes on)
+        text = f"{type(exc).__name__}: {_first_line(exc)}"
+        is_oom = type(exc).__name__ == "OutOfMemoryError" or any(m in str(exc) for m in OOM_MARKERS)
+        result.update(status="oom" if is_oom else "error", error=text)
+        code = EXIT_OOM if is_oom else 1
+    tmp = Path(argv[1]).with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    tmp.replace(argv[1])
+    return code
+
+
+def _limit_memory(spec: dict) -> None:
+    """--mem-limit: on CUDA a per-process share of the GPU (applied after load, see run_cell); on CPU the data
+    segment limit, which makes an allocation past it fail the way a machine with that much memory would."""
+    if spec.get("mem_limit") and spec["device"] == "cpu":
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_DATA, (spec["mem_limit"], resource.RLIM_INFINITY))
+
+
+def run_cell(spec: dict) -> dict:
+    from qlora_kit.model.backends import get_backend
+    from qlora_kit.recipe import load_recipe
+
+    recipe = load_recipe(spec["recipe"], spec["overrides"] + _cell_overrides(spec))
+    backend = get_backend(spec["backend"])
+    backend.prepare()
+    import bitsandbytes  # noqa: F401  (the whole training stack, so both backends' import RSS compare)
+    import peft  # noqa: F401
+    import torch
+    import trl  # noqa: F401
+
+    from qlora_kit.memory import current_rss_bytes
+
+    import_rss = current_rss_bytes()
+
+    from qlora_kit.model.resolve import resolve_model_path
+    from qlora_kit.train.auto import resolve
+
+    resolved, rt = resolve(recipe)
+    loaded = time.perf_counter()
+    model, tokenizer = backend.load(resolve_model_path(resolved.model.name), resolved.model, resolved.lora, rt)
+    load_seconds = time.perf_counter() - loaded
+    if rt.device == "cuda" and spec.get("mem_limit"):
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, spec["mem_limit"] / total))
+    rows = make_rows(spec, resolved, tokenizer)
+    timer = make_timer(spec["steps"], profile_last=rt.device == "cpu", cuda=rt.device == "cuda")
+    timer.model = model
+    return _train(spec, resolved, rt, model, tokenizer, rows, timer) | {
+        "import_rss_bytes": import_rss, "load_seconds": round(load_seconds, 3), "device": rt.device,
+        "dtype": rt.dtype, "optimizer": resolved.train.optimizer,
+        "gradient_checkpointing": bool(resolved.train.gradient_checkpointing),
+    }
+
+
+def _train(spec, resolved, rt, model, tokenizer, rows, timer) -> dict:
+    import tempfile
+
+    import torch
+
+    from qlora_kit.bench.tensors import held_bytes
+    from qlora_kit.memory import peak_rss_bytes
+    from qlora_kit.train.trainer import build_trainer
+
+    with tempfile.TemporaryDirectory(prefix="qlora-kit-bench-") as tmp:
+        trainer = build_trainer(resolved, rt, model, tokenizer, rows, [], tmp, [timer], save=False)
+        timer.trainer = trainer
+        trainer.train()
+    measured = timer.durations[spec["warmup"]:len(timer.durations) - (1 if timer.profile_last else 0)]
+    tokens_per_step = spec["seq_len"] * spec["batch_size"]
+    out = {
+        "steps": len(timer.durations), "measured_steps": len(measured),
+        "step_seconds": [round(s, 5) for s in timer.durations],
+        "tokens_per_second": round(tokens_per_step * len(measured) / sum(measured), 2) if measured else None,
+        "time_to_first_step_seconds": round(timer.first_step_end - STARTED, 3),
+        "losses": timer.losses, "final_loss": timer.losses[-1] if timer.losses else None,
+        "held": held_bytes(model, trainer.optimizer),
+    }
+    if rt.device == "cuda":
+        out.update(peak_allocated_bytes=torch.cuda.max_memory_allocated(),
+                   peak_reserved_bytes=torch.cuda.max_memory_reserved(), gpu=torch.cuda.get_device_name(0))
+    else:
+        out.update(peak_rss_bytes=peak_rss_bytes(), peak_tensor_bytes=timer.tensor_peak)
+    return out
+
+
+def _cell_overrides(spec: dict) -> list[str]:
+    return [f"model.backend={spec['backend']}", f"model.max_seq_length={spec['seq_len']}",
+            f"train.batch_size={spec['batch_size']}", "train.grad_accum=1", f"train.max_steps={spec['steps']}",
+            "train.logging_steps=1", "train.eval_steps=null", f"train.device={spec['device']}"]
+
+
+def make_rows(spec: dict, recipe, tokenizer) -> list:
+    """batch_size x steps rows of exactly seq_len tokens, the same for every backend (seeded).
+
+    synthetic: uniformly random token ids, all trained. recipe: the recipe's data encoded as in training, joined
+    into one token stream (masks kept) and cut into seq_len blocks, cycling when the data is shorter.
+    """
+    from qlora_kit.data.encode import Encoded
+
+    n, length = spec["batch_size"] * spec["steps"], spec["seq_len"]
+    if spec["data"] == "synthetic":
+        rng = random.Random(recipe.train.seed)
+        vocab = len(tokenizer)
+        rows = []
+        for _ in range(n):
+            ids = [rng.randrange(vocab) for _ in range(length)]
+            rows.append(Encoded(ids, list(ids)))
+        return rows
+    from qlora_kit.data.encode import apply_chat_template_choice
+    from qlora_kit.data.prepare import encode_split, load_examples
+
+    items, _, _ = load_examples(recipe.data, recipe.train.seed)
+    apply_chat_template_choice(tokenizer, recipe.data.chat_template)
+    split = encode_split(tokenizer, items, recipe.data.train_on, 10**9)
+    ids = [t for r in split.rows for t in r.input_ids]
+    labels = [t for r in split.rows for t in r.labels]
+    if not ids:
+        from qlora_kit.errors import DataError
+
+        raise DataError("bench --data recipe: the recipe's data encodes to no tokens")
+    reps = -(-n * length // len(ids))
+    ids, labels = ids * reps, labels * reps
+    return [Encoded(ids[i * length:(i + 1) * length], labels[i * length:(i + 1) * length]) for i in range(n)]
+
+
+def make_timer(steps: int, profile_last: bool, cuda: bool):
+    """The step timer is a TrainerCallback, so its class is made only after the backend's import (Unsloth must be
+    imported before transformers)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.steps, self.profile_last, self.cuda = steps, profile_last, cuda
+            self.durations: list[float] = []
+            self.losses: list[float] = []
+            self.first_step_end = self.tensor_peak = None
+            self.model = self.trainer = None
+            self._t = self._profiler = None
+            self._baseline = 0
+
+        def _now(self) -> float:
+            if self.cuda:
+                import torch
+
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.profile_last and state.global_step == self.steps - 1:
+                from qlora_kit.bench.tensors import StepPeak, held_bytes
+
+                # Tensors alive now (the profiler sees only what is allocated while it runs); gradients are
+                # None between steps, so this is weights, LoRA, optimizer states and buffers.
+                self._baseline = sum(held_bytes(self.model, getattr(self.trainer, "optimizer", None)).values())
+                self._profiler = StepPeak().__enter__()
+            self._t = self._now()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.durations.append(self._now() - self._t)
+            if self.first_step_end is None:
+                self.first_step_end = time.perf_counter()
+            if self._profiler is not None:
+                self._profiler.__exit__(None, None, None)
+                self.tensor_peak = self._baseline + self._profiler.peak
+                self._profiler = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(round(float(logs["loss"]), 6))
+
+    return StepTimer()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

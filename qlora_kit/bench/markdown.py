@@ -1,0 +1,81 @@
+"""report.md: the bench report as tables a person reads (report.json holds the same and more)."""
+
+from __future__ import annotations
+
+MIB = 2**20
+
+
+def _mib(value) -> str:
+    return f"{value / MIB:,.1f}" if value else "-"
+
+
+def _num(value, fmt: str) -> str:
+    return format(value, fmt) if value is not None else "-"
+
+
+def render_markdown(report: dict) -> str:
+    m, s = report["machine"], report["settings"]
+    device = f"{m['gpu']} ({m['gpu_memory_bytes'] / 2**30:.0f} GiB), " if m.get("gpu") else ""
+    versions = ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v)
+    lines = [
+        "# qlora-kit bench", "",
+        f"- Command: `{report['command']}`",
+        f"- Model: `{report['model']}` ({report['model_shape']['model_type']}, "
+        f"{report['model_shape']['params']:,} parameters)",
+        f"- Machine: {device}{m['cpu']}, {m['cpu_count']} CPUs, "
+        f"{(m['ram_bytes'] or 0) / 2**30:.0f} GiB RAM; device `{m['device']}`",
+        f"- Versions: python {m['python']}, qlora-kit {m['qlora_kit']}, {versions}",
+        f"- Each cell: a fresh process, {s['steps']} steps on {s['data']} rows of exactly seq_len tokens, "
+        f"the first {s['warmup']} excluded from tokens/s" + (", the last profiled for tensor memory and excluded"
+                                                             if m["device"] == "cpu" else ""),
+        f"- Created {report['created']}", "",
+        "## Results", "",
+    ]
+    cpu = m["device"] == "cpu"
+    head = ["backend", "seq", "batch", "status", "tokens/s", "x hf", "first step s",
+            "peak RSS MiB" if cpu else "peak alloc MiB", "x hf"]
+    head += ["tensor peak MiB", "x hf"] if cpu else ["reserved MiB", "MFU"]
+    head += ["predicted MiB", "error", "final loss", "Δ loss vs hf"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in report["cells"]:
+        ok = c["status"] == "ok"
+        row = [c["backend"], str(c["seq_len"]), str(c["batch_size"]), c["status"] if ok else f"**{c['status']}**",
+               _num(c.get("tokens_per_second"), ",.0f"), _num(c.get("speed_ratio_vs_hf"), ".2f"),
+               _num(c.get("time_to_first_step_seconds"), ".1f"), _mib(c.get("peak_bytes")),
+               _num(c.get("memory_ratio_vs_hf"), ".3f")]
+        if cpu:
+            row += [_mib(c.get("peak_tensor_bytes")), _num(c.get("tensor_ratio_vs_hf"), ".3f")]
+        else:
+            row += [_mib(c.get("peak_reserved_bytes")), _num(c.get("mfu"), ".1%")]
+        row += [_mib(c.get("predicted_peak_bytes")), _num(c.get("prediction_error"), "+.1%"),
+                _num(c.get("final_loss"), ".4f"), _num(c.get("final_loss_diff_vs_hf"), "+.2e")]
+        lines.append("| " + " | ".join(row) + " |")
+    failed = [c for c in report["cells"] if c["status"] != "ok"]
+    if failed:
+        lines += ["", "Cells that did not finish:", ""]
+        lines += [f"- {c['backend']} seq {c['seq_len']} batch {c['batch_size']}: {c['status']}: "
+                  f"{c.get('error', '')} (log: `{c['log']}`)" for c in failed]
+    lines += ["", "## Targets", ""] + _targets(report)
+    lines += ["", "## How to read this", "",
+              f"- Memory: {report['memory_measures']['cuda' if not cpu else 'cpu']}. The planner's prediction is "
+              "compared with " + ("the peak live tensor bytes" if cpu else "max_memory_allocated") + ".",
+              f"- MFU (GPU only): {report['mfu_formula']}",
+              "- x hf: this backend's number divided by the hf baseline's in the same sweep, same seed and rows; "
+              "Δ loss: final-step loss minus the baseline's.", ""]
+    if report.get("plots"):
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
+    return "\n".join(lines)
+
+
+def _targets(report: dict) -> list[str]:
+    if not report["targets"]:
+        return ["No cell is comparable with a target (it needs an hf baseline cell of the same size"
+                + (" and seq >= 2048 on CUDA" if report["machine"]["device"] == "cuda" else "") + ")."]
+    lines = []
+    for t in report["targets"]:
+        speed = "met" if t["speed_met"] else f"missed by {t['speed_target'] - t['speed_ratio']:.2f}"
+        memory = "met" if t["memory_met"] else f"missed by {t['memory_ratio'] - t['memory_target']:.3f}"
+        lines.append(f"- {t['backend']} seq {t['seq_len']} batch {t['batch_size']}: speed {t['speed_ratio']:.2f}x "
+                     f"(target >= {t['speed_target']}x: {speed}); memory {t['memory_ratio']:.3f}x "
+                     f"(target <= {t['memory_target']}x: {memory})")
+    return lines

@@ -1,0 +1,152 @@
+"""The bench report: report.json (everything), report.md (tables), and PNG plots.
+
+Which memory number is compared: on CUDA `max_memory_allocated` (what the planner predicts, and what Unsloth's
+and everyone's published numbers use); on CPU the process's peak RSS for the backend ratio (what the machine
+pays) and the peak of live tensor bytes for the planner (RSS also holds the libraries themselves).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from qlora_kit import __version__
+
+MFU_FORMULA = ("FLOPs per trained token = 4 x N + 12 x L x s x h (N parameters, L layers, s sequence length, h "
+               "hidden size): forward 2N, backward to activations 2N (frozen 4-bit weights get no weight "
+               "gradient; LoRA's are negligible), attention 4 x L x s x h forward and twice that backward. "
+               "MFU = FLOPs/token x tokens/s / the GPU's dense bf16 peak.")
+PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo", "accelerate")
+# Targets from the benchmark issue: (device, seq_len at least, speed ratio at least, memory ratio at most).
+TARGETS = {"cuda": (2048, 2.0, 0.4), "cpu": (0, 1.0, 1.0)}
+PLANNER_TOLERANCE = 0.10
+
+
+def machine_info(device: str) -> dict:
+    info = {"device": device, "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "ram_bytes": _ram_bytes(),
+            "python": platform.python_version(), "platform": platform.platform(), "qlora_kit": __version__,
+            "packages": {}}
+    for name in PACKAGES:
+        try:
+            info["packages"][name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            info["packages"][name] = None
+    if device == "cuda":
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_bytes=props.total_memory, cuda=torch.version.cuda)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ram_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def build_report(sweep, recipe, shape, machine: dict, cells: list[dict]) -> dict:
+    from qlora_kit.bench.sweep import settings
+
+    for cell in cells:
+        _add_measures(cell, sweep.device)
+        _add_prediction(cell, sweep, recipe, shape)
+        _add_mfu(cell, shape, machine)
+    _add_ratios(cells)
+    return {
+        "schema": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "qlora-kit " + " ".join(sweep.argv), "recipe": sweep.recipe, "model": recipe.model.name,
+        "model_shape": {"model_type": shape.model_type, "params": shape.params, "layers": shape.layers,
+                        "hidden": shape.hidden, "vocab": shape.vocab_size},
+        "machine": machine, "settings": settings(sweep), "mfu_formula": MFU_FORMULA,
+        "memory_measures": {"cuda": "torch.cuda.max_memory_allocated (reserved also recorded)",
+                            "cpu": "peak RSS (VmHWM) for backend ratios; peak live tensor bytes for the planner"},
+        "cells": cells, "targets": evaluate_targets(cells, sweep.device),
+    }
+
+
+def _add_measures(cell: dict, device: str) -> None:
+    if cell["status"] != "ok":
+        return
+    if device == "cuda":
+        cell["peak_bytes"], cell["peak_kind"] = cell["peak_allocated_bytes"], "cuda_max_memory_allocated"
+        cell["planner_measured_bytes"] = cell["peak_allocated_bytes"]
+    else:
+        cell["peak_bytes"], cell["peak_kind"] = cell["peak_rss_bytes"], "cpu_peak_rss"
+        cell["planner_measured_bytes"] = cell.get("peak_tensor_bytes")
+
+
+def _add_prediction(cell: dict, sweep, recipe, shape) -> None:
+    from qlora_kit.plan.inputs import plan_input_for
+    from qlora_kit.plan.estimate import estimate
+
+    p = plan_input_for(recipe, shape, cell["backend"], sweep.device, cell["seq_len"], cell["batch_size"],
+                       grad_accum=1)
+    est = estimate(shape, p)
+    cell["predicted_peak_bytes"] = est.peak
+    cell["predicted_terms"] = est.terms
+    measured = cell.get("planner_measured_bytes")
+    if measured:
+        cell["prediction_error"] = round((est.peak - measured) / measured, 4)
+
+
+def _add_mfu(cell: dict, shape, machine: dict) -> None:
+    from qlora_kit.plan.gpus import peak_flops_for
+
+    peak = peak_flops_for(machine.get("gpu"))
+    if cell["status"] != "ok" or not peak or not cell.get("tokens_per_second"):
+        return
+    per_token = 4 * shape.params + 12 * shape.layers * cell["seq_len"] * shape.hidden
+    cell["mfu"] = round(per_token * cell["tokens_per_second"] / peak, 4)
+
+
+def _add_ratios(cells: list[dict]) -> None:
+    baseline = {(c["seq_len"], c["batch_size"]): c for c in cells if c["backend"] == "hf" and c["status"] == "ok"}
+    for cell in cells:
+        base = baseline.get((cell["seq_len"], cell["batch_size"]))
+        if cell["status"] != "ok" or base is None:
+            continue
+        cell["speed_ratio_vs_hf"] = round(cell["tokens_per_second"] / base["tokens_per_second"], 3)
+        cell["memory_ratio_vs_hf"] = round(cell["peak_bytes"] / base["peak_bytes"], 3)
+        if cell.get("peak_tensor_bytes") and base.get("peak_tensor_bytes"):
+            cell["tensor_ratio_vs_hf"] = round(cell["peak_tensor_bytes"] / base["peak_tensor_bytes"], 3)
+        if cell.get("final_loss") is not None and base.get("final_loss") is not None:
+            cell["final_loss_diff_vs_hf"] = round(cell["final_loss"] - base["final_loss"], 6)
+
+
+def evaluate_targets(cells: list[dict], device: str) -> list[dict]:
+    min_seq, speed, memory = TARGETS[device]
+    out = []
+    for cell in cells:
+        if cell["backend"] == "hf" or "speed_ratio_vs_hf" not in cell or cell["seq_len"] < min_seq:
+            continue
+        out.append({"backend": cell["backend"], "seq_len": cell["seq_len"], "batch_size": cell["batch_size"],
+                    "speed_ratio": cell["speed_ratio_vs_hf"], "speed_target": speed,
+                    "speed_met": cell["speed_ratio_vs_hf"] >= speed,
+                    "memory_ratio": cell["memory_ratio_vs_hf"], "memory_target": memory,
+                    "memory_met": cell["memory_ratio_vs_hf"] <= memory})
+    return out
+
+
+def write_report(report: dict, out: Path) -> None:
+    from qlora_kit.bench.markdown import render_markdown
+    from qlora_kit.bench.plots import write_plots
+
+    report["plots"] = write_plots(report, out)
+    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")

@@ -1,0 +1,156 @@
+"""`qlora-kit bench`: a sweep of (sequence length x batch size x backend) cells, each in a fresh process.
+
+The driver never imports Unsloth (cells do), checks every input before the first cell starts, and keeps going
+when a cell runs out of memory or crashes: that cell is recorded as such. Results are written into OUT.partial/
+and renamed to OUT only when the report is complete, so a directory named OUT always holds a finished sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qlora_kit.errors import UsageError
+
+
+@dataclass
+class Sweep:
+    recipe: str
+    overrides: list[str]
+    backends: list[str]
+    seq_lens: list[int]
+    batch_sizes: list[int]
+    steps: int
+    warmup: int
+    device: str  # auto | cpu | cuda (resolved in check())
+    data: str  # synthetic | recipe
+    out: Path
+    overwrite: bool = False
+    mem_limit: int | None = None
+    cell_timeout: int = 1800
+    argv: list[str] = field(default_factory=list)
+
+    def cells(self):
+        for seq_len in self.seq_lens:
+            for batch_size in self.batch_sizes:
+                for backend in self.backends:
+                    yield backend, seq_len, batch_size
+
+
+def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
+    values = []
+    for item in str(text).split(","):
+        item = item.strip()
+        try:
+            value = int(item)
+        except ValueError:
+            raise UsageError(f"{flag}: {item!r} is not an integer; give a comma-separated list, e.g. 512,1024") from None
+        if value < minimum:
+            raise UsageError(f"{flag}: {value} must be at least {minimum}")
+        values.append(value)
+    if not values:
+        raise UsageError(f"{flag}: give at least one value")
+    return values
+
+
+def check(sweep: Sweep, recipe, shape) -> None:
+    """Every bad input, before any cell runs. `recipe` is the parsed recipe, `shape` the model's config shape."""
+    from qlora_kit.model.backends import BACKENDS
+
+    unknown = [b for b in sweep.backends if b not in BACKENDS]
+    if unknown:
+        raise UsageError(f"--backends: unknown backend {unknown[0]!r}; available: {BACKENDS.choices()}")
+    if shape.max_positions and max(sweep.seq_lens) > shape.max_positions:
+        raise UsageError(f"--seq-lens: {max(sweep.seq_lens)} is above the model's context of {shape.max_positions} "
+                         f"tokens (max_position_embeddings in {recipe.model.name}'s config); use at most "
+                         f"{shape.max_positions}")
+    if sweep.warmup >= sweep.steps:
+        raise UsageError(f"--warmup: {sweep.warmup} leaves no measured step of --steps {sweep.steps}; "
+                         "use fewer warm-up steps or more steps")
+    sweep.device = _device(sweep.device if sweep.device != "auto" else recipe.train.device)
+    if sweep.device == "cpu" and sweep.steps - sweep.warmup < 2:
+        raise UsageError(f"--steps: on CPU the last step is profiled for memory and not timed; use --steps >= "
+                         f"{sweep.warmup + 2} with --warmup {sweep.warmup}")
+    if sweep.out.exists() and not sweep.overwrite:
+        raise UsageError(f"--out: {sweep.out} already exists; pass --overwrite to replace it, or choose another "
+                         "--out")
+
+
+def _device(requested: str) -> str:
+    from qlora_kit.train.auto import detect_device
+
+    try:
+        return detect_device(requested)
+    except UsageError:
+        raise UsageError("--device: cuda was asked for but no CUDA GPU is visible; use --device cpu") from None
+
+
+def run(sweep: Sweep, recipe, shape) -> dict:
+    from qlora_kit.bench.report import build_report, machine_info, write_report
+
+    work = sweep.out.with_name(sweep.out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "cells").mkdir(parents=True)
+    machine = machine_info(sweep.device)
+    cells = []
+    total = len(list(sweep.cells()))
+    for index, (backend, seq_len, batch_size) in enumerate(sweep.cells(), 1):
+        label = f"[{index}/{total}] {backend} seq {seq_len} batch {batch_size}"
+        print(f"{label}: running", flush=True)
+        cell = _run_cell(sweep, work / "cells", backend, seq_len, batch_size)
+        cells.append(cell)
+        print(f"{label}: {_summary(cell)}", flush=True)
+    report = build_report(sweep, recipe, shape, machine, cells)
+    write_report(report, work)
+    if sweep.out.exists():
+        shutil.rmtree(sweep.out)
+    work.rename(sweep.out)
+    return report
+
+
+def _run_cell(sweep: Sweep, cell_dir: Path, backend: str, seq_len: int, batch_size: int) -> dict:
+    name = f"{backend}-s{seq_len}-b{batch_size}"
+    spec = {"recipe": sweep.recipe, "overrides": sweep.overrides, "backend": backend, "seq_len": seq_len,
+            "batch_size": batch_size, "steps": sweep.steps, "warmup": sweep.warmup, "device": sweep.device,
+            "data": sweep.data, "mem_limit": sweep.mem_limit}
+    spec_path, result_path, log_path = (cell_dir / f"{name}.{ext}" for ext in ("spec.json", "json", "log"))
+    spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    started = time.time()
+    with open(log_path, "w", encoding="utf-8") as log:
+        try:
+            code = subprocess.call([sys.executable, "-m", "qlora_kit.bench.cell", str(spec_path), str(result_path)],
+                                   stdout=log, stderr=subprocess.STDOUT, timeout=sweep.cell_timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+    base = {"backend": backend, "seq_len": seq_len, "batch_size": batch_size,
+            "wall_seconds": round(time.time() - started, 2), "log": f"cells/{log_path.name}"}
+    if result_path.is_file():
+        return json.loads(result_path.read_text(encoding="utf-8")) | base
+    if code is None:
+        return base | {"status": "timeout", "error": f"no result after --cell-timeout {sweep.cell_timeout} s"}
+    if code < 0:  # killed by a signal: the kernel's OOM killer sends SIGKILL
+        sig = signal.Signals(-code).name
+        status = "oom" if sig == "SIGKILL" else "crashed"
+        return base | {"status": status, "error": f"killed by {sig}" + (" (likely the OOM killer)" if
+                                                                         status == "oom" else "")}
+    return base | {"status": "crashed", "error": f"exit code {code} without a result; see {base['log']}"}
+
+
+def _summary(cell: dict) -> str:
+    if cell["status"] != "ok":
+        return f"{cell['status'].upper()}: {cell.get('error', '')}"
+    peak = cell.get("peak_allocated_bytes") or cell.get("peak_rss_bytes")
+    return (f"{cell['tokens_per_second']:,.0f} tok/s, peak {peak / 2**20:,.0f} MiB, "
+            f"final loss {cell['final_loss']:.4f}")
+
+
+def settings(sweep: Sweep) -> dict:
+    out = asdict(sweep)
+    out["out"] = str(sweep.out)
+    return out

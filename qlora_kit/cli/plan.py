@@ -1,0 +1,129 @@
+"""`qlora-kit plan RECIPE [--gpu-mem 24GiB] [--device NAME]`: will this recipe fit, from the config alone."""
+
+from __future__ import annotations
+
+import json
+
+from qlora_kit.cli import add_recipe_args
+
+GIB = 2**30
+LIMITS = {"seq_len": 131072, "batch_size": 1024}
+
+
+def register(subparsers, common) -> None:
+    from qlora_kit.plan.gpus import GPUS
+
+    p = subparsers.add_parser(
+        "plan", parents=[common], help="predict peak training memory and whether it fits (loads no weights)",
+        description="Predict the peak GPU memory of training this recipe from the model's config.json alone "
+                    "(4-bit weights, 16-bit embeddings and head, LoRA weights, gradients and optimizer states, "
+                    "activations, logits, runtime overhead), say whether it fits, and find the longest sequence "
+                    "and the largest batch that do. A Hub model's config.json is fetched; nothing else is.")
+    add_recipe_args(p)
+    p.add_argument("--gpu-mem", metavar="SIZE", help="GPU memory to plan for, e.g. 24GiB (default: --device's)")
+    p.add_argument("--device", metavar="NAME",
+                   help=f"a GPU by name ({', '.join(GPUS)}), 'cuda' for this machine's GPU, or 'cpu' "
+                        "(default: this machine's GPU if it has one)")
+    p.add_argument("--backend", choices=("unsloth", "hf"), help="default: the recipe's model.backend")
+    p.add_argument("--seq-len", type=int, help="default: the recipe's model.max_seq_length")
+    p.add_argument("--batch-size", type=int, help="default: the recipe's train.batch_size")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from qlora_kit.errors import UsageError
+    from qlora_kit.plan.estimate import estimate, largest_fitting, runtime_bytes
+    from qlora_kit.plan.inputs import plan_input_for
+    from qlora_kit.plan.shape import load_config, shape_from_config
+    from qlora_kit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    for flag, value in (("--seq-len", args.seq_len), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag}: {value} must be at least 1")
+    device, gpu_name, budget, bf16 = _target(args)
+    config, source = load_config(recipe.model.name, recipe.model.revision)
+    shape = shape_from_config(config)
+    seq_len = args.seq_len or recipe.model.max_seq_length
+    if shape.max_positions and seq_len > shape.max_positions:
+        raise UsageError(f"--seq-len: {seq_len} is above the model's context of {shape.max_positions} tokens")
+    p = plan_input_for(recipe, shape, args.backend or recipe.model.backend, device, seq_len, args.batch_size,
+                       bf16=bf16)
+    est = estimate(shape, p)
+    extra = runtime_bytes(est.peak, device)
+    plan = {"model": recipe.model.name, "config": source, "model_type": shape.model_type, "params": shape.params,
+            "device": gpu_name or device, "budget_bytes": budget, "input": p.__dict__ | {"target_modules":
+                                                                                         list(p.target_modules)},
+            "terms": est.terms, "tensor_peak_bytes": est.peak, "runtime_bytes": extra,
+            "needed_bytes": est.peak + extra}
+    if budget:
+        limit_seq = min(LIMITS["seq_len"], shape.max_positions or LIMITS["seq_len"])
+        plan["fits"] = est.peak + extra <= budget
+        plan["largest_seq_len"] = largest_fitting(shape, p, budget, "seq_len", limit_seq)
+        plan["largest_batch_size"] = largest_fitting(shape, p, budget, "batch_size", LIMITS["batch_size"])
+    print(json.dumps(plan, indent=2) if args.json else _text(plan, p))
+    return 0
+
+
+def _target(args) -> tuple[str, str | None, int | None, bool]:
+    """-> (device kind, GPU name, memory budget in bytes or None, bf16 supported)."""
+    from qlora_kit.errors import UsageError
+    from qlora_kit.plan.gpus import GPUS, find_gpu
+    from qlora_kit.sizes import parse_size
+
+    budget = None
+    if args.gpu_mem:
+        try:
+            budget = parse_size(args.gpu_mem)
+        except ValueError as exc:
+            raise UsageError(f"--gpu-mem: {exc}") from None
+    name = (args.device or "").strip().lower()
+    if name == "cpu":
+        return "cpu", None, budget, False
+    if name in ("", "cuda"):
+        local = _local_gpu(required=name == "cuda")
+        if local:
+            return "cuda", local[0], budget or local[1], local[2]
+        return "cuda", None, budget, True
+    gpu = find_gpu(name)
+    if gpu is None:
+        raise UsageError(f"--device: unknown GPU {args.device!r}; known: {', '.join(GPUS)}, or give --gpu-mem SIZE")
+    return "cuda", gpu.name, budget or gpu.memory, gpu.bf16
+
+
+def _local_gpu(required: bool):
+    from qlora_kit.errors import UsageError
+
+    import torch
+
+    if not torch.cuda.is_available():
+        if required:
+            raise UsageError("--device: cuda was asked for but no CUDA GPU is visible; name a GPU (e.g. "
+                             "--device rtx4090) or give --gpu-mem SIZE")
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return props.name, props.total_memory, torch.cuda.is_bf16_supported()
+
+
+def _text(plan: dict, p) -> str:
+    lines = [f"plan: {plan['model']} ({plan['model_type']}, {plan['params'] / 1e9:.2f}B params), backend {p.backend}, "
+             f"{p.dtype}, batch {p.batch_size} x seq {p.seq_len}, LoRA r={p.lora_r} on {len(p.target_modules)} "
+             f"modules, {p.optimizer}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'}"]
+    for name, value in plan["terms"].items():
+        lines.append(f"  {name:<20} {value / GIB:8.2f} GiB")
+    lines.append(f"  {'tensors at peak':<20} {plan['tensor_peak_bytes'] / GIB:8.2f} GiB")
+    if p.device == "cuda":
+        lines.append(f"  {'+ CUDA runtime':<20} {plan['runtime_bytes'] / GIB:8.2f} GiB (context + allocator slack)")
+    if plan["budget_bytes"] is None:
+        lines.append(f"needs ~{plan['needed_bytes'] / GIB:.2f} GiB; no GPU here: give --gpu-mem SIZE or --device "
+                     "NAME for a verdict")
+        return "\n".join(lines)
+    budget = plan["budget_bytes"] / GIB
+    verdict = "fits" if plan["fits"] else "does NOT fit"
+    lines.append(f"needs ~{plan['needed_bytes'] / GIB:.2f} GiB of {budget:.1f} GiB"
+                 f"{' (' + plan['device'] + ')' if plan['device'] not in ('cuda', 'cpu') else ''}: {verdict}")
+    seq, batch = plan["largest_seq_len"], plan["largest_batch_size"]
+    lines.append(f"largest seq_len at batch {p.batch_size}: {seq if seq else 'none fits'}; "
+                 f"largest batch at seq {p.seq_len}: {batch if batch else 'none fits'}")
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""Peak training memory of a QLoRA run, predicted from the model's shape and the recipe alone.
+
+Every term is bytes and has a name, so `plan` prints a breakdown and `bench` compares each one to what a real run
+held. Three kinds of term:
+
+- Exact (the planner's test checks them against a loaded model on CPU): 4-bit weights with their quant states,
+  16-bit/32-bit weights, LoRA parameters, gradients and optimizer states.
+- Modelled: saved activations, the logits/loss buffers and the backward working set, per token, from the tensors
+  a Llama-style decoder layer saves for backward (listed in `_saved_per_token_layer`). Attention is assumed to be
+  SDPA/flash (memory linear in sequence length, no seq x seq matrix).
+- Runtime: what a CUDA process holds beyond tensors (context, allocator slack), used only for the fit verdict.
+
+4-bit storage (bitsandbytes NF4, blocksize 64, double quantization): 0.5 byte per weight packed, one uint8
+absmax per 64 weights, one fp32 absmax per 256 of those, plus per-layer code tables: ~0.516 bytes/param.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from qlora_kit.plan.shape import ModelShape
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+NF4_BLOCK = 64
+NESTED_BLOCK = 256
+# Per Linear4bit: NF4 code (16 fp32), nested code (256 fp32), nested offset (one fp32).
+NF4_TABLES = 16 * 4 + 256 * 4 + 4
+FULLY_TRAINED = {"embed_tokens", "lm_head"}
+BNB_8BIT_MIN = 4096  # bitsandbytes keeps 32-bit Adam states for smaller tensors (min_8bit_size)
+BNB_8BIT_BLOCK = 256
+# A CUDA process holds its context and kernels (~0.4-0.6 GiB on recent GPUs) outside max_memory_allocated, and
+# the caching allocator reserves more than it hands out; the fit verdict adds both.
+CUDA_CONTEXT = 600 * 2**20
+ALLOCATOR_SLACK = 0.08
+UNSLOTH_CE_CAP = 4 * 10**9
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    backend: str  # unsloth | hf
+    device: str  # cuda | cpu
+    dtype: str  # compute dtype
+    batch_size: int
+    seq_len: int
+    lora_r: int
+    target_modules: tuple[str, ...]  # resolved short names
+    lora_dropout: float
+    optimizer: str
+    gradient_checkpointing: bool
+    load_in_4bit: bool = True
+
+
+@dataclass
+class Estimate:
+    terms: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def peak(self) -> int:
+        return sum(self.terms.values())
+
+    def group(self, *names: str) -> int:
+        return sum(self.terms.get(n, 0) for n in names)
+
+
+def nf4_bytes(numel: int) -> int:
+    blocks = math.ceil(numel / NF4_BLOCK)
+    return (numel + 1) // 2 + blocks + 4 * math.ceil(blocks / NESTED_BLOCK) + NF4_TABLES
+
+
+def resolve_targets(shape: ModelShape, targets) -> tuple[str, ...]:
+    from qlora_kit.errors import UsageError
+
+    names = [lin.name for lin in shape.layer_linears]
+    if targets == "all-linear":
+        return tuple(names)
+    unknown = [t for t in targets if t not in names and t not in FULLY_TRAINED]
+    if unknown:
+        raise UsageError(f"lora.target_modules: {', '.join(unknown)} not in a {shape.model_type} layer; it has: "
+                         f"{', '.join(names)} (or use 'all-linear')")
+    return tuple(targets)
+
+
+def weight_terms(shape: ModelShape, p: PlanInput) -> dict[str, int]:
+    a = DTYPE_BYTES[p.dtype]
+    # hf: peft's prepare_model_for_kbit_training upcasts every non-4-bit floating weight to fp32 (embeddings,
+    # head, norms, biases). Unsloth keeps them in the compute dtype.
+    dense = 4 if (p.backend == "hf" and p.load_in_4bit) else a
+    linears = shape.layers * sum(nf4_bytes(lin.numel) if p.load_in_4bit else lin.numel * a
+                                 for lin in shape.layer_linears)
+    dense_params = shape.params - shape.linear_params  # embeddings, head, norms, biases
+    return {"weights_4bit" if p.load_in_4bit else "weights_linear": linears, "weights_dense": dense_params * dense}
+
+
+def trainable_tensors(shape: ModelShape, p: PlanInput) -> list[int]:
+    """Element counts of every trainable tensor: two LoRA matrices per adapted Linear, plus full copies of
+    embeddings/head when target_modules names them (trained in full, as peft's modules_to_save)."""
+    sizes = []
+    for lin in shape.layer_linears:
+        if lin.name in p.target_modules:
+            sizes += [p.lora_r * lin.in_features, p.lora_r * lin.out_features]
+    sizes = sizes * shape.layers
+    if "embed_tokens" in p.target_modules:
+        sizes.append(shape.vocab_size * shape.hidden)
+    if "lm_head" in p.target_modules:
+        sizes.append(shape.vocab_size * shape.hidden)
+    return sizes
+
+
+def optimizer_bytes(optimizer: str, sizes: list[int]) -> int:
+    if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        total = 0
+        for n in sizes:
+            if n < BNB_8BIT_MIN:
+                total += 8 * n
+            else:
+                total += 2 * n + 2 * 4 * math.ceil(n / BNB_8BIT_BLOCK)
+        return total + 2 * 256 * 4  # the two quantization maps, shared by all tensors
+    if optimizer == "adamw_torch":
+        return sum(8 * n + 4 for n in sizes)  # exp_avg + exp_avg_sq (fp32) + a step counter tensor each
+    if optimizer == "adafactor":
+        return sum(4 * n for n in sizes)  # upper bound: unfactored second moment for every tensor
+    return 0  # sgd without momentum
+
+
+def _saved_per_token_layer(shape: ModelShape, p: PlanInput) -> int:
+    """Bytes one token leaves saved for backward in one decoder layer (no checkpointing).
+
+    - 2 RMSNorms: each keeps its fp32 input (4h) and its normalized output (a*h, the projections' input).
+    - Attention: q, k, v as SDPA saves them, the attention output, and the o_proj input (a contiguous copy).
+    - MLP: gate output, activation output, up output, and their product (down_proj's input): 4 x intermediate.
+    - LoRA: each adapted Linear keeps its A output (r values); with dropout, also the mask and dropped input.
+    """
+    a, h, d = DTYPE_BYTES[p.dtype], shape.hidden, shape.head_dim
+    q, kv = shape.heads * d, shape.kv_heads * d
+    total = 2 * (4 * h + a * h) + a * (q + 2 * kv + 2 * q) + a * 4 * shape.intermediate
+    for lin in shape.layer_linears:
+        if lin.name in p.target_modules:
+            total += a * p.lora_r + ((a + 1) * lin.in_features if p.lora_dropout > 0 else 0)
+    return total
+
+
+def activation_terms(shape: ModelShape, p: PlanInput) -> dict[str, int]:
+    a, tokens = DTYPE_BYTES[p.dtype], p.batch_size * p.seq_len
+    layer = _saved_per_token_layer(shape, p) * tokens
+    if not p.gradient_checkpointing:
+        saved = shape.layers * layer
+    elif p.backend == "unsloth" and p.device == "cuda":
+        # Unsloth's checkpointing offloads each layer's input to CPU RAM: ~2 inputs on the GPU at a time, plus the
+        # layer being recomputed.
+        saved = 2 * tokens * shape.hidden * a + layer
+    else:
+        saved = shape.layers * tokens * shape.hidden * a + layer
+    if p.backend == "unsloth":
+        # Unsloth's chunked cross-entropy never holds all logits: chunks of ~16 bytes per logit, sized to at most
+        # 4 GB (unsloth_zoo.fused_losses, _CE_BYTES_PER_LOGIT and _CE_TARGET_GB_CAP).
+        logits = min(tokens * shape.vocab_size * 16, UNSLOTH_CE_CAP)
+    else:
+        # Logits in the compute dtype, their fp32 log-softmax kept for backward, and its gradient.
+        logits = tokens * shape.vocab_size * (a + 4 + 4)
+    # The peak comes either at the loss (all saved activations + logits buffers) or in backward (saved activations +
+    # the layer being recomputed when checkpointing + gradients of its MLP and hidden states + one dequantized
+    # weight), after the logits are freed; the workspace term is what backward needs beyond the logits.
+    largest = max(lin.numel for lin in shape.layer_linears)
+    backward = ((layer if p.gradient_checkpointing else 0) + tokens * (2 * shape.intermediate + 2 * shape.hidden) * a
+                + largest * a)
+    return {"activations": saved + tokens * (4 + a) * shape.hidden, "logits_and_loss": logits,
+            "backward_workspace": max(0, backward - logits)}
+
+
+def estimate(shape: ModelShape, p: PlanInput) -> Estimate:
+    sizes = trainable_tensors(shape, p)
+    lora = 4 * sum(sizes)  # LoRA weights stay fp32 (peft keeps adapter weights of 4-bit layers in fp32)
+    terms = weight_terms(shape, p)
+    terms.update({"lora": lora, "gradients": lora, "optimizer": optimizer_bytes(p.optimizer, sizes)})
+    terms.update(activation_terms(shape, p))
+    return Estimate(terms)
+
+
+def runtime_bytes(peak: int, device: str) -> int:
+    """What a process needs beyond its tensors' peak, for the fit verdict (CUDA only)."""
+    return int(peak * ALLOCATOR_SLACK) + CUDA_CONTEXT if device == "cuda" else 0
+
+
+def largest_fitting(shape: ModelShape, p: PlanInput, budget: int, vary: str, limit: int) -> int | None:
+    """Largest seq_len (or batch_size) up to `limit` whose prediction plus runtime fits `budget`; None if none."""
+    from dataclasses import replace
+
+    def fits(n: int) -> bool:
+        peak = estimate(shape, replace(p, **{vary: n})).peak
+        return peak + runtime_bytes(peak, p.device) <= budget
+
+    if not fits(1):
+        return None
+    lo, hi = 1, limit
+    if fits(hi):
+        return hi
+    while hi - lo > 1:  # memory grows monotonically with tokens
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo

@@ -1,0 +1,27 @@
+"""Turn a recipe (with its "auto" values) into the planner's input for a device, without importing torch."""
+
+from __future__ import annotations
+
+from qlora_kit.plan.estimate import PlanInput, resolve_targets
+from qlora_kit.plan.shape import ModelShape
+from qlora_kit.train.auto import AUTO
+
+
+def plan_input_for(recipe, shape: ModelShape, backend: str, device: str, seq_len: int, batch_size: int | None = None,
+                   grad_accum: int | None = None, bf16: bool = True) -> PlanInput:
+    gpu = device == "cuda"
+    t = recipe.train
+
+    def pick(key: str):
+        value = getattr(t, key)
+        return AUTO[key][0 if gpu else 1] if value == "auto" else value
+
+    dtype = recipe.model.dtype
+    if dtype == "auto":  # as train.auto.pick_dtype decides on a real device
+        dtype = ("bfloat16" if bf16 else "float16") if gpu else "float32"
+    return PlanInput(
+        backend=backend, device=device, dtype=dtype, batch_size=batch_size or pick("batch_size"), seq_len=seq_len,
+        lora_r=recipe.lora.r, target_modules=resolve_targets(shape, recipe.lora.target_modules),
+        lora_dropout=recipe.lora.dropout, optimizer=pick("optimizer"),
+        gradient_checkpointing=bool(pick("gradient_checkpointing")), load_in_4bit=recipe.model.load_in_4bit,
+    )

@@ -1,0 +1,143 @@
+"""`qlora-kit bench`: a real two-backend, two-length sweep on CPU, an out-of-memory cell that does not stop the
+sweep, and the one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qlora_kit.plan.estimate import estimate
+from qlora_kit.plan.inputs import plan_input_for
+from qlora_kit.plan.shape import load_config, shape_from_config
+from qlora_kit.recipe import load_recipe
+
+from conftest import run_cli, write_recipe
+
+STEPS = 5
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    recipe = write_recipe(tmp / "r.yaml")
+    out = tmp / "bench"
+    r = run_cli("bench", str(recipe), "--backends", "unsloth,hf", "--seq-lens", "32,96", "--batch-sizes", "2",
+                "--steps", str(STEPS), "--warmup", "2", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return recipe, out, json.loads((out / "report.json").read_text()), r.stdout
+
+
+@pytest.mark.slow
+def test_sweep_writes_report_tables_and_plots(sweep):
+    _, out, report, stdout = sweep
+    assert not out.with_name(out.name + ".partial").exists()
+    for name in ("tokens_per_s.png", "peak_memory.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000
+    assert report["plots"] == ["tokens_per_s.png", "peak_memory.png"]
+    md = (out / "report.md").read_text()
+    cells = report["cells"]
+    assert [(c["backend"], c["seq_len"]) for c in cells] == [("unsloth", 32), ("hf", 32), ("unsloth", 96), ("hf", 96)]
+    for c in cells:
+        assert c["status"] == "ok", c
+        assert f"| {c['backend']} | {c['seq_len']} | 2 | ok | {c['tokens_per_second']:,.0f} |" in md
+        assert c["steps"] == STEPS and len(c["losses"]) == STEPS and c["measured_steps"] == STEPS - 3
+        assert (out / c["log"]).is_file()
+    m = report["machine"]
+    assert m["device"] == "cpu" and m["cpu_count"] >= 1 and m["packages"]["torch"].startswith("2.")
+    assert m["packages"]["unsloth"] and m["packages"]["bitsandbytes"]
+    assert "report: " in stdout
+
+
+@pytest.mark.slow
+def test_sweep_ratios_are_consistent_and_losses_agree(sweep):
+    _, _, report, _ = sweep
+    by = {(c["backend"], c["seq_len"]): c for c in report["cells"]}
+    for seq in (32, 96):
+        u, h = by["unsloth", seq], by["hf", seq]
+        assert u["speed_ratio_vs_hf"] == round(u["tokens_per_second"] / h["tokens_per_second"], 3)
+        assert u["memory_ratio_vs_hf"] == round(u["peak_rss_bytes"] / h["peak_rss_bytes"], 3)
+        assert h["speed_ratio_vs_hf"] == 1.0 and h["memory_ratio_vs_hf"] == 1.0
+        # Same seed, same rows, same NF4 weights: the two backends train the same model.
+        assert abs(u["final_loss"] - h["final_loss"]) < 1e-3
+        assert u["losses"][0] == pytest.approx(h["losses"][0], abs=1e-5)
+        assert u["final_loss_diff_vs_hf"] == pytest.approx(u["final_loss"] - h["final_loss"], abs=1e-6)
+        # tokens/s is seq x batch x measured steps over their seconds.
+        measured = u["step_seconds"][2:STEPS - 1]
+        assert u["tokens_per_second"] == pytest.approx(seq * 2 * len(measured) / sum(measured), rel=1e-3)
+    assert [t["backend"] for t in report["targets"]] == ["unsloth", "unsloth"]
+
+
+@pytest.mark.slow
+def test_planner_matches_what_each_backend_really_held(sweep):
+    """The planner's exact terms equal the tensors a real loaded model and its optimizer held (both backends),
+    and its modelled peak is close to the measured peak of live tensors."""
+    recipe_path, _, report, _ = sweep
+    recipe = load_recipe(recipe_path)
+    shape = shape_from_config(load_config(recipe.model.name)[0])
+    for c in report["cells"]:
+        p = plan_input_for(recipe, shape, c["backend"], "cpu", c["seq_len"], c["batch_size"], grad_accum=1)
+        terms = estimate(shape, p).terms
+        held = c["held"]
+        assert held["weights_4bit"] == terms["weights_4bit"], c["backend"]
+        assert held["weights_dense"] == terms["weights_dense"]
+        assert held["lora"] == terms["lora"]
+        assert held["optimizer"] == terms["optimizer"]
+        assert c["predicted_peak_bytes"] == sum(terms.values())
+        assert c["prediction_error"] == pytest.approx((sum(terms.values()) - c["peak_tensor_bytes"])
+                                                      / c["peak_tensor_bytes"], abs=1e-4)
+        assert abs(c["prediction_error"]) < 0.25, c
+
+
+@pytest.mark.slow
+def test_out_of_memory_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", model={"max_seq_length": 1024})
+    out = tmp_path / "bench"
+    # The data segment limit makes 32 x 1024 tokens fail to allocate; 32 x 32 fits.
+    r = run_cli("bench", str(recipe), "--backends", "hf", "--seq-lens", "1024,32", "--batch-sizes", "32",
+                "--steps", "4", "--warmup", "1", "--mem-limit", "1500MB", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "report.json").read_text())
+    big, small = report["cells"]
+    assert big["status"] == "oom" and "can't allocate memory" in big["error"]
+    assert small["status"] == "ok" and small["tokens_per_second"] > 0
+    assert "[1/2] hf seq 1024 batch 32: OOM" in r.stdout
+    md = (out / "report.md").read_text()
+    assert "| hf | 1024 | 32 | **oom** |" in md and "Cells that did not finish:" in md
+    assert (out / "peak_memory.png").read_bytes().startswith(PNG)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--backends", "unsloth,fast"], "--backends: unknown backend 'fast'; available: unsloth, hf"),
+    (["--seq-lens", "512,4096"], "--seq-lens: 4096 is above the model's context of 1024 tokens"),
+    (["--batch-sizes", "2,0"], "--batch-sizes: 0 must be at least 1"),
+    (["--seq-lens", "12x"], "--seq-lens: '12x' is not an integer"),
+    (["--warmup", "5", "--steps", "5"], "--warmup: 5 leaves no measured step of --steps 5"),
+    (["--mem-limit", "lots"], "--mem-limit: 'lots' is not a size"),
+])
+def test_bench_bad_input_is_one_line(tmp_path, args, message):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    r = run_cli("bench", str(recipe), *args, "--out", str(tmp_path / "b"))
+    assert r.returncode == 2
+    assert r.stderr.startswith("qlora-kit: error: " + message), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.partial").exists()
+
+
+def test_bench_cuda_without_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    r = run_cli("bench", str(write_recipe(tmp_path / "r.yaml")), "--device", "cuda", "--out", str(tmp_path / "b"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == "qlora-kit: error: --device: cuda was asked for but no CUDA GPU is visible; use --device cpu"
+
+
+def test_bench_refuses_existing_output(tmp_path):
+    (tmp_path / "b").mkdir()
+    r = run_cli("bench", str(write_recipe(tmp_path / "r.yaml")), "--out", str(tmp_path / "b"))
+    assert r.returncode == 2
+    assert "--out: " in r.stderr and "already exists; pass --overwrite" in r.stderr

@@ -1,0 +1,210 @@
+"""The planner: exact terms against real objects (transformers models on the meta device, bitsandbytes quant
+states), its verdicts and search, and its one-line errors. The comparison with a real training run's tensors is in
+test_bench.py (both backends, through the bench cells)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+
+from qlora_kit.plan.estimate import (PlanInput, estimate, largest_fitting, nf4_bytes, optimizer_bytes,
+                                     runtime_bytes)
+from qlora_kit.plan.shape import shape_from_config
+
+from conftest import run_cli, write_recipe
+
+# Small dimensions, real layouts: biases (qwen2), q/k norms (qwen3, gemma3), four norms (gemma2/3), fused
+# projections (phi3), explicit head_dim (gemma), tied and untied embeddings.
+CONFIGS = {
+    "llama": dict(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, tie_word_embeddings=False),
+    "mistral": dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=8,
+                    num_key_value_heads=2, tie_word_embeddings=False),
+    "qwen2": dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen3": dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=32, tie_word_embeddings=True),
+    "phi3": dict(vocab_size=300, hidden_size=96, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, tie_word_embeddings=False, pad_token_id=0),
+    "gemma2": dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=32),
+    "gemma3_text": dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=32),
+}
+
+
+def _meta_model(model_type: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, **CONFIGS[model_type])
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return config, model
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_shape_matches_transformers_model(model_type):
+    import torch
+
+    config, model = _meta_model(model_type)
+    shape = shape_from_config(config.to_dict())
+    unique = {id(p): p.numel() for p in model.parameters()}  # tied weights once
+    assert shape.params == sum(unique.values())
+    layer = model.model.layers[0]
+    linears = sorted((name.rsplit(".", 1)[-1], m.in_features, m.out_features, m.bias is not None)
+                     for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear))
+    assert linears == sorted((lin.name, lin.in_features, lin.out_features, lin.bias) for lin in shape.layer_linears)
+    assert shape.tied_embeddings == (model.lm_head.weight is model.model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("out_features,in_features", [(64, 64), (160, 64), (7, 300), (128, 33)])
+def test_nf4_bytes_equal_bitsandbytes_quant_state(out_features, in_features):
+    import bitsandbytes.functional as F
+    import torch
+
+    weight = torch.randn(out_features, in_features)
+    packed, state = F.quantize_4bit(weight, blocksize=64, quant_type="nf4", compress_statistics=True)
+    tensors = [packed, state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code]
+    assert nf4_bytes(weight.numel()) == sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_four_bit_weights_cost_about_half_a_byte_per_parameter():
+    shape = shape_from_config(json.loads(_llama_8b()))
+    per_param = shape.layers * sum(nf4_bytes(lin.numel) for lin in shape.layer_linears) / shape.linear_params
+    assert per_param == pytest.approx(0.516, abs=0.001)
+    assert shape.params == 8_030_261_248  # Llama 3.1 8B's published parameter count
+
+
+def test_adamw_8bit_bytes_equal_bitsandbytes_states():
+    import bitsandbytes as bnb
+    import torch
+
+    params = [torch.nn.Parameter(torch.randn(n)) for n in (100, 4095, 4096, 70000)]
+    opt = bnb.optim.AdamW8bit(params, lr=1e-3)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    seen, total = set(), 0
+    for state in opt.state.values():
+        for value in state.values():
+            if torch.is_tensor(value) and value.data_ptr() not in seen:
+                seen.add(value.data_ptr())
+                total += value.numel() * value.element_size()
+    assert optimizer_bytes("adamw_8bit", [p.numel() for p in params]) == total
+
+
+def _input(**kw) -> PlanInput:
+    base = dict(backend="hf", device="cuda", dtype="bfloat16", batch_size=2, seq_len=2048, lora_r=16,
+                target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+                lora_dropout=0.0, optimizer="adamw_8bit", gradient_checkpointing=True)
+    return PlanInput(**{**base, **kw})
+
+
+def _llama_8b() -> str:
+    return json.dumps({"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+                       "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                       "max_position_embeddings": 131072, "tie_word_embeddings": False})
+
+
+def test_memory_grows_with_tokens_and_checkpointing_saves_it():
+    shape = shape_from_config(json.loads(_llama_8b()))
+    p = _input()
+    assert estimate(shape, replace(p, seq_len=4096)).peak > estimate(shape, p).peak
+    assert estimate(shape, replace(p, gradient_checkpointing=False)).terms["activations"] > \
+        4 * estimate(shape, p).terms["activations"]
+    # hf upcasts embeddings and head to fp32 (prepare_model_for_kbit_training); Unsloth keeps them in bf16.
+    assert estimate(shape, p).terms["weights_dense"] == 2 * estimate(shape, replace(p, backend="unsloth")).terms[
+        "weights_dense"]
+
+
+def test_largest_fitting_is_the_boundary():
+    shape = shape_from_config(json.loads(_llama_8b()))
+    p, budget = _input(), 16 * 2**30
+    best = largest_fitting(shape, p, budget, "seq_len", 131072)
+
+    def need(n):
+        peak = estimate(shape, replace(p, seq_len=n)).peak
+        return peak + runtime_bytes(peak, "cuda")
+
+    assert best is not None and need(best) <= budget < need(best + 1)
+    assert largest_fitting(shape, p, 2 * 2**30, "seq_len", 131072) is None  # the weights alone do not fit
+
+
+def _local_recipe(tmp_path, model_type="llama"):
+    config, _ = _meta_model(model_type)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps(config.to_dict()))
+    return write_recipe(tmp_path / "r.yaml", model={"name": str(model_dir), "max_seq_length": 256})
+
+
+def test_plan_cli_json_is_consistent(tmp_path):
+    recipe = _local_recipe(tmp_path)
+    r = run_cli("plan", str(recipe), "--device", "rtx4090", "--json", "--seq-len", "128")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["budget_bytes"] == 24 * 2**30 and plan["fits"] is True
+    assert plan["tensor_peak_bytes"] == sum(plan["terms"].values())
+    assert plan["needed_bytes"] == plan["tensor_peak_bytes"] + plan["runtime_bytes"]
+    assert plan["input"]["optimizer"] == "adamw_8bit" and plan["input"]["dtype"] == "bfloat16"
+    # The model's context (max_position_embeddings) caps the longest sequence searched.
+    assert plan["largest_seq_len"] == json.loads((tmp_path / "model" / "config.json").read_text())[
+        "max_position_embeddings"]
+
+
+def test_plan_cli_says_when_it_does_not_fit(tmp_path):
+    recipe = _local_recipe(tmp_path)
+    r = run_cli("plan", str(recipe), "--gpu-mem", "100MB", "--device", "t4")
+    assert r.returncode == 0, r.stderr
+    assert "does NOT fit" in r.stdout and "float16" in r.stdout  # a T4 has no bf16
+    assert "largest seq_len at batch 8: none fits" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--device", "rtx9090"], "qlora-kit: error: --device: unknown GPU 'rtx9090'; known: h200, h100"),
+    (["--seq-len", "100000"], "qlora-kit: error: --seq-len: 100000 is above the model's context of"),
+    (["--batch-size", "0"], "qlora-kit: error: --batch-size: 0 must be at least 1"),
+    (["--gpu-mem", "lots"], "qlora-kit: error: --gpu-mem: 'lots' is not a size"),
+])
+def test_plan_cli_bad_input(tmp_path, args, message):
+    r = run_cli("plan", str(_local_recipe(tmp_path)), *args)
+    assert r.returncode == 2
+    assert r.stderr.startswith(message), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_plan_cli_cuda_without_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    r = run_cli("plan", str(_local_recipe(tmp_path)), "--device", "cuda")
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("qlora-kit: error: --device: cuda was asked for but no CUDA GPU is visible; name a "
+                                "GPU (e.g. --device rtx4090) or give --gpu-mem SIZE")
+
+
+def test_unknown_layout_is_one_line(tmp_path):
+    config = {"model_type": "mamba", "vocab_size": 10, "hidden_size": 8}
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    recipe = write_recipe(tmp_path / "r.yaml", model={"name": str(tmp_path / "m")})
+    r = run_cli("plan", str(recipe), "--device", "cpu")
+    assert r.returncode == 2
+    assert r.stderr.startswith("qlora-kit: error: plan: model_type 'mamba' has no known layer layout; known: llama")
+
+
+def test_known_gpu_names():
+    from qlora_kit.plan.gpus import find_gpu
+
+    assert find_gpu("NVIDIA H100 80GB HBM3").name == "h100"
+    assert find_gpu("NVIDIA A100-SXM4-80GB").name == "a100-80gb"
+    assert find_gpu("NVIDIA A100-SXM4-40GB").name == "a100"
+    assert find_gpu("NVIDIA GeForce RTX 4090").name == "rtx4090"
+    assert find_gpu("NVIDIA L40S").name == "l40s" and find_gpu("NVIDIA L4").name == "l4"
+    assert find_gpu("Some Unknown Accelerator") is None
+    assert math.isclose(find_gpu("h100").peak_flops, 989e12)
