@@ -17,18 +17,20 @@ def register(subparsers, common) -> None:
                     "step, peak memory, each backend's ratio to the hf baseline, final losses, and the planner's "
                     "prediction next to every measurement. Out-of-memory cells are recorded and the sweep goes on.")
     add_recipe_args(p)
-    p.add_argument("--backends", default="unsloth,hf", help="comma-separated (default: unsloth,hf)")
+    p.add_argument("--backends", default=None, help="comma-separated (default: bench.backends: unsloth,hf)")
     p.add_argument("--seq-lens", default=None,
-                   help="comma-separated token counts (default: 512,1024,2048, those within the model's context)")
+                   help="comma-separated token counts (default: bench.seq_lens, or 512,1024,2048 within the "
+                        "model's context)")
     p.add_argument("--batch-sizes", default=None,
-                   help="comma-separated (default: the recipe's train.batch_size; auto: 2 on GPU, 4 on CPU)")
-    p.add_argument("--steps", type=int, default=10, help="optimizer steps per cell (default: 10)")
-    p.add_argument("--warmup", type=int, default=3, help="first steps excluded from tokens/s (default: 3)")
+                   help="comma-separated (default: bench.batch_sizes, or train.batch_size; auto: 2 on GPU, 4 on CPU)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per cell (default: bench.steps: 10)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="first steps excluded from tokens/s (default: bench.warmup: 3)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="default: the recipe's train.device")
-    p.add_argument("--data", choices=("synthetic", "recipe"), default="synthetic",
+    p.add_argument("--data", choices=("synthetic", "recipe"), default=None,
                    help="synthetic: seeded random tokens (no data needed); recipe: the recipe's data cut into "
-                        "blocks of exactly each length")
+                        "blocks of exactly each length (default: bench.data: synthetic)")
     p.add_argument("--mem-limit", default=None, metavar="SIZE",
                    help="cap each cell's memory, e.g. 8GiB, to see what a smaller machine could run (CUDA: a share "
                         "of the GPU; CPU: the process's data segment limit)")
@@ -49,19 +51,23 @@ def run(args) -> int:
     from qlora_kit.sizes import parse_size
 
     recipe = load_recipe(args.recipe, args.overrides)
-    if args.steps < 1:
-        raise UsageError(f"--steps: {args.steps} must be at least 1")
+    b = recipe.bench
+    steps = b.steps if args.steps is None else args.steps
+    if steps < 1:
+        raise UsageError(f"--steps: {steps} must be at least 1")
     try:
         mem_limit = parse_size(args.mem_limit) if args.mem_limit else None
     except ValueError as exc:
         raise UsageError(f"--mem-limit: {exc}") from None
     sweep = Sweep(recipe=args.recipe, overrides=list(args.overrides),
-                  backends=[b.strip() for b in args.backends.split(",") if b.strip()],
-                  seq_lens=parse_int_list(args.seq_lens, "--seq-lens") if args.seq_lens else [],
-                  batch_sizes=parse_int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes else [],
-                  steps=args.steps, warmup=max(0, args.warmup), device=args.device, data=args.data,
-                  out=Path(args.out), overwrite=args.overwrite, mem_limit=mem_limit, cell_timeout=args.cell_timeout,
-                  argv=sys.argv[1:])
+                  backends=[x.strip() for x in args.backends.split(",") if x.strip()] if args.backends
+                  else list(b.backends),
+                  seq_lens=parse_int_list(args.seq_lens, "--seq-lens") if args.seq_lens else list(b.seq_lens or []),
+                  batch_sizes=parse_int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes
+                  else list(b.batch_sizes or []),
+                  steps=steps, warmup=max(0, b.warmup if args.warmup is None else args.warmup), device=args.device,
+                  data=args.data or b.data, out=Path(args.out), overwrite=args.overwrite, mem_limit=mem_limit,
+                  cell_timeout=args.cell_timeout, argv=sys.argv[1:])
     shape = shape_from_config(load_config(recipe.model.name, recipe.model.revision)[0])
     if not sweep.seq_lens:
         context = shape.max_positions or DEFAULT_SEQ_LENS[-1]
@@ -70,8 +76,8 @@ def run(args) -> int:
     if not sweep.batch_sizes:
         from qlora_kit.train.auto import AUTO
 
-        b = recipe.train.batch_size
-        sweep.batch_sizes = [AUTO["batch_size"][0 if sweep.device == "cuda" else 1] if b == "auto" else b]
+        size = recipe.train.batch_size
+        sweep.batch_sizes = [AUTO["batch_size"][0 if sweep.device == "cuda" else 1] if size == "auto" else size]
     report = run_sweep(sweep, recipe, shape)
     print(f"report: {sweep.out / 'report.md'} (and report.json, {', '.join(report['plots'])})")
     ok = [c for c in report["cells"] if c["status"] in ("ok", "oom")]

@@ -4,7 +4,7 @@ Every term is bytes and has a name, so `plan` prints a breakdown and `bench` com
 held. Three kinds of term:
 
 - Exact (the planner's test checks them against a loaded model on CPU): 4-bit weights with their quant states,
-  16-bit/32-bit weights, LoRA parameters, gradients and optimizer states.
+  16-bit/32-bit weights, LoRA parameters and optimizer states (gradients are the LoRA parameters' size).
 - Modelled: saved activations, the logits/loss buffers and the backward working set, per token, from the tensors
   a Llama-style decoder layer saves for backward (listed in `_saved_per_token_layer`). Attention is assumed to be
   SDPA/flash (memory linear in sequence length, no seq x seq matrix).
@@ -127,20 +127,21 @@ def _saved_per_token_layer(shape: ModelShape, p: PlanInput) -> int:
     """Bytes one token leaves saved for backward in one decoder layer (no checkpointing).
 
     - 2 RMSNorms: each keeps its fp32 input (4h) and its normalized output (a*h, the projections' input).
-    - Attention: q, k, v as SDPA saves them, the attention output, and the o_proj input (a contiguous copy).
+    - Attention: q, k, v as SDPA saves them, and its output (which o_proj takes as a view: SDPA's flash kernels
+      lay it out token-major, so the transpose back costs no copy).
     - MLP: gate output, activation output, up output, and their product (down_proj's input): 4 x intermediate.
     - LoRA: each adapted Linear keeps its A output (r values); with dropout, also the mask and dropped input.
     """
     a, h, d = DTYPE_BYTES[p.dtype], shape.hidden, shape.head_dim
     q, kv = shape.heads * d, shape.kv_heads * d
-    total = 2 * (4 * h + a * h) + a * (q + 2 * kv + 2 * q) + a * 4 * shape.intermediate
+    total = 2 * (4 * h + a * h) + a * (q + 2 * kv + q) + a * 4 * shape.intermediate
     for lin in shape.layer_linears:
         if lin.name in p.target_modules:
             total += a * p.lora_r + ((a + 1) * lin.in_features if p.lora_dropout > 0 else 0)
     return total
 
 
-def activation_terms(shape: ModelShape, p: PlanInput) -> dict[str, int]:
+def activation_terms(shape: ModelShape, p: PlanInput, grads: int) -> dict[str, int]:
     a, tokens = DTYPE_BYTES[p.dtype], p.batch_size * p.seq_len
     layer = _saved_per_token_layer(shape, p) * tokens
     if not p.gradient_checkpointing:
@@ -151,29 +152,33 @@ def activation_terms(shape: ModelShape, p: PlanInput) -> dict[str, int]:
         saved = 2 * tokens * shape.hidden * a + layer
     else:
         saved = shape.layers * tokens * shape.hidden * a + layer
-    if p.backend == "unsloth":
+    if p.backend == "unsloth" and p.device == "cuda":
         # Unsloth's chunked cross-entropy never holds all logits: chunks of ~16 bytes per logit, sized to at most
-        # 4 GB (unsloth_zoo.fused_losses, _CE_BYTES_PER_LOGIT and _CE_TARGET_GB_CAP).
+        # 4 GB (unsloth_zoo.fused_losses, _CE_BYTES_PER_LOGIT and _CE_TARGET_GB_CAP). On CPU the bench measured
+        # the same tensor peak for both backends, so the hf formula applies there.
         logits = min(tokens * shape.vocab_size * 16, UNSLOTH_CE_CAP)
     else:
-        # Logits in the compute dtype, their fp32 log-softmax kept for backward, and its gradient.
-        logits = tokens * shape.vocab_size * (a + 4 + 4)
-    # The peak comes either at the loss (all saved activations + logits buffers) or in backward (saved activations +
-    # the layer being recomputed when checkpointing + gradients of its MLP and hidden states + one dequantized
-    # weight), after the logits are freed; the workspace term is what backward needs beyond the logits.
+        # HF's loss: the logits, their fp32 log-softmax (saved for backward); in backward, the log-softmax and its
+        # gradient. A 16-bit model also keeps the fp32 copy of the logits (`logits.float()`) while both live.
+        logits = tokens * shape.vocab_size * (4 + 4 + (a if a < 4 else 0))
+    # The peak comes either at the loss (all saved activations + logits buffers) or in backward, after the logits
+    # are freed: saved activations + the layer being recomputed when checkpointing + the LoRA gradients (they do
+    # not exist before backward: the Trainer sets them to None after each step) + the gradient of one layer's MLP
+    # intermediate and of its hidden states + one dequantized weight. The backward term is what backward needs
+    # beyond the logits. Conservative: it ignores that the layer in backward frees its saved tensors meanwhile.
     largest = max(lin.numel for lin in shape.layer_linears)
-    backward = ((layer if p.gradient_checkpointing else 0) + tokens * (2 * shape.intermediate + 2 * shape.hidden) * a
-                + largest * a)
+    backward = (grads + (layer if p.gradient_checkpointing else 0)
+                + tokens * (shape.intermediate + 2 * shape.hidden) * a + largest * a)
     return {"activations": saved + tokens * (4 + a) * shape.hidden, "logits_and_loss": logits,
-            "backward_workspace": max(0, backward - logits)}
+            "gradients_and_backward": max(0, backward - logits)}
 
 
 def estimate(shape: ModelShape, p: PlanInput) -> Estimate:
     sizes = trainable_tensors(shape, p)
     lora = 4 * sum(sizes)  # LoRA weights stay fp32 (peft keeps adapter weights of 4-bit layers in fp32)
     terms = weight_terms(shape, p)
-    terms.update({"lora": lora, "gradients": lora, "optimizer": optimizer_bytes(p.optimizer, sizes)})
-    terms.update(activation_terms(shape, p))
+    terms.update({"lora": lora, "optimizer": optimizer_bytes(p.optimizer, sizes)})
+    terms.update(activation_terms(shape, p, grads=lora))  # gradients: same size and dtype as the LoRA weights
     return Estimate(terms)
 
 

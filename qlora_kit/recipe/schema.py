@@ -158,6 +158,27 @@ class ExportSection(Section):
     samples: int = Field(4, gt=0, description="Held-out rows for the logit check.")
 
 
+class BenchSection(Section):
+    """Defaults for `qlora-kit bench` (its command-line flags override them)."""
+
+    backends: list[Literal["unsloth", "hf"]] = Field(["unsloth", "hf"], min_length=1,
+                                                     description="Backends to compare; hf is the baseline.")
+    seq_lens: list[int] | None = Field(None, min_length=1, description="Sequence lengths (default: 512, 1024, "
+                                       "2048, those within the model's context).")
+    batch_sizes: list[int] | None = Field(None, min_length=1, description="Batch sizes (default: train.batch_size).")
+    steps: int = Field(10, gt=0, description="Optimizer steps per cell.")
+    warmup: int = Field(3, ge=0, description="First steps excluded from tokens/s.")
+    data: Literal["synthetic", "recipe"] = Field(
+        "synthetic", description="synthetic: seeded random tokens; recipe: data.path cut into exact-length blocks.")
+
+    @field_validator("seq_lens", "batch_sizes")
+    @classmethod
+    def _positive_list(cls, v):
+        if v is not None and any(n <= 0 for n in v):
+            raise ValueError("every value must be a positive integer")
+        return v
+
+
 class OutputSection(Section):
     dir: str = Field("runs", description="Parent directory of run directories.")
     name: str | None = Field(
@@ -178,4 +199,5 @@ class Recipe(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     merge: MergeSection = Field(default_factory=MergeSection)
     export: ExportSection = Field(default_factory=ExportSection)
+    bench: BenchSection = Field(default_factory=BenchSection)
     output: OutputSection = Field(default_factory=OutputSection)
