@@ -208,3 +208,14 @@ def test_known_gpu_names():
     assert find_gpu("NVIDIA L40S").name == "l40s" and find_gpu("NVIDIA L4").name == "l4"
     assert find_gpu("Some Unknown Accelerator") is None
     assert math.isclose(find_gpu("h100").peak_flops, 989e12)
+
+
+def test_plan_hub_model_offline_is_one_line(tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path / "r.yaml", model={"name": "example-org/no-such-model"})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # CI has no Hub either; this makes the failure immediate
+    r = run_cli("plan", str(recipe), "--device", "rtx4090")
+    assert r.returncode == 2
+    assert r.stderr.startswith("qlora-kit: error: model.name: could not fetch config.json of "
+                               "example-org/no-such-model from the Hub (")
+    assert r.stderr.rstrip().endswith("point model.name at a local model directory")
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -74,6 +74,7 @@ def quiet_libraries() -> None:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings precede our one-line error
 
 
 def _report(exc: QKError, debug: bool) -> None:
