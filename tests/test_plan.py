@@ -121,9 +121,10 @@ def test_memory_grows_with_tokens_and_checkpointing_saves_it():
         "weights_dense"]
 
 
-def test_largest_fitting_is_the_boundary():
+@pytest.mark.parametrize("backend", ["hf", "unsloth"])
+def test_largest_fitting_is_the_boundary(backend):
     shape = shape_from_config(json.loads(_llama_8b()))
-    p, budget = _input(), 16 * 2**30
+    p, budget = _input(backend=backend), 16 * 2**30
     best = largest_fitting(shape, p, budget, "seq_len", 131072)
 
     def need(n):

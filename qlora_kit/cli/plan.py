@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from qlora_kit.cli import add_recipe_args
 
@@ -57,6 +58,10 @@ def run(args) -> int:
                                                                                          list(p.target_modules)},
             "terms": est.terms, "tensor_peak_bytes": est.peak, "runtime_bytes": extra,
             "needed_bytes": est.peak + extra}
+    # The other checkpointing choice, since it is the biggest lever on activations.
+    other = estimate(shape, replace(p, gradient_checkpointing=not p.gradient_checkpointing)).peak
+    plan["other_checkpointing"] = {"gradient_checkpointing": not p.gradient_checkpointing,
+                                   "needed_bytes": other + runtime_bytes(other, device)}
     if budget:
         limit_seq = min(LIMITS["seq_len"], shape.max_positions or LIMITS["seq_len"])
         plan["fits"] = est.peak + extra <= budget
@@ -111,13 +116,17 @@ def _text(plan: dict, p) -> str:
              f"{p.dtype}, batch {p.batch_size} x seq {p.seq_len}, LoRA r={p.lora_r} on {len(p.target_modules)} "
              f"modules, {p.optimizer}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'}"]
     for name, value in plan["terms"].items():
-        lines.append(f"  {name:<20} {value / GIB:8.2f} GiB")
-    lines.append(f"  {'tensors at peak':<20} {plan['tensor_peak_bytes'] / GIB:8.2f} GiB")
+        lines.append(f"  {name:<24} {value / GIB:8.2f} GiB")
+    lines.append(f"  {'tensors at peak':<24} {plan['tensor_peak_bytes'] / GIB:8.2f} GiB")
     if p.device == "cuda":
-        lines.append(f"  {'+ CUDA runtime':<20} {plan['runtime_bytes'] / GIB:8.2f} GiB (context + allocator slack)")
+        lines.append(f"  {'+ CUDA runtime':<24} {plan['runtime_bytes'] / GIB:8.2f} GiB (context + allocator slack)")
+    alt = plan["other_checkpointing"]
+    lines.append(f"  (with gradient checkpointing {'on' if alt['gradient_checkpointing'] else 'off'}: "
+                 f"~{alt['needed_bytes'] / GIB:.2f} GiB)")
     if plan["budget_bytes"] is None:
-        lines.append(f"needs ~{plan['needed_bytes'] / GIB:.2f} GiB; no GPU here: give --gpu-mem SIZE or --device "
-                     "NAME for a verdict")
+        where = ("of RAM for tensors (the libraries add ~0.5 GiB); give --gpu-mem SIZE for a verdict"
+                 if p.device == "cpu" else "; no GPU here: give --gpu-mem SIZE or --device NAME for a verdict")
+        lines.append(f"needs ~{plan['needed_bytes'] / GIB:.2f} GiB {where}".replace(" ;", ";"))
         return "\n".join(lines)
     budget = plan["budget_bytes"] / GIB
     verdict = "fits" if plan["fits"] else "does NOT fit"

@@ -153,9 +153,12 @@ def activation_terms(shape: ModelShape, p: PlanInput, grads: int) -> dict[str, i
     else:
         saved = shape.layers * tokens * shape.hidden * a + layer
     if p.backend == "unsloth" and p.device == "cuda":
-        # Unsloth's chunked cross-entropy never holds all logits: chunks of ~16 bytes per logit, sized to at most
-        # 4 GB (unsloth_zoo.fused_losses, _CE_BYTES_PER_LOGIT and _CE_TARGET_GB_CAP). On CPU the bench measured
-        # the same tensor peak for both backends, so the hf formula applies there.
+        # Unsloth's chunked cross-entropy budgets 16 bytes per logit and splits the rows into as many equal chunks
+        # as keep one chunk under 4 GB (unsloth_zoo.fused_losses: _CE_BYTES_PER_LOGIT, _CE_TARGET_GB_CAP; it also
+        # caps a chunk at half the free memory, which only matters on a nearly full GPU). The cap itself is used
+        # once there are several chunks (an upper bound that keeps memory monotonic in tokens, which the
+        # largest-fit search relies on). On CPU the bench measured the same tensor peak for both backends, so the
+        # hf formula applies there.
         logits = min(tokens * shape.vocab_size * 16, UNSLOTH_CE_CAP)
     else:
         # HF's loss: the logits, their fp32 log-softmax (saved for backward); in backward, the log-softmax and its
