@@ -34,6 +34,7 @@ BNB_8BIT_BLOCK = 256
 CUDA_CONTEXT = 600 * 2**20
 ALLOCATOR_SLACK = 0.08
 UNSLOTH_CE_CAP = 4 * 10**9
+TRL_TILE_TOKENS, TRL_TILE_VOCAB = 4096, 32768  # trl.kernels.chunked_logprob, trl.trainer.utils (1.15)
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,14 @@ def activation_terms(shape: ModelShape, p: PlanInput, grads: int) -> dict[str, i
         # largest-fit search relies on). On CPU the bench measured the same tensor peak for both backends, so the
         # hf formula applies there.
         logits = min(tokens * shape.vocab_size * 16, UNSLOTH_CE_CAP)
+    elif p.device == "cuda":
+        # hf on a GPU trains through TRL 1.15's fused LM head (SFTTrainer always installs it): the logits are made
+        # tile by tile, 4096 tokens x 32768 vocabulary columns in fp32, with an fp32 accumulator beside the tile.
+        logits = min(tokens, TRL_TILE_TOKENS) * min(shape.vocab_size, TRL_TILE_VOCAB) * 4 * 2
     else:
-        # HF's loss: the logits, their fp32 log-softmax (saved for backward); in backward, the log-softmax and its
-        # gradient. A 16-bit model also keeps the fp32 copy of the logits (`logits.float()`) while both live.
+        # On CPU the hf backend uses the model's own loss (TRL's fused head is a Triton kernel): the logits and
+        # their fp32 log-softmax (saved for backward); in backward, the log-softmax and its gradient. A 16-bit
+        # model also keeps the fp32 copy of the logits (`logits.float()`) while both live.
         logits = tokens * shape.vocab_size * (4 + 4 + (a if a < 4 else 0))
     # The peak comes either at the loss (all saved activations + logits buffers) or in backward, after the logits
     # are freed: saved activations + the layer being recomputed when checkpointing + the LoRA gradients (they do
