@@ -62,7 +62,7 @@ def run_cell(spec: dict) -> dict:
 
     recipe = load_recipe(spec["recipe"], spec["overrides"] + _cell_overrides(spec))
     backend = get_backend(spec["backend"])
-    backend.prepare()
+    backend.prepare(recipe.model)
     import bitsandbytes  # noqa: F401  (the whole training stack, so both backends' import RSS compare)
     import peft  # noqa: F401
     import torch

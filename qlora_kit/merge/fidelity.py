@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from qlora_kit.data.encode import IGNORE_INDEX, Encoded
+from qlora_kit.model.backends import exact_nf4_on_cpu
 
 
 @dataclass
@@ -38,17 +39,6 @@ def reference_model(base_path: str, adapter_dir: str, dtype: torch.dtype, prequa
                                                 device_map={"": "cpu"})
     exact_nf4_on_cpu(base)
     return PeftModel.from_pretrained(base, adapter_dir).eval()
-
-
-def exact_nf4_on_cpu(model) -> None:
-    """In eval mode on CPUs with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit weights for a bf16 inference
-    kernel (absmax rounded to bf16): |error| ~5e-3 per layer against the exact dequantize-then-matmul that
-    training runs. The reference must be the model that was trained, so turn that shortcut off on these modules."""
-    from bitsandbytes.nn import Linear4bit
-
-    for module in model.modules():
-        if isinstance(module, Linear4bit):
-            module.support_avx512bf16_for_cpu = False
 
 
 def plain_model(path: str, dtype: torch.dtype):

@@ -10,6 +10,7 @@ process that runs the `hf` baseline: `prepare()` is called before anything impor
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -42,7 +43,7 @@ class Runtime:
 @dataclass(frozen=True)
 class Backend:
     name: str
-    prepare: Callable[[], None]
+    prepare: Callable[[ModelSection], None]  # runs before transformers is imported
     load: Callable[[str, ModelSection, LoraSection, Runtime], tuple]  # -> (peft model, tokenizer)
     description: str
 
@@ -84,6 +85,17 @@ def target_modules(model, lora: LoraSection) -> list[str]:
     return list(lora.target_modules)
 
 
+def exact_nf4_on_cpu(model) -> None:
+    """Keep bitsandbytes 0.50's CPU fast path off: on CPUs with AVX512-BF16, a Linear4bit's first forward without
+    gradients (evaluation) repacks its weight in place for a bf16 inference kernel (absmax rounded to bf16, ~5e-3
+    error per layer) and never unpacks it. Training through the repacked weight then differs from training through
+    the weights the run loaded: an eval in mid-run changed every later step of the hf backend. Unsloth's CPU
+    loader turns it off the same way (unsloth_zoo.cpu.loader); the merge's fidelity reference needs it off too."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def quantization_summary(model) -> dict:
     """What the loaded base actually is (recorded in run.json): 4-bit layer count, quant type, double quant."""
     try:
@@ -100,7 +112,13 @@ def quantization_summary(model) -> dict:
 
 # --- unsloth -------------------------------------------------------------------------------------------------
 
-def _prepare_unsloth() -> None:
+def _prepare_unsloth(cfg: ModelSection) -> None:
+    if cfg.dtype in ("auto", "float32"):
+        # On CPU we train in fp32 (train.auto). Unsloth's CPU backend otherwise checks bitsandbytes 4-bit with a
+        # bf16 forward + backward on CPUs with native bf16, paging in bf16 kernels an fp32 run never uses: ~4 MiB
+        # of peak RSS, measured. Only its CPU backend reads this; losses and adapters stay bit-identical. A user's
+        # own setting wins, and a bf16 recipe leaves it alone.
+        os.environ.setdefault("UNSLOTH_CPU_BF16", "0")
     try:
         import unsloth  # noqa: F401  (must precede transformers/trl/peft: it patches them)
     except ImportError as exc:
@@ -125,7 +143,7 @@ def _load_unsloth(path: str, cfg: ModelSection, lora: LoraSection, rt: Runtime):
 
 # --- hf ------------------------------------------------------------------------------------------------------
 
-def _prepare_hf() -> None:
+def _prepare_hf(cfg: ModelSection) -> None:
     import transformers  # noqa: F401
 
 
@@ -145,6 +163,7 @@ def _load_hf(path: str, cfg: ModelSection, lora: LoraSection, rt: Runtime):
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     if cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=rt.gradient_checkpointing)
+        exact_nf4_on_cpu(model)
     elif rt.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     torch.manual_seed(rt.seed)  # LoRA A matrices are initialized randomly

@@ -32,7 +32,7 @@ def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrit
     from qlora_kit.model.backends import get_backend
 
     backend = get_backend(recipe.model.backend)
-    backend.prepare()  # before transformers is imported anywhere (Unsloth patches it)
+    backend.prepare(recipe.model)  # before transformers is imported anywhere (Unsloth patches it)
     from qlora_kit.model.resolve import resolve_model_path
     from qlora_kit.train.auto import resolve
 
