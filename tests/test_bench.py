@@ -23,7 +23,7 @@ def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     recipe = write_recipe(tmp / "r.yaml")
     out = tmp / "bench"
-    r = run_cli("bench", str(recipe), "--backends", "unsloth,hf", "--seq-lens", "32,96", "--batch-sizes", "2",
+    r = run_cli("bench", str(recipe), "--backends", "unsloth,hf", "--seq-lens", "64,128", "--batch-sizes", "4",
                 "--steps", str(STEPS), "--warmup", "2", "--out", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     return recipe, out, json.loads((out / "report.json").read_text()), r.stdout
@@ -39,10 +39,10 @@ def test_sweep_writes_report_tables_and_plots(sweep):
     assert report["plots"] == ["tokens_per_s.png", "peak_memory.png"]
     md = (out / "report.md").read_text()
     cells = report["cells"]
-    assert [(c["backend"], c["seq_len"]) for c in cells] == [("unsloth", 32), ("hf", 32), ("unsloth", 96), ("hf", 96)]
+    assert [(c["backend"], c["seq_len"]) for c in cells] == [("unsloth", 64), ("hf", 64), ("unsloth", 128), ("hf", 128)]
     for c in cells:
         assert c["status"] == "ok", c
-        assert f"| {c['backend']} | {c['seq_len']} | 2 | ok | {c['tokens_per_second']:,.0f} |" in md
+        assert f"| {c['backend']} | {c['seq_len']} | 4 | ok | {c['tokens_per_second']:,.0f} |" in md
         assert c["steps"] == STEPS and len(c["losses"]) == STEPS and c["measured_steps"] == STEPS - 3
         assert (out / c["log"]).is_file()
     m = report["machine"]
@@ -55,7 +55,7 @@ def test_sweep_writes_report_tables_and_plots(sweep):
 def test_sweep_ratios_are_consistent_and_losses_agree(sweep):
     _, _, report, _ = sweep
     by = {(c["backend"], c["seq_len"]): c for c in report["cells"]}
-    for seq in (32, 96):
+    for seq in (64, 128):
         u, h = by["unsloth", seq], by["hf", seq]
         assert u["speed_ratio_vs_hf"] == round(u["tokens_per_second"] / h["tokens_per_second"], 3)
         assert u["memory_ratio_vs_hf"] == round(u["peak_rss_bytes"] / h["peak_rss_bytes"], 3)
@@ -66,7 +66,7 @@ def test_sweep_ratios_are_consistent_and_losses_agree(sweep):
         assert u["final_loss_diff_vs_hf"] == pytest.approx(u["final_loss"] - h["final_loss"], abs=1e-6)
         # tokens/s is seq x batch x measured steps over their seconds.
         measured = u["step_seconds"][2:STEPS - 1]
-        assert u["tokens_per_second"] == pytest.approx(seq * 2 * len(measured) / sum(measured), rel=1e-3)
+        assert u["tokens_per_second"] == pytest.approx(seq * 4 * len(measured) / sum(measured), rel=1e-3)
     assert [t["backend"] for t in report["targets"]] == ["unsloth", "unsloth"]
 
 
@@ -88,7 +88,7 @@ def test_planner_matches_what_each_backend_really_held(sweep):
         assert c["predicted_peak_bytes"] == sum(terms.values())
         assert c["prediction_error"] == pytest.approx((sum(terms.values()) - c["peak_tensor_bytes"])
                                                       / c["peak_tensor_bytes"], abs=1e-4)
-        assert abs(c["prediction_error"]) < 0.25, c
+        assert abs(c["prediction_error"]) < 0.10, c  # measured: within 6% on CPU (benchmarks/RESULTS.md)
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ BNB_8BIT_BLOCK = 256
 CUDA_CONTEXT = 600 * 2**20
 ALLOCATOR_SLACK = 0.08
 UNSLOTH_CE_CAP = 4 * 10**9
+UNSLOTH_CPU_CE_CHUNK = 16 * 2**20  # unsloth_zoo.cpu.ops (UNSLOTH_CPU_CE_CHUNK_ELEMENTS)
 TRL_TILE_TOKENS, TRL_TILE_VOCAB = 4096, 32768  # trl.kernels.chunked_logprob, trl.trainer.utils (1.15)
 
 
@@ -128,18 +129,46 @@ def _saved_per_token_layer(shape: ModelShape, p: PlanInput) -> int:
     """Bytes one token leaves saved for backward in one decoder layer (no checkpointing).
 
     - 2 RMSNorms: each keeps its fp32 input (4h) and its normalized output (a*h, the projections' input).
-    - Attention: q, k, v as SDPA saves them, and its output (which o_proj takes as a view: SDPA's flash kernels
-      lay it out token-major, so the transpose back costs no copy).
+    - Attention: q-sized and k/v-sized tensors: the rotated q and k and v that SDPA keeps; its output is o_proj's
+      input. Counting one q-sized tensor fewer than "q, k, v and the output" is what the measured CPU peaks of two
+      models (hidden 256 and 512, vocab 512 and 32000) agree with, to 1%.
     - MLP: gate output, activation output, up output, and their product (down_proj's input): 4 x intermediate.
     - LoRA: each adapted Linear keeps its A output (r values); with dropout, also the mask and dropped input.
     """
     a, h, d = DTYPE_BYTES[p.dtype], shape.hidden, shape.head_dim
     q, kv = shape.heads * d, shape.kv_heads * d
-    total = 2 * (4 * h + a * h) + a * (q + 2 * kv + q) + a * 4 * shape.intermediate
+    total = 2 * (4 * h + a * h) + a * (q + 2 * kv) + a * 4 * shape.intermediate
     for lin in shape.layer_linears:
         if lin.name in p.target_modules:
             total += a * p.lora_r + ((a + 1) * lin.in_features if p.lora_dropout > 0 else 0)
     return total
+
+
+def loss_bytes(shape: ModelShape, p: PlanInput, tokens: int) -> int:
+    """Peak bytes of the LM head's logits and the loss, which each backend computes differently."""
+    a, vocab = DTYPE_BYTES[p.dtype], shape.vocab_size
+    if p.backend == "unsloth" and p.device == "cuda":
+        # Unsloth's chunked cross-entropy budgets 16 bytes per logit and splits the rows into as many equal chunks
+        # as keep one chunk under 4 GB (unsloth_zoo.fused_losses: _CE_BYTES_PER_LOGIT, _CE_TARGET_GB_CAP; it also
+        # caps a chunk at half the free memory, which only matters on a nearly full GPU). The cap itself is used
+        # once there are several chunks (an upper bound that keeps memory monotonic in tokens, which the
+        # largest-fit search relies on).
+        return min(tokens * vocab * 16, UNSLOTH_CE_CAP)
+    if p.backend == "unsloth":
+        # Unsloth's CPU loss (unsloth_zoo.cpu.ops) computes logits in row chunks of 16 Mi elements in fp32, forming
+        # the hidden-state gradient (tokens x hidden) as it goes; the next chunk is allocated before the previous
+        # one is freed, so two chunks coexist once there are several.
+        rows = max(16, UNSLOTH_CPU_CE_CHUNK // vocab)
+        chunk = min(tokens, rows) * vocab * 4
+        return chunk * (2 if tokens > rows else 1) + tokens * shape.hidden * a
+    if p.device == "cuda":
+        # hf on a GPU trains through TRL 1.15's fused LM head (SFTTrainer always installs it): the logits are made
+        # tile by tile, 4096 tokens x 32768 vocabulary columns in fp32, with an fp32 accumulator beside the tile.
+        return min(tokens, TRL_TILE_TOKENS) * min(vocab, TRL_TILE_VOCAB) * 4 * 2
+    # On CPU the hf backend uses the model's own loss (TRL's fused head is a Triton kernel). Its peak is the start
+    # of backward: the fp32 log-softmax saved for backward, its gradient, and the logits' gradient (12 bytes per
+    # logit); a 16-bit model also has the gradient cast back to its dtype.
+    return tokens * vocab * (12 + (a if a < 4 else 0))
 
 
 def activation_terms(shape: ModelShape, p: PlanInput, grads: int) -> dict[str, int]:
@@ -153,23 +182,7 @@ def activation_terms(shape: ModelShape, p: PlanInput, grads: int) -> dict[str, i
         saved = 2 * tokens * shape.hidden * a + layer
     else:
         saved = shape.layers * tokens * shape.hidden * a + layer
-    if p.backend == "unsloth" and p.device == "cuda":
-        # Unsloth's chunked cross-entropy budgets 16 bytes per logit and splits the rows into as many equal chunks
-        # as keep one chunk under 4 GB (unsloth_zoo.fused_losses: _CE_BYTES_PER_LOGIT, _CE_TARGET_GB_CAP; it also
-        # caps a chunk at half the free memory, which only matters on a nearly full GPU). The cap itself is used
-        # once there are several chunks (an upper bound that keeps memory monotonic in tokens, which the
-        # largest-fit search relies on). On CPU the bench measured the same tensor peak for both backends, so the
-        # hf formula applies there.
-        logits = min(tokens * shape.vocab_size * 16, UNSLOTH_CE_CAP)
-    elif p.device == "cuda":
-        # hf on a GPU trains through TRL 1.15's fused LM head (SFTTrainer always installs it): the logits are made
-        # tile by tile, 4096 tokens x 32768 vocabulary columns in fp32, with an fp32 accumulator beside the tile.
-        logits = min(tokens, TRL_TILE_TOKENS) * min(shape.vocab_size, TRL_TILE_VOCAB) * 4 * 2
-    else:
-        # On CPU the hf backend uses the model's own loss (TRL's fused head is a Triton kernel): the logits and
-        # their fp32 log-softmax (saved for backward); in backward, the log-softmax and its gradient. A 16-bit
-        # model also keeps the fp32 copy of the logits (`logits.float()`) while both live.
-        logits = tokens * shape.vocab_size * (4 + 4 + (a if a < 4 else 0))
+    logits = loss_bytes(shape, p, tokens)
     # The peak comes either at the loss (all saved activations + logits buffers) or in backward, after the logits
     # are freed: saved activations + the layer being recomputed when checkpointing + the LoRA gradients (they do
     # not exist before backward: the Trainer sets them to None after each step) + the gradient of one layer's MLP
