@@ -46,7 +46,7 @@ def write_plots(report: dict, out: Path) -> list[str]:
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
-        ax.set_title(f"{report['model']} on {report['machine'].get('gpu') or report['machine']['cpu']}",
+        ax.set_title(f"{_model_label(report['model'])} on {report['machine'].get('gpu') or report['machine']['cpu']}",
                      fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
@@ -55,3 +55,8 @@ def write_plots(report: dict, out: Path) -> list[str]:
         plt.close(fig)
         written.append(name)
     return written
+
+
+def _model_label(name: str) -> str:
+    """A local model directory by its own name (temporary parent directories say nothing); Hub ids as they are."""
+    return Path(name).name if name.startswith(("/", ".", "~")) else name
