@@ -44,6 +44,7 @@ def test_sweep_writes_report_tables_and_plots(sweep):
         assert c["status"] == "ok", c
         assert f"| {c['backend']} | {c['seq_len']} | 4 | ok | {c['tokens_per_second']:,.0f} |" in md
         assert c["steps"] == STEPS and len(c["losses"]) == STEPS and c["measured_steps"] == STEPS - 3
+        assert c["trained_token_fraction"] == 1.0
         assert (out / c["log"]).is_file()
     m = report["machine"]
     assert m["device"] == "cpu" and m["cpu_count"] >= 1 and m["packages"]["torch"].startswith("2.")
@@ -141,3 +142,26 @@ def test_bench_refuses_existing_output(tmp_path):
     r = run_cli("bench", str(write_recipe(tmp_path / "r.yaml")), "--out", str(tmp_path / "b"))
     assert r.returncode == 2
     assert "--out: " in r.stderr and "already exists; pass --overwrite" in r.stderr
+
+
+@pytest.mark.slow
+def test_recipe_data_cells_and_a_stopped_cell(tmp_path):
+    """--data recipe trains on the recipe's own rows cut to exactly seq_len tokens (masks kept); a cell that
+    outlives --cell-timeout is stopped and recorded, and a sweep in which no cell finished exits 1."""
+    recipe = write_recipe(tmp_path / "r.yaml")
+    out = tmp_path / "bench"
+    r = run_cli("bench", str(recipe), "--backends", "hf", "--seq-lens", "64", "--batch-sizes", "2", "--steps", "4",
+                "--warmup", "1", "--data", "recipe", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    cell = json.loads((out / "report.json").read_text())["cells"][0]
+    assert cell["status"] == "ok" and len(cell["losses"]) == 4
+    # Chat rows train on assistant tokens only (data.train_on: responses); synthetic rows train on every token.
+    assert 0.2 < cell["trained_token_fraction"] < 0.9
+
+    stopped = tmp_path / "stopped"
+    r = run_cli("bench", str(recipe), "--backends", "hf", "--seq-lens", "64", "--batch-sizes", "2",
+                "--cell-timeout", "1", "--out", str(stopped))
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"qlora-kit: error: every cell failed; see the logs in {stopped / 'cells'}"
+    cell = json.loads((stopped / "report.json").read_text())["cells"][0]
+    assert cell["status"] == "timeout" and cell["error"] == "no result after --cell-timeout 1 s"

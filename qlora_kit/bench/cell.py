@@ -113,6 +113,8 @@ def _train(spec, resolved, rt, model, tokenizer, rows, timer) -> dict:
         "tokens_per_second": round(tokens_per_step * len(measured) / sum(measured), 2) if measured else None,
         "time_to_first_step_seconds": round(timer.first_step_end - STARTED, 3),
         "losses": timer.losses, "final_loss": timer.losses[-1] if timer.losses else None,
+        # Share of tokens with a loss (synthetic rows: all; recipe rows: what data.train_on keeps).
+        "trained_token_fraction": round(sum(r.trained_tokens for r in rows) / sum(len(r.labels) for r in rows), 4),
         "held": held_bytes(model, trainer.optimizer),
     }
     if rt.device == "cuda":
