@@ -79,7 +79,7 @@ def test_planner_matches_what_each_backend_really_held(sweep):
     recipe = load_recipe(recipe_path)
     shape = shape_from_config(load_config(recipe.model.name)[0])
     for c in report["cells"]:
-        p = plan_input_for(recipe, shape, c["backend"], "cpu", c["seq_len"], c["batch_size"], grad_accum=1)
+        p = plan_input_for(recipe, shape, c["backend"], "cpu", c["seq_len"], c["batch_size"])
         terms = estimate(shape, p).terms
         held = c["held"]
         assert held["weights_4bit"] == terms["weights_4bit"], c["backend"]

@@ -21,8 +21,8 @@ from pathlib import Path
 STARTED = time.perf_counter()  # "time to first step" counts from here: process start, imports and load included
 
 EXIT_OOM = 3
-# Messages of PyTorch's CPU allocator and of CUDA when memory runs out.
-OOM_MARKERS = ("out of memory", "can't allocate memory", "CUDA error: out of memory")
+# How PyTorch's CPU allocator and CUDA say that memory ran out.
+OOM_MARKERS = ("out of memory", "can't allocate memory")
 
 
 def main(argv: list[str]) -> int:

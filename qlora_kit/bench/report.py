@@ -95,8 +95,7 @@ def _add_prediction(cell: dict, sweep, recipe, shape) -> None:
     from qlora_kit.plan.inputs import plan_input_for
     from qlora_kit.plan.estimate import estimate
 
-    p = plan_input_for(recipe, shape, cell["backend"], sweep.device, cell["seq_len"], cell["batch_size"],
-                       grad_accum=1)
+    p = plan_input_for(recipe, shape, cell["backend"], sweep.device, cell["seq_len"], cell["batch_size"])
     est = estimate(shape, p)
     cell["predicted_peak_bytes"] = est.peak
     cell["predicted_terms"] = est.terms

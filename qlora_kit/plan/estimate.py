@@ -61,9 +61,6 @@ class Estimate:
     def peak(self) -> int:
         return sum(self.terms.values())
 
-    def group(self, *names: str) -> int:
-        return sum(self.terms.get(n, 0) for n in names)
-
 
 def nf4_bytes(numel: int) -> int:
     blocks = math.ceil(numel / NF4_BLOCK)

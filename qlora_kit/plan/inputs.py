@@ -8,7 +8,7 @@ from qlora_kit.train.auto import AUTO
 
 
 def plan_input_for(recipe, shape: ModelShape, backend: str, device: str, seq_len: int, batch_size: int | None = None,
-                   grad_accum: int | None = None, bf16: bool = True) -> PlanInput:
+                   bf16: bool = True) -> PlanInput:
     gpu = device == "cuda"
     t = recipe.train
 
