@@ -11,10 +11,10 @@ out=${1:-benchmarks/results}
 bin=${QLORA_KIT:-.venv/bin/qlora-kit}
 py=${PYTHON:-.venv/bin/python}
 mkdir -p "$out"
-"$bin" bench recipes/tiny-demo.yaml --seq-lens 128,256,512,1024 --batch-sizes 8 --steps 20 --warmup 5 \
+"$bin" bench recipes/tiny-demo.yaml --seq-lens 128,256,512,1024 --batch-sizes 8 --steps 20 --warmup 5 --repeats 3 \
   --out "$out/cpu-tiny" --overwrite
 model=$(mktemp -d)/medium-llama
 "$py" benchmarks/make_model.py "$model" --layers 4 --hidden 512 --intermediate 1408 --vocab 32000 --dtype float32
 "$bin" bench recipes/tiny-demo.yaml --set model.name="$model" --seq-lens 256,512,1024 --batch-sizes 2 --steps 10 \
-  --warmup 3 --out "$out/cpu-medium" --overwrite
+  --warmup 3 --repeats 3 --out "$out/cpu-medium" --overwrite
 rm -rf "$(dirname "$model")"

@@ -117,6 +117,7 @@ def test_out_of_memory_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     (["--seq-lens", "12x"], "--seq-lens: '12x' is not an integer"),
     (["--warmup", "5", "--steps", "5"], "--warmup: 5 leaves no measured step of --steps 5"),
     (["--mem-limit", "lots"], "--mem-limit: 'lots' is not a size"),
+    (["--repeats", "0"], "--repeats: 0 must be at least 1"),
 ])
 def test_bench_bad_input_is_one_line(tmp_path, args, message):
     recipe = write_recipe(tmp_path / "r.yaml")
@@ -151,10 +152,17 @@ def test_recipe_data_cells_and_a_stopped_cell(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml")
     out = tmp_path / "bench"
     r = run_cli("bench", str(recipe), "--backends", "hf", "--seq-lens", "64", "--batch-sizes", "2", "--steps", "4",
-                "--warmup", "1", "--data", "recipe", "--out", str(out))
+                "--warmup", "1", "--data", "recipe", "--repeats", "2", "--out", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
-    cell = json.loads((out / "report.json").read_text())["cells"][0]
+    assert "[2/2] hf seq 64 batch 2 run 2/2: " in r.stdout
+    [cell] = json.loads((out / "report.json").read_text())["cells"]
     assert cell["status"] == "ok" and len(cell["losses"]) == 4
+    # Two runs; the cell is the median run by tokens/s (the slower of two), and both runs' numbers are kept.
+    rates = [run["tokens_per_second"] for run in cell["runs"]]
+    assert len(rates) == 2 and cell["tokens_per_second"] == min(rates)
+    assert cell["runs"][0]["final_loss"] == cell["runs"][1]["final_loss"]  # same seed, same rows
+    assert f"| hf | 64 | 2 | ok | {min(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) |" in (
+        out / "report.md").read_text()
     # Chat rows train on assistant tokens only (data.train_on: responses); synthetic rows train on every token.
     assert 0.2 < cell["trained_token_fraction"] < 0.9
 

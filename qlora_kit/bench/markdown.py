@@ -25,7 +25,7 @@ def render_markdown(report: dict) -> str:
         f"- Machine: {device}{m['cpu']}, {m['cpu_count']} CPUs, "
         f"{(m['ram_bytes'] or 0) / 2**30:.0f} GiB RAM; device `{m['device']}`",
         f"- Versions: python {m['python']}, qlora-kit {m['qlora_kit']}, {versions}",
-        f"- Each cell: a fresh process, {s['steps']} steps on {s['data']} rows of exactly seq_len tokens, "
+        f"- Each cell: {_runs(s['repeats'])}, {s['steps']} steps on {s['data']} rows of exactly seq_len tokens, "
         f"the first {s['warmup']} excluded from tokens/s" + (", the last profiled for tensor memory and excluded"
                                                              if m["device"] == "cpu" else ""),
         f"- Created {report['created']}", "",
@@ -40,7 +40,7 @@ def render_markdown(report: dict) -> str:
     for c in report["cells"]:
         ok = c["status"] == "ok"
         row = [c["backend"], str(c["seq_len"]), str(c["batch_size"]), c["status"] if ok else f"**{c['status']}**",
-               _num(c.get("tokens_per_second"), ",.0f"), _num(c.get("speed_ratio_vs_hf"), ".2f"),
+               _tokens(c), _num(c.get("speed_ratio_vs_hf"), ".2f"),
                _num(c.get("time_to_first_step_seconds"), ".1f"), _mib(c.get("peak_bytes")),
                _num(c.get("memory_ratio_vs_hf"), ".3f")]
         if cpu:
@@ -65,6 +65,22 @@ def render_markdown(report: dict) -> str:
     if report.get("plots"):
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
     return "\n".join(lines)
+
+
+def _runs(repeats: int) -> str:
+    if repeats == 1:
+        return "a fresh process"
+    return (f"{repeats} runs, each a fresh process, backends interleaved; shown: the median run by tokens/s, with "
+            "the range of tokens/s over the runs")
+
+
+def _tokens(cell: dict) -> str:
+    """tokens/s, and with repeats the range over the runs: the median run's value (min-max)."""
+    text = _num(cell.get("tokens_per_second"), ",.0f")
+    rates = [r["tokens_per_second"] for r in cell.get("runs", []) if r.get("tokens_per_second")]
+    if len(rates) > 1:
+        text += f" ({min(rates):,.0f}-{max(rates):,.0f})"
+    return text
 
 
 def _targets(report: dict) -> list[str]:

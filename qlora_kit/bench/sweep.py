@@ -34,13 +34,17 @@ class Sweep:
     overwrite: bool = False
     mem_limit: int | None = None
     cell_timeout: int = 1800
+    repeats: int = 1
     argv: list[str] = field(default_factory=list)
 
     def cells(self):
+        """(backend, seq_len, batch_size, repeat), backends interleaved within each repeat so that a machine
+        slowing down or speeding up over the sweep affects every backend alike."""
         for seq_len in self.seq_lens:
             for batch_size in self.batch_sizes:
-                for backend in self.backends:
-                    yield backend, seq_len, batch_size
+                for repeat in range(self.repeats):
+                    for backend in self.backends:
+                        yield backend, seq_len, batch_size, repeat
 
 
 def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
@@ -98,14 +102,16 @@ def run(sweep: Sweep, recipe, shape) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     (work / "cells").mkdir(parents=True)
     machine = machine_info(sweep.device)
-    cells = []
+    runs: dict[tuple, list[dict]] = {}  # insertion-ordered: the report lists cells in sweep order
     total = len(list(sweep.cells()))
-    for index, (backend, seq_len, batch_size) in enumerate(sweep.cells(), 1):
+    for index, (backend, seq_len, batch_size, repeat) in enumerate(sweep.cells(), 1):
         label = f"[{index}/{total}] {backend} seq {seq_len} batch {batch_size}"
+        label += f" run {repeat + 1}/{sweep.repeats}" if sweep.repeats > 1 else ""
         print(f"{label}: running", flush=True)
-        cell = _run_cell(sweep, work / "cells", backend, seq_len, batch_size)
-        cells.append(cell)
-        print(f"{label}: {_summary(cell)}", flush=True)
+        result = _run_cell(sweep, work / "cells", backend, seq_len, batch_size, repeat)
+        runs.setdefault((backend, seq_len, batch_size), []).append(result)
+        print(f"{label}: {_summary(result)}", flush=True)
+    cells = [combine(r) for r in runs.values()]
     report = build_report(sweep, recipe, shape, machine, cells)
     write_report(report, work)
     if sweep.out.exists():
@@ -114,8 +120,24 @@ def run(sweep: Sweep, recipe, shape) -> dict:
     return report
 
 
-def _run_cell(sweep: Sweep, cell_dir: Path, backend: str, seq_len: int, batch_size: int) -> dict:
-    name = f"{backend}-s{seq_len}-b{batch_size}"
+def combine(runs: list[dict]) -> dict:
+    """One cell from its repeats: the median run by tokens/s (a real run, so its numbers belong together), or the
+    first failed run if any failed; every run's headline numbers are kept under "runs"."""
+    failed = [r for r in runs if r["status"] != "ok"]
+    if failed:
+        cell = dict(failed[0])
+    else:
+        ordered = sorted(runs, key=lambda r: r["tokens_per_second"] or 0)
+        cell = dict(ordered[(len(ordered) - 1) // 2])
+    if len(runs) > 1:
+        keys = ("status", "tokens_per_second", "peak_rss_bytes", "peak_allocated_bytes", "peak_tensor_bytes",
+                "final_loss", "log")
+        cell["runs"] = [{k: r[k] for k in keys if k in r} for r in runs]
+    return cell
+
+
+def _run_cell(sweep: Sweep, cell_dir: Path, backend: str, seq_len: int, batch_size: int, repeat: int = 0) -> dict:
+    name = f"{backend}-s{seq_len}-b{batch_size}" + (f"-r{repeat + 1}" if sweep.repeats > 1 else "")
     spec = {"recipe": sweep.recipe, "overrides": sweep.overrides, "backend": backend, "seq_len": seq_len,
             "batch_size": batch_size, "steps": sweep.steps, "warmup": sweep.warmup, "device": sweep.device,
             "data": sweep.data, "mem_limit": sweep.mem_limit}

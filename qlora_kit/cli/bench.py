@@ -26,6 +26,9 @@ def register(subparsers, common) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per cell (default: bench.steps: 10)")
     p.add_argument("--warmup", type=int, default=None,
                    help="first steps excluded from tokens/s (default: bench.warmup: 3)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="runs per cell, backends interleaved; the report keeps the median run by tokens/s and "
+                        "every run's numbers (default: bench.repeats: 1)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="default: the recipe's train.device")
     p.add_argument("--data", choices=("synthetic", "recipe"), default=None,
@@ -53,8 +56,10 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     b = recipe.bench
     steps = b.steps if args.steps is None else args.steps
-    if steps < 1:
-        raise UsageError(f"--steps: {steps} must be at least 1")
+    repeats = b.repeats if args.repeats is None else args.repeats
+    for flag, value in (("--steps", steps), ("--repeats", repeats)):
+        if value < 1:
+            raise UsageError(f"{flag}: {value} must be at least 1")
     try:
         mem_limit = parse_size(args.mem_limit) if args.mem_limit else None
     except ValueError as exc:
@@ -67,7 +72,7 @@ def run(args) -> int:
                   else list(b.batch_sizes or []),
                   steps=steps, warmup=max(0, b.warmup if args.warmup is None else args.warmup), device=args.device,
                   data=args.data or b.data, out=Path(args.out), overwrite=args.overwrite, mem_limit=mem_limit,
-                  cell_timeout=args.cell_timeout, argv=sys.argv[1:])
+                  cell_timeout=args.cell_timeout, repeats=repeats, argv=sys.argv[1:])
     shape = shape_from_config(load_config(recipe.model.name, recipe.model.revision)[0])
     if not sweep.seq_lens:
         context = shape.max_positions or DEFAULT_SEQ_LENS[-1]

@@ -168,6 +168,7 @@ class BenchSection(Section):
     batch_sizes: list[int] | None = Field(None, min_length=1, description="Batch sizes (default: train.batch_size).")
     steps: int = Field(10, gt=0, description="Optimizer steps per cell.")
     warmup: int = Field(3, ge=0, description="First steps excluded from tokens/s.")
+    repeats: int = Field(1, gt=0, description="Runs per cell; the report keeps the median run by tokens/s.")
     data: Literal["synthetic", "recipe"] = Field(
         "synthetic", description="synthetic: seeded random tokens; recipe: data.path cut into exact-length blocks.")
 
