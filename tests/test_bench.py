@@ -160,6 +160,7 @@ def test_recipe_data_cells_and_a_stopped_cell(tmp_path):
     # Two runs; the cell is the median run by tokens/s (the slower of two), and both runs' numbers are kept.
     rates = [run["tokens_per_second"] for run in cell["runs"]]
     assert len(rates) == 2 and cell["tokens_per_second"] == min(rates)
+    assert cell["peak_rss_bytes"] == min(run["peak_rss_bytes"] for run in cell["runs"])  # each figure's own median
     assert cell["runs"][0]["final_loss"] == cell["runs"][1]["final_loss"]  # same seed, same rows
     assert f"| hf | 64 | 2 | ok | {min(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) |" in (
         out / "report.md").read_text()

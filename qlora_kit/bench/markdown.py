@@ -70,8 +70,8 @@ def render_markdown(report: dict) -> str:
 def _runs(repeats: int) -> str:
     if repeats == 1:
         return "a fresh process"
-    return (f"{repeats} runs, each a fresh process, backends interleaved; shown: the median run by tokens/s, with "
-            "the range of tokens/s over the runs")
+    return (f"{repeats} runs, each a fresh process, backends interleaved; shown: the median run by tokens/s (with "
+            "the range over the runs) and the median of each peak-memory figure")
 
 
 def _tokens(cell: dict) -> str:

@@ -120,20 +120,30 @@ def run(sweep: Sweep, recipe, shape) -> dict:
     return report
 
 
+MEMORY_KEYS = ("peak_rss_bytes", "peak_tensor_bytes", "peak_allocated_bytes", "peak_reserved_bytes")
+
+
 def combine(runs: list[dict]) -> dict:
-    """One cell from its repeats: the median run by tokens/s (a real run, so its numbers belong together), or the
-    first failed run if any failed; every run's headline numbers are kept under "runs"."""
+    """One cell from its repeats: the median run by tokens/s, with each peak-memory figure replaced by its own
+    median over the runs (peak RSS moves by several percent between identical runs: heap layout), or the first
+    failed run if any failed. Every run's headline numbers are kept under "runs"."""
     failed = [r for r in runs if r["status"] != "ok"]
     if failed:
         cell = dict(failed[0])
     else:
-        ordered = sorted(runs, key=lambda r: r["tokens_per_second"] or 0)
-        cell = dict(ordered[(len(ordered) - 1) // 2])
+        cell = dict(_median_by(runs, "tokens_per_second"))
+        for key in MEMORY_KEYS:
+            if cell.get(key) is not None:
+                cell[key] = _median_by(runs, key)[key]
     if len(runs) > 1:
-        keys = ("status", "tokens_per_second", "peak_rss_bytes", "peak_allocated_bytes", "peak_tensor_bytes",
-                "final_loss", "log")
+        keys = ("status", "tokens_per_second", *MEMORY_KEYS, "final_loss", "log")
         cell["runs"] = [{k: r[k] for k in keys if k in r} for r in runs]
     return cell
+
+
+def _median_by(runs: list[dict], key: str) -> dict:
+    ordered = sorted(runs, key=lambda r: r.get(key) or 0)
+    return ordered[(len(ordered) - 1) // 2]  # the lower median: always one real run's value
 
 
 def _run_cell(sweep: Sweep, cell_dir: Path, backend: str, seq_len: int, batch_size: int, repeat: int = 0) -> dict:
