@@ -131,10 +131,15 @@ def _saved_per_token_layer(shape: ModelShape, p: PlanInput) -> int:
       models (hidden 256 and 512, vocab 512 and 32000) agree with, to 1%.
     - MLP: gate output, activation output, up output, and their product (down_proj's input): 4 x intermediate.
     - LoRA: each adapted Linear keeps its A output (r values); with dropout, also the mask and dropped input.
+    - Architecture extras: norms on the attention/MLP outputs keep their fp32 input (Gemma 2/3: 2 x 4h); per-head
+      q/k norms keep theirs (Qwen3, Gemma 3: 4(q + kv)); a fused qkv projection's output stays alive as a whole
+      because v is a view of it (Phi-3: q + kv more).
     """
     a, h, d = DTYPE_BYTES[p.dtype], shape.hidden, shape.head_dim
     q, kv = shape.heads * d, shape.kv_heads * d
     total = 2 * (4 * h + a * h) + a * (q + 2 * kv) + a * 4 * shape.intermediate
+    total += shape.extra_norms * 4 * h + (4 * (q + kv) if shape.qk_norm else 0) + (a * (q + kv) if shape.fused_qkv
+                                                                                   else 0)
     for lin in shape.layer_linears:
         if lin.name in p.target_modules:
             total += a * p.lora_r + ((a + 1) * lin.in_features if p.lora_dropout > 0 else 0)
@@ -164,8 +169,9 @@ def loss_bytes(shape: ModelShape, p: PlanInput, tokens: int) -> int:
         return min(tokens, TRL_TILE_TOKENS) * min(vocab, TRL_TILE_VOCAB) * 4 * 2
     # On CPU the hf backend uses the model's own loss (TRL's fused head is a Triton kernel). Its peak is the start
     # of backward: the fp32 log-softmax saved for backward, its gradient, and the logits' gradient (12 bytes per
-    # logit); a 16-bit model also has the gradient cast back to its dtype.
-    return tokens * vocab * (12 + (a if a < 4 else 0))
+    # logit); a 16-bit model also has the gradient cast back to its dtype, and soft-capped logits (Gemma 2) keep
+    # their tanh output (4 more, measured).
+    return tokens * vocab * (12 + (a if a < 4 else 0) + (4 if shape.logit_softcap else 0))
 
 
 def activation_terms(shape: ModelShape, p: PlanInput, grads: int) -> dict[str, int]:

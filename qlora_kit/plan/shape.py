@@ -42,6 +42,13 @@ class ModelShape:
     layer_linears: tuple[Linear, ...]  # one decoder layer's projections, all quantized to 4-bit
     norm_params_per_layer: int  # RMSNorm/LayerNorm weights in one decoder layer
     final_norm_params: int
+    extra_norms: int = 0  # norms on the attention/MLP outputs (Gemma 2/3), beyond the two pre-norms
+    qk_norm: bool = False  # per-head norms on q and k (Qwen3, Gemma 3)
+    logit_softcap: bool = False  # tanh soft-capping of the final logits (Gemma 2)
+
+    @property
+    def fused_qkv(self) -> bool:
+        return any(lin.name == "qkv_proj" for lin in self.layer_linears)
 
     @property
     def linear_params(self) -> int:
@@ -105,7 +112,9 @@ def shape_from_config(config: dict) -> ModelShape:
         return ModelShape(model_type, c["vocab_size"], h, c["num_hidden_layers"], c["intermediate_size"], heads,
                           c.get("num_key_value_heads") or heads, d,
                           bool(config.get("tie_word_embeddings", c.get("tie_word_embeddings", True))),
-                          c.get("max_position_embeddings"), linears, norms, h)
+                          c.get("max_position_embeddings"), linears, norms, h,
+                          extra_norms=EXTRA_NORMS.get(model_type, 0), qk_norm=model_type in QK_NORM,
+                          logit_softcap=bool(c.get("final_logit_softcapping")))
     except KeyError as exc:
         raise UsageError(f"plan: config.json lacks {exc.args[0]!r}, which the planner needs") from None
 
