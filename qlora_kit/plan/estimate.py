@@ -138,8 +138,11 @@ def _saved_per_token_layer(shape: ModelShape, p: PlanInput) -> int:
     a, h, d = DTYPE_BYTES[p.dtype], shape.hidden, shape.head_dim
     q, kv = shape.heads * d, shape.kv_heads * d
     total = 2 * (4 * h + a * h) + a * (q + 2 * kv) + a * 4 * shape.intermediate
-    total += shape.extra_norms * 4 * h + (4 * (q + kv) if shape.qk_norm else 0) + (a * (q + kv) if shape.fused_qkv
-                                                                                   else 0)
+    total += shape.extra_norms * 4 * h
+    if shape.qk_norm:
+        total += 4 * (q + kv)
+    if shape.fused_qkv:
+        total += a * (q + kv)
     for lin in shape.layer_linears:
         if lin.name in p.target_modules:
             total += a * p.lora_r + ((a + 1) * lin.in_features if p.lora_dropout > 0 else 0)
