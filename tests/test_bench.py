@@ -119,6 +119,8 @@ def test_out_of_memory_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     (["--warmup", "5", "--steps", "5"], "--warmup: 5 leaves no measured step of --steps 5"),
     (["--mem-limit", "lots"], "--mem-limit: 'lots' is not a size"),
     (["--repeats", "0"], "--repeats: 0 must be at least 1"),
+    (["--warmup", "-1"], "--warmup: -1 must be at least 0"),
+    (["--cell-timeout", "0"], "--cell-timeout: 0 must be at least 1"),
 ])
 def test_bench_bad_input_is_one_line(tmp_path, args, message):
     recipe = write_recipe(tmp_path / "r.yaml")

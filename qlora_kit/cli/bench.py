@@ -57,9 +57,11 @@ def run(args) -> int:
     b = recipe.bench
     steps = b.steps if args.steps is None else args.steps
     repeats = b.repeats if args.repeats is None else args.repeats
-    for flag, value in (("--steps", steps), ("--repeats", repeats)):
-        if value < 1:
-            raise UsageError(f"{flag}: {value} must be at least 1")
+    warmup = b.warmup if args.warmup is None else args.warmup
+    for flag, value, least in (("--steps", steps, 1), ("--repeats", repeats, 1), ("--warmup", warmup, 0),
+                               ("--cell-timeout", args.cell_timeout, 1)):
+        if value < least:
+            raise UsageError(f"{flag}: {value} must be at least {least}")
     try:
         mem_limit = parse_size(args.mem_limit) if args.mem_limit else None
     except ValueError as exc:
@@ -70,7 +72,7 @@ def run(args) -> int:
                   seq_lens=parse_int_list(args.seq_lens, "--seq-lens") if args.seq_lens else list(b.seq_lens or []),
                   batch_sizes=parse_int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes
                   else list(b.batch_sizes or []),
-                  steps=steps, warmup=max(0, b.warmup if args.warmup is None else args.warmup), device=args.device,
+                  steps=steps, warmup=warmup, device=args.device,
                   data=args.data or b.data, out=Path(args.out), overwrite=args.overwrite, mem_limit=mem_limit,
                   cell_timeout=args.cell_timeout, repeats=repeats, argv=sys.argv[1:])
     shape = shape_from_config(load_config(recipe.model.name, recipe.model.revision)[0])
