@@ -4,6 +4,7 @@ sweep, and the one-line errors for bad input."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +50,10 @@ def test_sweep_writes_report_tables_and_plots(sweep):
     m = report["machine"]
     assert m["device"] == "cpu" and m["cpu_count"] >= 1 and m["packages"]["torch"].startswith("2.")
     assert m["packages"]["unsloth"] and m["packages"]["bitsandbytes"]
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    assert m["cpu_features"] == [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    assert m["cpu_model"] and f"{m['cpu']} ({m['cpu_model']}; " in md
     assert "report: " in stdout
 
 

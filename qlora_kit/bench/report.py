@@ -21,13 +21,16 @@ MFU_FORMULA = ("FLOPs per trained token = 4 x N + 12 x L x s x h (N parameters, 
                "gradient; LoRA's are negligible), attention 4 x L x s x h forward and twice that backward. "
                "MFU = FLOPs/token x tokens/s / the GPU's dense bf16 peak.")
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo", "accelerate")
+# The CPU features that decide which PyTorch/oneDNN kernels run: two CPUs both named "AMD EPYC" differ 2-3x in
+# CPU training speed (AVX2-only Zen 2 against AVX-512/BF16 Zen 4), so a report says which it ran on.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 # Targets from the benchmark issue: (device, seq_len at least, speed ratio at least, memory ratio at most).
 TARGETS = {"cuda": (2048, 2.0, 0.4), "cpu": (0, 1.0, 1.0)}
 PLANNER_TOLERANCE = 0.10
 
 
 def machine_info(device: str) -> dict:
-    info = {"device": device, "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "ram_bytes": _ram_bytes(),
+    info = {"device": device, "cpu": _cpu_name(), **_cpu_identity(), "cpu_count": os.cpu_count(), "ram_bytes": _ram_bytes(),
             "python": platform.python_version(), "platform": platform.platform(), "qlora_kit": __version__,
             "packages": {}}
     for name in PACKAGES:
@@ -51,6 +54,25 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _cpu_identity() -> dict:
+    """cpu_model ("family 23 model 49" on x86 Linux) and cpu_features (those of CPU_FEATURES present)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("cpu family", "model", "flags") and key not in fields:
+                fields[key] = value.strip()
+            if not line.strip() and fields:
+                break  # the first processor's block is enough
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    model = (f"family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields and "model" in fields
+             else platform.machine())
+    return {"cpu_model": model, "cpu_features": [f for f in CPU_FEATURES if f in flags]}
 
 
 def _ram_bytes() -> int | None:
