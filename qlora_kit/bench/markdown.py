@@ -22,8 +22,7 @@ def render_markdown(report: dict) -> str:
         f"- Command: `{report['command']}`",
         f"- Model: `{report['model']}` ({report['model_shape']['model_type']}, "
         f"{report['model_shape']['params']:,} parameters)",
-        f"- Machine: {device}{m['cpu']} ({m.get('cpu_model', '?')}; {', '.join(m.get('cpu_features') or []) or 'no AVX2'}"
-        f"), {m['cpu_count']} CPUs, "
+        f"- Machine: {device}{m['cpu']} ({m.get('cpu_model', '?')}; {_features(m)}), {m['cpu_count']} CPUs, "
         f"{(m['ram_bytes'] or 0) / 2**30:.0f} GiB RAM; device `{m['device']}`",
         f"- Versions: python {m['python']}, qlora-kit {m['qlora_kit']}, {versions}",
         f"- Each cell: {_runs(s['repeats'])}, {s['steps']} steps on {s['data']} rows of exactly seq_len tokens, "
@@ -96,3 +95,7 @@ def _targets(report: dict) -> list[str]:
                      f"(target >= {t['speed_target']}x: {speed}); memory {t['memory_ratio']:.3f}x "
                      f"(target <= {t['memory_target']}x: {memory})")
     return lines
+
+
+def _features(machine: dict) -> str:
+    return ", ".join(machine.get("cpu_features") or []) or "no AVX2 or AVX-512"

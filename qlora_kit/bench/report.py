@@ -30,7 +30,7 @@ PLANNER_TOLERANCE = 0.10
 
 
 def machine_info(device: str) -> dict:
-    info = {"device": device, "cpu": _cpu_name(), **_cpu_identity(), "cpu_count": os.cpu_count(), "ram_bytes": _ram_bytes(),
+    info = {"device": device, **_cpu_info(), "cpu_count": os.cpu_count(), "ram_bytes": _ram_bytes(),
             "python": platform.python_version(), "platform": platform.platform(), "qlora_kit": __version__,
             "packages": {}}
     for name in PACKAGES:
@@ -46,33 +46,22 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _cpu_identity() -> dict:
-    """cpu_model ("family 23 model 49" on x86 Linux) and cpu_features (those of CPU_FEATURES present)."""
+def _cpu_info() -> dict:
+    """cpu (its model name), cpu_model ("family 23 model 49" on x86 Linux) and cpu_features (those of CPU_FEATURES
+    it has), from the first processor's block of /proc/cpuinfo."""
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("cpu family", "model", "flags") and key not in fields:
-                fields[key] = value.strip()
             if not line.strip() and fields:
-                break  # the first processor's block is enough
+                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    flags = set(fields.get("flags", "").split())
-    model = (f"family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields and "model" in fields
-             else platform.machine())
-    return {"cpu_model": model, "cpu_features": [f for f in CPU_FEATURES if f in flags]}
+    family, model = fields.get("cpu family"), fields.get("model")
+    return {"cpu": fields.get("model name") or platform.processor() or "unknown",
+            "cpu_model": f"family {family} model {model}" if family and model else platform.machine(),
+            "cpu_features": [f for f in CPU_FEATURES if f in fields.get("flags", "").split()]}
 
 
 def _ram_bytes() -> int | None:
