@@ -22,7 +22,7 @@ MFU_FORMULA = ("FLOPs per trained token = 4 x N + 12 x L x s x h (N parameters, 
                "MFU = FLOPs/token x tokens/s / the GPU's dense bf16 peak.")
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo", "accelerate")
 # The CPU features that decide which PyTorch/oneDNN kernels run: two CPUs both named "AMD EPYC" differ 2-3x in
-# CPU training speed (AVX2-only Zen 2 against AVX-512/BF16 Zen 4), so a report says which it ran on.
+# CPU training speed (AVX2-only Zen 2 against one with AVX512-BF16), so a report says which it ran on.
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 # Targets from the benchmark issue: (device, seq_len at least, speed ratio at least, memory ratio at most).
 TARGETS = {"cuda": (2048, 2.0, 0.4), "cpu": (0, 1.0, 1.0)}
