@@ -27,6 +27,8 @@ install: $(STAMP)
 demo: install
 	$(BIN)/qlora-kit train recipes/tiny-demo.yaml --overwrite
 	$(BIN)/qlora-kit chat runs/tiny-demo/gguf/tiny-demo-q4_k_m.gguf --prompt "What is the capital of Peru?"
+	@# The demo ends with the eval verdict: did fine-tuning beat prompting on held-out rows?
+	@$(BIN)/python -c "import json; print(json.load(open('runs/tiny-demo/eval/report.json'))['verdict']['text'])"
 
 test: install
 	$(BIN)/python -m pytest

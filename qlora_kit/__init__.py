@@ -22,7 +22,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_recipe": "qlora_kit.api", "train": "qlora_kit.api", "start": "qlora_kit.api",
     "merge": "qlora_kit.stages", "export": "qlora_kit.stages", "plan": "qlora_kit.stages",
-    "bench": "qlora_kit.stages", "events_schema": "qlora_kit.api",
+    "bench": "qlora_kit.stages", "evaluate": "qlora_kit.stages", "EvalReport": "qlora_kit.stages",
+    "events_schema": "qlora_kit.api",
     "Recipe": "qlora_kit.recipe.schema", "Job": "qlora_kit.jobs", "CancelToken": "qlora_kit.control",
     "Hook": "qlora_kit.hooks", "Artifact": "qlora_kit.results", "TrainResult": "qlora_kit.results",
     "MergeResult": "qlora_kit.results", "ExportResult": "qlora_kit.results", "Plan": "qlora_kit.stages",
@@ -99,4 +100,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from qlora_kit.jobs import Job
     from qlora_kit.recipe.schema import Recipe
     from qlora_kit.results import Artifact, ExportResult, MergeResult, TrainResult
-    from qlora_kit.stages import BenchReport, Plan, bench, export, merge, plan
+    from qlora_kit.stages import BenchReport, EvalReport, Plan, bench, evaluate, export, merge, plan

@@ -39,7 +39,7 @@ class RunStart(BaseEvent):
 
 class Stage(BaseEvent):
     event: Literal["stage"] = "stage"
-    name: str = Field(description="load_model, prepare_data, train, save_adapter, merge, export, eval.")
+    name: str = Field(description="load_model, prepare_data, train, eval_loss, save_adapter, merge, export, eval.")
     status: Literal["start", "end", "failed"]
     seconds: float | None = Field(None, description="Duration (on end).")
     exit_code: int | None = Field(None, description="On failure of a stage run as its own process.")

@@ -1,4 +1,4 @@
-"""`qk.merge`, `qk.export`, `qk.plan`, `qk.bench`: the CLI commands as typed calls.
+"""`qk.merge`, `qk.export`, `qk.evaluate`, `qk.plan`, `qk.bench`: the CLI commands as typed calls.
 
 Keyword options are the commands' flags (`max_shard_size="2GB"` is `--max-shard-size 2GB`; True turns a switch on)
 and are parsed by the CLI's own parser, so the API and the CLI cannot drift apart and a bad option is the same
@@ -69,6 +69,26 @@ def export(source: str | Path, quant: str | list[str] = "q8_0", *, hooks: Iterab
                         out_dir=str(out), metrics=_json(out / "export_report.json"), artifacts=artifacts)
 
 
+class EvalReport(BaseModel):
+    """What `qlora-kit eval` writes to RUN_DIR/eval/report.json, and where."""
+
+    model_config = ConfigDict(extra="allow")
+    out_dir: str
+    verdict: dict[str, Any]
+    results: dict[str, dict[str, Any]]
+    warnings: list[str]
+    artifacts: list[Artifact] = []
+
+
+def evaluate(run_dir: str | Path, *, hooks: Iterable[Any] = (), events: IO[str] | None = None, plugins: bool = True,
+             **options: Any) -> EvalReport:
+    """Compare base, few-shot, adapter, merged and GGUF on held-out rows (options: systems, samples, data,
+    max_new_tokens, fewshot, scorer, out)."""
+    out, artifacts = _stage("eval", str(run_dir), options, hooks, events, plugins)
+    report = _json(out / "report.json") or {}
+    return EvalReport(out_dir=str(out), artifacts=artifacts, **report)
+
+
 def plan(recipe, **options: Any) -> Plan:
     """Predict peak training memory (options: gpu_mem, device, backend, seq_len, batch_size, overrides)."""
     from qlora_kit.cli.plan import make_plan
@@ -123,7 +143,8 @@ def _in_child(command: str, positional: str, options: dict, log) -> Path:
     if code != 0:
         raise error_for_kind(errors[-1].kind if errors else "runtime",
                              errors[-1].message if errors else f"qlora-kit {command} exited with code {code}")
-    outs = [e for e in seen if e.event == "artifact" and e.kind in ("merge_report", "export_report")]
+    reports = ("merge_report", "export_report", "eval_report")
+    outs = [e for e in seen if e.event == "artifact" and e.kind in reports]
     return Path(outs[-1].path).parent
 
 

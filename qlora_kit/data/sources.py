@@ -15,7 +15,8 @@ from qlora_kit.errors import DataError
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUILTIN_DATASETS = {"tiny-chat": ASSETS / "tiny_chat.jsonl"}
+BUILTIN_DATASETS = {"tiny-chat": ASSETS / "tiny_chat.jsonl", "tiny-demo": ASSETS / "tiny_demo.jsonl",
+                    "tiny-demo-heldout": ASSETS / "tiny_demo_heldout.jsonl"}
 
 
 @dataclass

@@ -165,6 +165,19 @@ class ExportSection(Section):
     samples: int = Field(4, gt=0, description="Held-out rows for the logit check.")
 
 
+class EvalSection(Section):
+    """`qlora-kit eval` after training (its command-line flags are the same fields)."""
+
+    enabled: bool = Field(False, description="Run `qlora-kit eval` when training (and merge/export) end.")
+    systems: list[str] | None = Field(None, description="base, fewshot, adapter, merged, gguf:TYPE (default: base, "
+                                      "fewshot, adapter, and merged and every GGUF the run has).")
+    samples: int | None = Field(None, gt=0, description="Evaluate at most this many held-out rows (default: all).")
+    data: str | None = Field(None, description="Held-out rows from this file instead of the run's eval split.")
+    max_new_tokens: int = Field(64, gt=0, description="Longest generated answer in tokens.")
+    fewshot: int = Field(3, gt=0, description="Training examples in the few-shot prompt.")
+    scorer: str | None = Field(None, description="Task score 'module:function(prediction, reference, row) -> float'.")
+
+
 class BenchSection(Section):
     """Defaults for `qlora-kit bench` (its command-line flags override them)."""
 
@@ -207,5 +220,6 @@ class Recipe(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     merge: MergeSection = Field(default_factory=MergeSection)
     export: ExportSection = Field(default_factory=ExportSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
     bench: BenchSection = Field(default_factory=BenchSection)
     output: OutputSection = Field(default_factory=OutputSection)

@@ -165,9 +165,9 @@ def _train(run, recipe, rt, backend, train_items, eval_items, fmt, checkpoint, t
 
     eval_loss = None
     if eval_split.rows:
-        stage_t = _stage(run, "eval")
+        stage_t = _stage(run, "eval_loss")  # the held-out loss; `eval` is the later `qlora-kit eval` stage
         eval_loss = float(trainer.evaluate()["eval_loss"])  # its log reaches EventsCallback: one `eval` event
-        _stage(run, "eval", stage_t)
+        _stage(run, "eval_loss", stage_t)
 
     stage_t = _stage(run, "save_adapter")
     tmp = run.root / ".adapter.tmp"
@@ -207,6 +207,12 @@ def run_later_stages(run: RunDir, recipe, log: EventLog, console: Console, extra
         e = recipe.export
         stages.append(("export", ["export", str(run.root), "--quant", ",".join(e.quant), "--samples", str(e.samples),
                                   "--overwrite"] + ([] if e.verify else ["--no-verify"])))
+    if recipe.eval.enabled:
+        v = recipe.eval
+        stages.append(("eval", ["eval", str(run.root), "--max-new-tokens", str(v.max_new_tokens), "--fewshot",
+                                str(v.fewshot)] + (["--systems", ",".join(v.systems)] if v.systems else [])
+                       + (["--samples", str(v.samples)] if v.samples else []) + (["--data", v.data] if v.data else [])
+                       + (["--scorer", v.scorer] if v.scorer else [])))
     quiet_child = console is quiet
     for name, args in stages:
         cmd = [sys.executable, "-m", "qlora_kit", *args, "--no-plugins", *extra_args]

@@ -40,3 +40,12 @@ class FailingHook:
     def on_event(self, event) -> None:
         if event.event == "step":
             raise RuntimeError("failing on purpose")
+
+
+def label_scorer(prediction: str, reference: str, row: dict) -> float:
+    """A task score for the review labels: 1 when the predicted label is the reference's first word."""
+    return float(prediction.strip().lower().startswith(reference.strip().lower()))
+
+
+def raising_scorer(prediction: str, reference: str, row: dict) -> float:
+    raise ValueError("no score for you")

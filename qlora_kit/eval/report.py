@@ -1,0 +1,127 @@
+"""The eval report: report.json (versioned), report.md, predictions.jsonl, two charts, and the verdict.
+
+The verdict compares the tuned model (adapter, else merged, else the first GGUF) with the better of the two
+cheaper alternatives (base zero-shot, base few-shot) on the primary metric (a custom scorer when the recipe names
+one, else exact match), row by row, with a 95% paired bootstrap interval: "beat" only when the interval is above
+zero, "did NOT help" when it is below, otherwise "could not tell". It also says how many prompt tokens per request
+fine-tuning saves against few-shot prompting and how much of the gain each GGUF keeps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from qlora_kit.eval.scoring import METRICS, bootstrap_interval
+
+
+def write_report(out: Path, report: dict, rows, results: dict, options, warnings: list[str]) -> list[str]:
+    """Write every file; return the warnings found while judging (added to `warnings` in the report too)."""
+    metric = "custom" if options.scorer else "exact_match"
+    verdict, extra = judge(results, metric, options)
+    warnings = warnings + extra
+    report.update(metric=metric, verdict=verdict, warnings=warnings,
+                  results={name: {k: v for k, v in r.items() if k != "rows"} for name, r in results.items()})
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
+        for i, row in enumerate(rows):
+            fh.write(json.dumps({"where": row.where, "prompt": list(row.prompt), "reference": row.reference,
+                                 "systems": {name: r["rows"][i] for name, r in results.items()}},
+                                ensure_ascii=False) + "\n")
+    (out / "report.md").write_text(_markdown(report), encoding="utf-8")
+    _charts(out, report)
+    return extra
+
+
+def judge(results: dict, metric: str, options) -> tuple[dict, list[str]]:
+    tuned = next((n for n in ("adapter", "merged") if n in results), None) or \
+        next((n for n in results if n.startswith("gguf:")), None)
+    cheap = [n for n in ("base", "fewshot") if n in results]
+    warnings: list[str] = []
+    if tuned is None or not cheap:
+        return {"text": "no verdict: compare a tuned system (adapter, merged or gguf:TYPE) with base or fewshot",
+                "outcome": "none"}, warnings
+    baseline = max(cheap, key=lambda n: results[n][metric])
+    diffs = [t["scores"][metric] - b["scores"][metric]
+             for t, b in zip(results[tuned]["rows"], results[baseline]["rows"])]
+    delta = sum(diffs) / len(diffs)
+    low, high = bootstrap_interval(diffs, seed=options.seed)
+    label, points = _label(baseline), f"{abs(delta) * 100:.0f} points of {metric.replace('_', ' ')}"
+    interval = f"95% interval {low * 100:+.0f} to {high * 100:+.0f} points over {len(diffs)} rows"
+    if low > 0:
+        outcome, text = "better", f"Fine-tuning beat {label} by {points} ({interval})"
+    elif high < 0:
+        outcome, text = "worse", f"Fine-tuning did NOT help: {label} beat it by {points} ({interval})"
+    else:
+        outcome, text = "unclear", (f"Fine-tuning did not clearly help: {tuned} vs {label} differ by "
+                                    f"{delta * 100:+.0f} points of {metric.replace('_', ' ')}, and the {interval} "
+                                    "includes zero")
+    if "fewshot" in results:
+        saved = results["fewshot"]["prompt_tokens_per_request"] - results[tuned]["prompt_tokens_per_request"]
+        text += f"; it saves {saved:.0f} prompt tokens per request against few-shot prompting"
+    keeps = []
+    base_score = results[baseline][metric]
+    gain = results[tuned][metric] - base_score
+    for name in (n for n in results if n.startswith("gguf:")):
+        if gain > 0:
+            keeps.append(f"{name.split(':')[1].upper()} keeps {(results[name][metric] - base_score) / gain:.0%} "
+                         "of the gain")
+        if "merged" in results and results["merged"][metric] - results[name][metric] > options.gguf_drop:
+            warnings.append(f"{name} scores {(results['merged'][metric] - results[name][metric]) * 100:.0f} points "
+                            f"of {metric} below the merged model (more than {options.gguf_drop * 100:.0f}): "
+                            "try a larger quantization type")
+    text += ("; " + ", ".join(keeps) if keeps else "") + "."
+    return {"text": text, "outcome": outcome, "tuned": tuned, "baseline": baseline, "metric": metric,
+            "difference": round(delta, 6), "interval95": [round(low, 6), round(high, 6)], "rows": len(diffs)}, \
+        warnings
+
+
+def _label(name: str) -> str:
+    return {"base": "the base model (zero-shot)", "fewshot": "few-shot prompting"}.get(name, name)
+
+
+def _markdown(report: dict) -> str:
+    metrics = [*METRICS, *(["custom"] if report.get("scorer") else [])]
+    lines = [f"# Did fine-tuning help? ({Path(report['run']).name})", "", f"**{report['verdict']['text']}**", "",
+             f"{report['rows']} held-out rows from {report['rows_from']}; greedy decoding, at most "
+             f"{report['max_new_tokens']} new tokens; primary metric: {report['metric']}.", "",
+             "| system | " + " | ".join(metrics) + " | loss | ppl | prompt tok/req | gen tok/s |",
+             "|---" * (len(metrics) + 5) + "|"]
+    for name, r in report["results"].items():
+        rate = r["generated_tokens_per_s"]
+        lines.append(f"| {name} | " + " | ".join(f"{r[m]:.3f}" for m in metrics)
+                     + f" | {r['loss']:.4f} | {r['perplexity']:.2f} | {r['prompt_tokens_per_request']:.1f} | "
+                     + (f"{rate:.1f}" if rate else "-") + " |")
+    if report["warnings"]:
+        lines += ["", "Warnings:", *[f"- {w}" for w in report["warnings"]]]
+    return "\n".join(lines) + "\n"
+
+
+def _charts(out: Path, report: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["results"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(METRICS)
+    for i, m in enumerate(METRICS):
+        ax.bar([x + i * width for x in range(len(names))], [report["results"][n][m] for n in names], width, label=m)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score (held-out mean)")
+    ax.set_title("Scores by system")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "scores.png", dpi=100)
+    plt.close(fig)
+    chain = [n for n in names if n in ("adapter", "merged") or n.startswith("gguf:")]
+    if chain:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(chain, [report["results"][n][report["metric"]] for n in chain], marker="o")
+        ax.set_ylabel(report["metric"])
+        ax.set_title("What merging and quantization keep")
+        fig.tight_layout()
+        fig.savefig(out / "stages.png", dpi=100)
+        plt.close(fig)

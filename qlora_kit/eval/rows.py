@@ -1,0 +1,79 @@
+"""Held-out rows, the few-shot examples, and the leakage check.
+
+A row is a conversation whose last assistant message is the reference; everything before it is the prompt. The
+default held-out set is the run's own eval split (the rows training really held out: same file, seed and split),
+else `--data` in any format `data` accepts. Few-shot examples are k training rows chosen with a fixed seed, never
+held-out rows. Held-out rows that also occur in training (same prompt and reference) are excluded and counted.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from qlora_kit.data.formats import Example
+from qlora_kit.errors import DataError, UsageError
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    where: str  # file:line of the row, as data errors name rows
+    prompt: tuple  # messages before the reference (dicts with role/content), system first when present
+    reference: str
+
+    @property
+    def key(self) -> tuple:
+        return tuple((m["role"], m["content"]) for m in self.prompt), self.reference
+
+
+def to_row(where: str, example: Example) -> EvalRow | None:
+    """None for rows that cannot be scored (raw text, or no assistant answer to compare with)."""
+    messages = example.messages
+    if not messages or messages[-1]["role"] != "assistant":
+        return None
+    prompt = tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1])
+    return EvalRow(where, prompt, messages[-1]["content"]) if prompt else None
+
+
+def held_out(recipe, data_path: str | None) -> tuple[list[EvalRow], list[EvalRow], str]:
+    """(held-out rows, training rows, where the held-out rows came from)."""
+    from qlora_kit.data.prepare import load_examples
+
+    train_items, eval_items, _ = load_examples(recipe.data, recipe.train.seed)
+    source = "the run's eval split"
+    if data_path:
+        cfg = recipe.data.model_copy(update={"path": data_path, "eval_split": 0.0, "eval_path": None,
+                                             "max_rows": None, "format": "auto"})
+        eval_items, _, _ = load_examples(cfg, recipe.train.seed)
+        source = data_path
+    elif not eval_items:
+        raise UsageError("the run held out no rows (data.eval_split and data.eval_path are unset); pass --data FILE "
+                         "with held-out rows in any format `data` accepts")
+    rows = [r for r in (to_row(w, e) for w, e in eval_items) if r is not None]
+    if not rows:
+        raise DataError(f"{source}: no row ends with an assistant answer to score against")
+    train = [r for r in (to_row(w, e) for w, e in train_items) if r is not None]
+    return rows, train, source
+
+
+def split_leaked(rows: list[EvalRow], train: list[EvalRow]) -> tuple[list[EvalRow], list[EvalRow]]:
+    """(clean rows, rows that also occur in training)."""
+    seen = {r.key for r in train}
+    return [r for r in rows if r.key not in seen], [r for r in rows if r.key in seen]
+
+
+def few_shot(train: list[EvalRow], k: int, seed: int, held: list[EvalRow]) -> list[EvalRow]:
+    """k single-turn training rows (fixed seed), none of them a held-out row."""
+    excluded = {r.key for r in held}
+    pool = [r for r in train if r.key not in excluded and [m["role"] for m in r.prompt if m["role"] != "system"]
+            == ["user"]]
+    return random.Random(seed).sample(pool, min(k, len(pool)))
+
+
+def with_shots(row: EvalRow, shots: list[EvalRow]) -> list[dict]:
+    """The prompt of `row` with the examples as earlier turns (after the row's system message, if any)."""
+    system = [m for m in row.prompt[:1] if m["role"] == "system"]
+    turns = []
+    for shot in shots:
+        turns += [m for m in shot.prompt if m["role"] != "system"] + [{"role": "assistant", "content": shot.reference}]
+    return system + turns + list(row.prompt[len(system):])

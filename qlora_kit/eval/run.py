@@ -1,0 +1,226 @@
+"""Run the comparison: every system answers every held-out row (greedy) and scores the reference (loss).
+
+Nothing is marked complete until it is: the report is written to a temporary directory next to RUN_DIR/eval and
+renamed at the end. Runs with plain transformers (no Unsloth), like merge and export.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qlora_kit.errors import UsageError
+from qlora_kit.eval import rows as evrows
+from qlora_kit.eval.scoring import METRICS, load_scorer, score
+from qlora_kit.eval.systems import GGUFSystem, HFSystem, gguf_path, merged_dir, parse_systems
+
+REPORT_VERSION = 1
+
+
+@dataclass
+class EvalOptions:
+    systems: list[str] | None = None  # default: base, fewshot, adapter, merged and every exported GGUF present
+    samples: int | None = None
+    data: str | None = None
+    max_new_tokens: int = 64
+    fewshot: int = 3
+    scorer: str | None = None
+    gguf_drop: float = 0.05  # warn when a GGUF loses more than this (fraction of the metric) against merged
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def default_systems(run_dir: Path) -> list[str]:
+    names = ["base", "fewshot", "adapter"]
+    if (run_dir / "merged" / "config.json").is_file():
+        names.append("merged")
+    names += [f"gguf:{p.stem.rsplit('-', 1)[-1]}" for p in sorted((run_dir / "gguf").glob(f"{run_dir.name}-*.gguf"))]
+    return names
+
+
+def evaluate(run_dir: str | Path, options: EvalOptions, out: str | Path | None = None, log=None) -> Path:
+    from qlora_kit.eventlog import emit_artifact, stage
+
+    with stage(log, "eval"):
+        out, warnings = _evaluate(Path(run_dir), options, out)
+    for message in warnings:
+        if log is not None:
+            log.emit("warning", message=message, source="eval")
+    for name in ("report.json", "report.md", "predictions.jsonl", "scores.png", "stages.png"):
+        if (out / name).is_file():
+            emit_artifact(log, "eval_report" if name.startswith("report") else "eval_" + name.split(".")[0],
+                          out / name)
+    return out
+
+
+def _evaluate(run_dir: Path, options: EvalOptions, out) -> tuple[Path, list[str]]:
+    from qlora_kit.recipe import load_recipe
+    from qlora_kit.train.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise UsageError(f"{run.root}: no such run directory")
+    status = run.read_status()
+    if status.get("status") != "complete":
+        raise UsageError(f"{run.root}: the run never finished (status: {status.get('status', 'unknown')}); eval "
+                         "needs a complete run; continue it with `qlora-kit train RECIPE --resume`")
+    systems = parse_systems(options.systems) if options.systems else default_systems(run.root)
+    paths = {s: gguf_path(run.root, s.split(":", 1)[1]) for s in systems if s.startswith("gguf:")}
+    if "merged" in systems:
+        paths["merged"] = merged_dir(run.root)
+    scorer = load_scorer(options.scorer) if options.scorer else None
+    recipe = load_recipe(run.recipe)
+    held, train, source = evrows.held_out(recipe, options.data)
+    clean, leaked = evrows.split_leaked(held, train)
+    warnings = []
+    if leaked:
+        warnings.append(f"{len(leaked)} held-out row(s) also occur in the training data and were excluded "
+                        f"(first: {leaked[0].where})")
+    if not clean:
+        raise UsageError(f"{source}: every held-out row also occurs in the training data; nothing left to evaluate")
+    rows = clean[: options.samples] if options.samples else clean
+    if len(rows) < 20:
+        warnings.append(f"only {len(rows)} held-out rows: the 95% interval on any difference is wide; 20 or more "
+                        "rows are needed to tell small gains from luck")
+    out = Path(out) if out else run.root / "eval"
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        shots = evrows.few_shot(train, options.fewshot, options.seed, held)
+        results = _run_systems(run, recipe, status, systems, paths, rows, shots, options, scorer)
+        from qlora_kit.eval.report import write_report
+
+        report = {"version": REPORT_VERSION, "run": str(run.root), "rows_from": source, "rows": len(rows),
+                  "leaked_rows_excluded": len(leaked), "fewshot_examples": [s.where for s in shots],
+                  "max_new_tokens": options.max_new_tokens, "scorer": options.scorer, "systems": systems}
+        warnings += write_report(tmp, report, rows, results, options, warnings)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out, warnings
+
+
+def _run_systems(run, recipe, status, systems, paths, rows, shots, options, scorer) -> dict:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run.adapter)
+    stop, eot = _stops(run, tokenizer)
+    prompts = {"plain": [_encode(tokenizer, list(r.prompt), r.reference) for r in rows],
+               "fewshot": [_encode(tokenizer, evrows.with_shots(r, shots), r.reference) for r in rows]}
+    n_ctx = max(len(p) + len(a) for p, a in prompts["fewshot"] + prompts["plain"]) + options.max_new_tokens + 8
+    results, peft_model = {}, None
+    for name in systems:
+        kind = name.split(":", 1)[0]
+        t0 = time.perf_counter()
+        if kind in ("base", "fewshot", "adapter"):
+            peft_model = peft_model or _peft_model(run, recipe, status)
+            system = HFSystem(peft_model, adapter=kind == "adapter")
+        elif kind == "merged":
+            from qlora_kit.merge.fidelity import plain_model
+
+            system = HFSystem(plain_model(str(paths["merged"]), _dtype(recipe)))
+        else:
+            system = GGUFSystem(paths[name], n_ctx)
+        load_s = time.perf_counter() - t0
+        encoded = prompts["fewshot" if kind == "fewshot" else "plain"]
+        results[name] = _score_system(system, encoded, rows, tokenizer, stop, eot, options, scorer)
+        results[name]["load_seconds"] = round(load_s, 3)
+        if kind in ("merged", "gguf"):
+            system.close()
+    return results
+
+
+def _score_system(system, encoded, rows, tokenizer, stop, eot, options, scorer) -> dict:
+    from qlora_kit.memory import peak_rss_bytes
+
+    per_row, nll, answer_tokens, gen_tokens, gen_seconds = [], 0.0, 0, 0, 0.0
+    for (prompt, answer), row in zip(encoded, rows):
+        out = system.generate(prompt, options.max_new_tokens, stop)
+        text = _cut(tokenizer.decode(out.ids, skip_special_tokens=True), eot).strip()
+        scores = score(text, row.reference)
+        if scorer is not None:
+            scores["custom"] = _custom(scorer, text, row)
+        row_nll = system.nll(prompt, answer)
+        nll += row_nll
+        answer_tokens += len(answer)
+        gen_tokens += len(out.ids)
+        gen_seconds += out.seconds
+        per_row.append({"prediction": text, "scores": scores, "prompt_tokens": len(prompt),
+                        "generated_tokens": len(out.ids), "loss": round(row_nll / max(len(answer), 1), 6)})
+    loss = nll / max(answer_tokens, 1)
+    metrics = [*METRICS, *(["custom"] if scorer is not None else [])]
+    return {"rows": per_row, "loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 50.0)), 4),
+            **{m: round(sum(r["scores"][m] for r in per_row) / len(per_row), 6) for m in metrics},
+            "prompt_tokens_per_request": round(sum(r["prompt_tokens"] for r in per_row) / len(per_row), 2),
+            "generated_tokens_per_s": round(gen_tokens / gen_seconds, 2) if gen_seconds else None,
+            "process_peak_rss_bytes": peak_rss_bytes()}
+
+
+def _custom(scorer, text: str, row) -> float:
+    from qlora_kit.errors import StageError
+
+    try:
+        return float(scorer(text, row.reference, {"prompt": list(row.prompt), "where": row.where}))
+    except Exception as exc:  # noqa: BLE001  (the user's scorer: one line, naming the row)
+        raise StageError(f"eval.scorer raised on {row.where}: {type(exc).__name__}: {exc}") from None
+
+
+def _encode(tokenizer, prompt_messages: list[dict], reference: str) -> tuple[list[int], list[int]]:
+    """(prompt ids ending with the assistant header, reference ids including the end-of-turn marker)."""
+    from qlora_kit.data.encode import render
+
+    prompt_text = render(tokenizer, prompt_messages, add_generation_prompt=True)
+    full_text = render(tokenizer, prompt_messages + [{"role": "assistant", "content": reference}], False)
+    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    full = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+    if full[: len(prompt)] == prompt:
+        return prompt, full[len(prompt):]
+    return prompt, tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+
+
+def _stops(run, tokenizer) -> tuple[set[int], tuple[str, ...]]:
+    """Token ids and strings that end an assistant turn for the chat template used in training."""
+    from qlora_kit.data.templates import CHAT_TEMPLATES
+
+    try:
+        name = json.loads((run.adapter / "qlora_kit.json").read_text())["chat_template"]
+    except (OSError, ValueError, KeyError):
+        name = "tokenizer"
+    ends = CHAT_TEMPLATES[name].end_of_turn if name in CHAT_TEMPLATES else ()
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for text in ends:
+        tok = tokenizer.encode(text.strip(), add_special_tokens=False)
+        if len(tok) == 1:
+            ids.add(tok[0])
+    return ids, tuple(e.strip() for e in ends if e.strip())
+
+
+def _cut(text: str, ends: tuple[str, ...]) -> str:
+    for end in ends:
+        if end in text:
+            text = text[: text.index(end)]
+    return text
+
+
+def _dtype(recipe):
+    import torch
+
+    return getattr(torch, recipe.model.dtype if recipe.model.dtype != "auto" else "float32")
+
+
+def _peft_model(run, recipe, status):
+    from qlora_kit.merge.checkpoint import Checkpoint
+    from qlora_kit.merge.fidelity import reference_model
+    from qlora_kit.merge.run import base_model_dir
+
+    ckpt = Checkpoint(base_model_dir(status.get("base_model") or recipe.model.name, recipe.model.revision))
+    return reference_model(str(ckpt.path), str(run.adapter), _dtype(recipe), ckpt.prequantized)
+
