@@ -10,6 +10,9 @@ def register(subparsers, common) -> None:
                     "tensor; quantize with llama.cpp's own quantizer; check tokens and logits through "
                     "llama-cpp-python (gguf/export_report.json) and write gguf/Modelfile for Ollama.")
     p.add_argument("source", help="a run directory (exports RUN_DIR/merged) or a Hugging Face model directory")
+    p.add_argument("--check-only", metavar="MODEL.gguf",
+                   help="write nothing: run the verifier (tokens, logits) on MODEL.gguf, made by us or elsewhere, "
+                        "against SOURCE: qlora-kit export --check-only MODEL.gguf HF_DIR")
     p.add_argument("--quant", default="q8_0",
                    help="comma-separated types: f32, f16, bf16, q8_0, q4_0, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k")
     p.add_argument("--out", help="output directory (default: SOURCE/gguf)")
@@ -26,6 +29,8 @@ def run(args) -> int:
     from qlora_kit.errors import UsageError
     from qlora_kit.export.run import ExportOptions, export
 
+    if args.check_only:
+        return _check_only(args)
     quants = [q.strip() for q in args.quant.split(",") if q.strip()]
     if not quants:
         raise UsageError("--quant: name at least one type, e.g. --quant q4_k_m,q8_0")
@@ -38,4 +43,18 @@ def run(args) -> int:
         note = f"; {check['summary']}" if check else ""
         print(f"{entry['file']}: {entry['bytes'] / 2**20:.2f} MiB{note}")
     print(f"Modelfile: {out / 'Modelfile'} (template: {report['modelfile']['template'] or 'fallback'})")
+    return 0
+
+
+def _check_only(args) -> int:
+    import json
+
+    from qlora_kit.errors import StageError
+    from qlora_kit.export.run import check_only
+
+    result = check_only(args.check_only, args.source, args.samples)
+    print(json.dumps({k: v for k, v in result.items() if k != "summary"}, indent=2))
+    if not result["passed"]:
+        raise StageError(f"{args.check_only}: verification failed ({result['quant']}): {result['summary']}")
+    print(f"{args.check_only}: passed ({result['quant']}): {result['summary']}")
     return 0
