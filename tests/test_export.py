@@ -177,8 +177,32 @@ def test_export_refuses_bad_input(tiny_model_dir, tmp_path):
     data["pre_tokenizer"] = {"type": "Whitespace"}
     (odd / "tokenizer.json").write_text(json.dumps(data))
     result = run_cli("export", str(odd), "--out", out, "--no-verify")
-    assert result.returncode == 2 and "unknown pre-tokenizer (Whitespace)" in result.stderr
-    assert not list((tmp_path / "gguf").glob("*.gguf")), "nothing half-written left behind"
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert "no llama.cpp tokenizer reproduces this tokenizer (tried gpt2/llama-bpe, gpt2/qwen2" in line
+    assert "differs first on '" in line and "HF ids [" in line and "llama.cpp ids [" in line
+
+    wordpiece = tmp_path / "wordpiece"
+    shutil.copytree(tiny_model_dir, wordpiece)
+    data = json.loads((wordpiece / "tokenizer.json").read_text())
+    data["model"] = {"type": "WordPiece", "unk_token": "<|pad|>", "continuing_subword_prefix": "##",
+                     "max_input_chars_per_word": 100, "vocab": data["model"]["vocab"]}
+    (wordpiece / "tokenizer.json").write_text(json.dumps(data))
+    result = run_cli("export", str(wordpiece), "--out", out, "--no-verify")
+    assert result.returncode == 2 and "tokenizer type WordPiece is not supported for GGUF export; supported: " \
+        "byte-level BPE" in result.stderr, result.stderr[-2000:]
+
+    small = tmp_path / "small-embedding"  # the tokenizer has more ids than the embedding has rows
+    shutil.copytree(tiny_model_dir, small)
+    data = json.loads((small / "tokenizer.json").read_text())
+    data["added_tokens"].append({"id": 512, "content": "<|extra|>", "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": True})
+    (small / "tokenizer.json").write_text(json.dumps(data))
+    result = run_cli("export", str(small), "--out", out, "--no-verify")
+    assert result.returncode == 2
+    assert "the tokenizer has token ids up to 512 ('<|extra|>') but the model's embedding has 512 rows" \
+        in result.stderr, result.stderr[-2000:]
+    assert not list((tmp_path / "gguf").glob("*.gguf*")), "nothing half-written left behind"
 
     assert run_cli("export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify").returncode == 0
     result = run_cli("export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify")
@@ -211,7 +235,56 @@ def test_verification_catches_a_wrong_conversion(tiny_model_dir, tmp_path, monke
     monkeypatch.setitem(archs.ARCHS, "LlamaForCausalLM", broken)
     with pytest.raises(StageError, match=r"verification failed for f32: max_abs_logit_diff 0\.\d+ \(outside the limit"):
         export(model, ExportOptions(quants=["f32"]), tmp_path / "gguf")
+    with pytest.raises(StageError, match=r"verification failed for bf16: relative logit error 0\.0\d+ \(outside"):
+        export(model, ExportOptions(quants=["bf16"]), tmp_path / "gguf")
     assert not list((tmp_path / "gguf").glob("*.gguf*"))
+
+
+def test_gemma_norms_without_the_plus_one_are_refused_at_q8_0(tmp_path, monkeypatch):
+    import dataclasses
+
+    from qlora_kit.errors import StageError
+    from qlora_kit.export import archs
+    from qlora_kit.export.run import ExportOptions, export
+
+    model = make_model(tmp_path, TOKENIZERS / "gemma2", "gemma2")
+    monkeypatch.setitem(archs.ARCHS, "Gemma2ForCausalLM",
+                        dataclasses.replace(archs.ARCHS["Gemma2ForCausalLM"], norm_shift=0.0))
+    with pytest.raises(StageError, match=r"verification failed for q8_0: relative logit error 0\.[3-9]\d* \(outside"):
+        export(model, ExportOptions(quants=["q8_0"]), tmp_path / "gguf")
+    assert not list((tmp_path / "gguf").glob("*.gguf*"))
+
+
+@pytest.mark.parametrize("damage", ["wrong_pre", "shifted_vocab"])
+def test_check_only_refuses_a_gguf_with_a_wrong_tokenizer(tmp_path, monkeypatch, damage):
+    """A GGUF made elsewhere with a wrong tokenizer.ggml.pre (Qwen 2's single digits for Llama 3's 1-3) or a vocab
+    shifted by one id: `export --check-only` runs the verifier on it and refuses it (exit 1, one line); the same
+    check passes the file we write."""
+    from qlora_kit.export import tokenizer_probe
+    from qlora_kit.export.run import ExportOptions, export
+
+    model = make_model(tmp_path, TOKENIZERS / "llama3", "llama")
+    good = export(model, ExportOptions(quants=["q8_0"], verify=False), tmp_path / "good") / "llama-q8_0.gguf"
+    result = run_cli("export", "--check-only", str(good), str(model))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout[:result.stdout.rindex("}") + 1])["quant"] == "q8_0"
+
+    real_choose = tokenizer_probe.choose
+
+    def damaged(*args, **kwargs):
+        plan, probe = real_choose(*args, **kwargs)
+        if damage == "wrong_pre":
+            plan.pre = "qwen2"
+        else:
+            plan.tokens = plan.tokens[1:] + plan.tokens[:1]
+        return plan, probe
+
+    monkeypatch.setattr(tokenizer_probe, "choose", damaged)
+    bad = export(model, ExportOptions(quants=["q8_0"], verify=False), tmp_path / "bad") / "llama-q8_0.gguf"
+    result = run_cli("export", "--check-only", str(bad), str(model))
+    assert result.returncode == 1, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"{bad}: verification failed (q8_0): llama.cpp tokenizes" in line and "differently from the HF" in line
 
 
 @pytest.fixture(scope="module")
@@ -327,13 +400,20 @@ def test_sentencepiece_tokenizers_export_from_tokenizer_model(tmp_path, kind, du
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "gguf" / "export_report.json").read_text())
     f32 = report["exports"]["f32"]
-    assert f32["tokenizer"] == "llama (sentencepiece)"
-    assert f32["verification"]["tokens"]["equal"] == 7 and f32["verification"]["passed"]
-    assert report["exports"]["q8_0"]["verification"]["passed"]
-    # Without tokenizer.model the scores llama.cpp merges by are unknown: refused, with the way out.
+    assert f32["tokenizer"] == "llama (sentencepiece)" and f32["tokenizer_source"] == "tokenizer.model (SentencePiece)"
+    assert f32["verification"]["tokens"]["equal"] == f32["verification"]["tokens"]["texts"]
+    assert f32["verification"]["passed"] and report["exports"]["q8_0"]["verification"]["passed"]
+    from_model = f32["verification"]["tokens"]
+    # Without tokenizer.model (as transformers 5 saves it) the vocabulary is built from tokenizer.json, its scores
+    # from the merge ranks: llama.cpp must tokenize exactly as with SentencePiece's own scores.
     (model / "tokenizer.model").unlink()
-    result = run_cli("export", str(model), "--quant", "f32", "--out", str(tmp_path / "gguf2"), "--no-verify")
-    assert result.returncode == 2 and "needs its tokenizer.model" in result.stderr
+    result = run_cli("export", str(model), "--quant", "f32", "--out", str(tmp_path / "gguf2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    f32 = json.loads((tmp_path / "gguf2" / "export_report.json").read_text())["exports"]["f32"]
+    assert f32["tokenizer_source"] == "tokenizer.json (BPE, scores from merge ranks)"
+    assert f32["add_space_prefix"] == dummy_prefix
+    assert f32["verification"]["passed"], f32["verification"]["summary"]
+    assert f32["verification"]["tokens"] == from_model
 
 
 def _bpe_tokenizer(root, regex: str):
@@ -377,7 +457,7 @@ def test_pre_tokenizer_is_identified_as_transformers_applies_it(tmp_path, regex_
     assert result.returncode == 0, result.stderr[-3000:]
     f32 = json.loads((tmp_path / "gguf" / "export_report.json").read_text())["exports"]["f32"]
     assert f32["pre_tokenizer"] == expected
-    assert f32["verification"]["tokens"]["equal"] == 7, f32["verification"]["tokens"]
+    assert f32["verification"]["tokens"]["equal"] == f32["verification"]["tokens"]["texts"], f32["verification"]
 
 
 MEASURE = """
