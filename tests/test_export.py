@@ -119,8 +119,8 @@ COMMON_KEYS = ("general.architecture general.type general.name general.file_type
 REQUIRED_KEYS = {
     "llama": COMMON_KEYS + " {arch}.rope.freq_base {arch}.vocab_size {arch}.rope.dimension_count",
     "qwen2": COMMON_KEYS + " {arch}.rope.freq_base", "qwen3": COMMON_KEYS + " {arch}.rope.freq_base",
-    "gemma2": COMMON_KEYS + " {arch}.attn_logit_softcapping {arch}.final_logit_softcapping {arch}.attention.sliding_window "
-                            "tokenizer.ggml.add_space_prefix",
+    "gemma2": COMMON_KEYS + " {arch}.attn_logit_softcapping {arch}.final_logit_softcapping "
+                            "{arch}.attention.sliding_window tokenizer.ggml.add_space_prefix",
     "gemma3": COMMON_KEYS + " {arch}.rope.freq_base {arch}.attention.sliding_window tokenizer.ggml.add_space_prefix",
     "phi3": COMMON_KEYS + " {arch}.rope.freq_base {arch}.rope.dimension_count {arch}.attention.sliding_window "
                           "{arch}.rope.scaling.original_context_length",

@@ -123,7 +123,8 @@ def known_spm_difference(plan: VocabPlan, rule: str, hf_tokenizer):
         if any(p.startswith(" ") for p in pieces if p):
             return "a piece of text starts with a space: llama.cpp adds a second '▁', transformers 5 does not"
         if rule == "first-only" and any(pieces[1:]):
-            return "text after a special token: llama.cpp prepends '▁', transformers' Metaspace 'first' scheme (legacy=False) does not"
+            return ("text after a special token: llama.cpp prepends '▁', transformers' Metaspace 'first' scheme "
+                    "(legacy=False) does not")
         return None
 
     return reason

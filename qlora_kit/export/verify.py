@@ -92,7 +92,8 @@ def check_tokens(gguf_path, hf_tokenizer, chat_sample: str, data: dict | None = 
             llm.close()
     plan = VocabPlan(model, "", [], [], "", add_space_prefix=prefix)
     known = known_spm_difference(plan, spm_space_rule(data), hf_tokenizer)
-    differ = [t for t, ids in zip(texts, got) if list(ids) != list(hf_tokenizer(t, add_special_tokens=False)["input_ids"])]
+    expected_ids = [list(hf_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    differ = [t for t, ids, want in zip(texts, got, expected_ids) if list(ids) != want]
     mismatched = [t for t in differ if not known(t)]
     expected = list(hf_tokenizer("Hello world", add_special_tokens=True)["input_ids"])
     return {"texts": len(texts), "equal": len(texts) - len(mismatched), "mismatched": mismatched[:3],

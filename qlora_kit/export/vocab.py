@@ -10,6 +10,7 @@ texts (tokenizer_probe.py); none equal is a one-line refusal naming the first di
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from qlora_kit.errors import UsageError
@@ -140,6 +141,8 @@ def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = Tru
         raise UsageError(f"{model_dir}: missing tokenizer.json (export needs the tokenizer saved with the model)")
     hf_tokenizer = load_hf_tokenizer(model_dir)
     data = effective_tokenizer_json(hf_tokenizer, tokenizer_file)
+    # gguf's SpecialVocab warns about post-processor shapes it does not parse; BOS/EOS are measured below instead.
+    logging.getLogger("gguf").setLevel(logging.ERROR)
     plans = candidates(model_dir, data, space_prefix)
     for plan in plans:
         plan.fit(vocab_size, str(model_dir))

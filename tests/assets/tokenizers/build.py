@@ -196,7 +196,8 @@ def build_gemma(out: Path, gemma3: bool) -> None:
     specials = ["<start_of_turn>", "<end_of_turn>"] + (["<start_of_image>", "<end_of_image>"] if gemma3 else [])
     ids = dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
                unk_piece="<unk>")
-    sentencepiece(out, "GemmaTokenizer", False, ids, runs + specials, specials, GEMMA_TEMPLATE, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>",
+    sentencepiece(out, "GemmaTokenizer", False, ids, runs + specials, specials, GEMMA_TEMPLATE, bos_token="<bos>",
+                  eos_token="<eos>", unk_token="<unk>", pad_token="<pad>",
                   add_bos_token=True, add_eos_token=False)
 
 
