@@ -237,6 +237,10 @@ def test_verification_catches_a_wrong_conversion(tiny_model_dir, tmp_path, monke
         export(model, ExportOptions(quants=["f32"]), tmp_path / "gguf")
     with pytest.raises(StageError, match=r"verification failed for bf16: relative logit error 0\.0\d+ \(outside"):
         export(model, ExportOptions(quants=["bf16"]), tmp_path / "gguf")
+    # Within a 4-bit type's allowed error, but the F32 GGUF the K-quant is made from is checked first.
+    with pytest.raises(StageError, match=r"verification failed for the f32 GGUF the K-quants are made from: "
+                                         r"max_abs_logit_diff 0\.\d+ \(outside"):
+        export(model, ExportOptions(quants=["q4_k_m"]), tmp_path / "gguf")
     assert not list((tmp_path / "gguf").glob("*.gguf*"))
 
 

@@ -70,6 +70,8 @@ def export(source: str | Path, options: ExportOptions, out: str | Path | None = 
             if q.via_llama_cpp:
                 if intermediate is None:  # K-quants all start from one GGUF in the model's own precision
                     intermediate, intermediate_facts = _write_intermediate(model_dir, out, stem, config)
+                    if checker:
+                        _check_intermediate(checker, intermediate, intermediate_facts, options.allow_mismatch)
                 entry = {**intermediate_facts, **_quantize(intermediate, tmp, q)}
             else:
                 entry = write_gguf(model_dir, tmp, q.ggml, q.file_type, stem)
@@ -97,6 +99,16 @@ def _write_intermediate(model_dir: Path, out: Path, stem: str, config: dict) -> 
     base = QUANT_TYPES[INTERMEDIATE.get(config.get("dtype") or config.get("torch_dtype") or "float32", "f32")]
     path = out / f".{stem}-{base.name}.intermediate.gguf"
     return path, {**write_gguf(model_dir, path, base.ggml, base.file_type, stem), "from": base.name}
+
+
+def _check_intermediate(checker, path: Path, facts: dict, allow_mismatch: bool) -> None:
+    """Verify the 16/32-bit GGUF K-quants are made from: a conversion error (e.g. Q/K not un-permuted) is plain at
+    this precision but can hide inside a 4-bit type's allowed error."""
+    check = checker.check(facts["from"], path)
+    facts["intermediate_verification"] = {k: check[k] for k in ("passed", "summary", "logits")}
+    if not check["passed"] and not allow_mismatch:
+        raise StageError(f"verification failed for the {facts['from']} GGUF the K-quants are made from: "
+                         f"{check['summary']}; nothing was written (--allow-mismatch writes it anyway)")
 
 
 def _quantize(src: Path, dst: Path, q) -> dict:

@@ -34,7 +34,10 @@ F32_MAX_ABS_DIFF = 1e-2
 # and Gemma without the +1 on norms 0.59, so f32/f16/bf16 refuse both and quantized types refuse the Gemma one.
 REL_ERROR_LIMITS = {"f32": 1e-3, "f16": 0.006, "bf16": 0.02, "q8_0": 0.06, "q6_k": 0.16, "q5_k_m": 0.25,
                     "q4_k_m": 0.45, "q4_0": 0.5, "q3_k_m": 0.6, "q2_k": 0.8}
-DECISIVE_MARGIN = 3.0  # a position counts for top-1 when HF's margin > this x the type's limit x logit spread
+# A position counts for top-1 when HF's top1-top2 margin > this x the type's limit x the logits' spread. The error
+# concentrates on the large (top) logits of a trained model: on the trained demo model, flips were measured at
+# margins up to 9.4x the mean relative error (q8_0), i.e. up to 4.6x the type's limit (q4_0); 6 leaves room.
+DECISIVE_MARGIN = 6.0
 DECISIVE_AGREEMENT = 0.98
 MIN_DECISIVE = 8  # fewer decisive positions than this: top-1 is reported, not judged
 
