@@ -10,7 +10,6 @@ Unigram models keep their own scores. Whether llama.cpp really reproduces the to
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -124,7 +123,3 @@ def _dummy_prefix(path: Path) -> bool:
         return bool(proto.normalizer_spec.add_dummy_prefix)
     except Exception:  # no protobuf: the probes try the other setting too
         return True
-
-
-def load_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
