@@ -12,6 +12,9 @@ def register(subparsers, common) -> None:
                     "tensor; quantize with llama.cpp's own quantizer; check tokens and logits through "
                     "llama-cpp-python (gguf/export_report.json) and write gguf/Modelfile for Ollama.")
     p.add_argument("source", help="a run directory (exports RUN_DIR/merged) or a Hugging Face model directory")
+    p.add_argument("--check-only", metavar="MODEL.gguf",
+                   help="write nothing: run the verifier (tokens, logits) on MODEL.gguf, made by us or elsewhere, "
+                        "against SOURCE: qlora-kit export --check-only MODEL.gguf HF_DIR")
     p.add_argument("--quant", default="q8_0",
                    help="comma-separated types: f32, f16, bf16, q8_0, q4_0, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k")
     p.add_argument("--out", help="output directory (default: SOURCE/gguf)")
@@ -26,6 +29,8 @@ def register(subparsers, common) -> None:
 def run(args) -> int:
     import json
 
+    if args.check_only:
+        return _check_only(args)
     with event_log(args) as (log, warnings):
         out = execute(args, log, warnings)
         report = json.loads((out / "export_report.json").read_text())
@@ -55,3 +60,17 @@ def execute(args, log, warnings=()):
     for message in warnings:
         log.emit("warning", message=message, source="plugins")
     return export(args.source, options, args.out, log=log)
+
+
+def _check_only(args) -> int:
+    import json
+
+    from qlora_kit.errors import StageError
+    from qlora_kit.export.run import check_only
+
+    result = check_only(args.check_only, args.source, args.samples)
+    print(json.dumps({k: v for k, v in result.items() if k != "summary"}, indent=2))
+    if not result["passed"]:
+        raise StageError(f"{args.check_only}: verification failed ({result['quant']}): {result['summary']}")
+    print(f"{args.check_only}: passed ({result['quant']}): {result['summary']}")
+    return 0

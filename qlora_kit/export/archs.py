@@ -155,8 +155,10 @@ def _phi3_kv(writer, config: dict) -> None:
     params = config.get("rope_parameters") or {}
     factor = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     writer.add_rope_dimension_count(int(head_dim(config) * factor))
-    if config.get("sliding_window"):
-        writer.add_sliding_window(config["sliding_window"])
+    # As llama.cpp's converter writes them: the original context, and a sliding window of 0 when there is none.
+    writer.add_rope_scaling_orig_ctx_len(int(config.get("original_max_position_embeddings")
+                                             or config.get("max_position_embeddings", 4096)))
+    writer.add_sliding_window(int(config.get("sliding_window") or 0))
 
 
 # Fused qkv_proj / gate_up_proj map to attn_qkv / ffn_up as they are; NEOX RoPE, so no permute.

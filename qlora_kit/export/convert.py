@@ -71,7 +71,7 @@ def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int
     common_kv(writer, config, arch.gguf_arch)
     if arch.extra_kv:
         arch.extra_kv(writer, config)
-    vocab = add_vocab(writer, model_dir, config["vocab_size"], space_prefix=arch.space_prefix)
+    vocab = add_vocab(writer, model_dir, config["vocab_size"], space_prefix=arch.space_prefix, name=name)
     for hf_name, gguf_name, shape, kind in plan:
         if kind in NUMPY_TYPES:
             dtype = np.dtype(NUMPY_TYPES[kind])

@@ -86,6 +86,8 @@ def _export(source: str | Path, options: ExportOptions, out: str | Path | None =
             if q.via_llama_cpp:
                 if intermediate is None:  # K-quants all start from one GGUF in the model's own precision
                     intermediate, intermediate_facts = _write_intermediate(model_dir, out, stem, config)
+                    if checker:
+                        _check_intermediate(checker, intermediate, intermediate_facts, options.allow_mismatch)
                 entry = {**intermediate_facts, **_quantize(intermediate, tmp, q)}
             else:
                 entry = write_gguf(model_dir, tmp, q.ggml, q.file_type, stem)
@@ -113,6 +115,16 @@ def _write_intermediate(model_dir: Path, out: Path, stem: str, config: dict) -> 
     base = QUANT_TYPES[INTERMEDIATE.get(config.get("dtype") or config.get("torch_dtype") or "float32", "f32")]
     path = out / f".{stem}-{base.name}.intermediate.gguf"
     return path, {**write_gguf(model_dir, path, base.ggml, base.file_type, stem), "from": base.name}
+
+
+def _check_intermediate(checker, path: Path, facts: dict, allow_mismatch: bool) -> None:
+    """Verify the 16/32-bit GGUF K-quants are made from: a conversion error (e.g. Q/K not un-permuted) is plain at
+    this precision but can hide inside a 4-bit type's allowed error."""
+    check = checker.check(facts["from"], path)
+    facts["intermediate_verification"] = {k: check[k] for k in ("passed", "summary", "logits")}
+    if not check["passed"] and not allow_mismatch:
+        raise StageError(f"verification failed for the {facts['from']} GGUF the K-quants are made from: "
+                         f"{check['summary']}; nothing was written (--allow-mismatch writes it anyway)")
 
 
 def _quantize(src: Path, dst: Path, q) -> dict:
@@ -149,27 +161,63 @@ class _Verifier:
     """Loads the merged model and tokenizer once; checks each GGUF as it is written."""
 
     def __init__(self, model_dir: Path, run_dir: Path | None, samples: int):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        from qlora_kit.export.vocab import effective_tokenizer_json, load_hf_tokenizer
+
+        self.tokenizer = load_hf_tokenizer(model_dir)
+        self.tokenizer_json = effective_tokenizer_json(self.tokenizer, model_dir / "tokenizer.json")
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
         self.rows, self.rows_from = _held_out(model_dir, run_dir, self.tokenizer, samples)
         chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 + 30?"},
                 {"role": "assistant", "content": "42."}]
-        self.chat_sample = self.tokenizer.apply_chat_template(chat, tokenize=False) \
-            if self.tokenizer.chat_template else "no chat template"
+        try:
+            self.chat_sample = self.tokenizer.apply_chat_template(chat, tokenize=False) \
+                if self.tokenizer.chat_template else "no chat template"
+        except Exception:  # noqa: BLE001 - templates that refuse a system turn (Gemma, Mistral): without it
+            self.chat_sample = self.tokenizer.apply_chat_template(chat[1:], tokenize=False)
         from qlora_kit.export.verify import hf_logits
 
+        # The one place the reference logits are computed (a streamed forward can replace hf_logits).
         self.reference = hf_logits(self.model, self.rows)
 
     def check(self, quant: str, path: Path) -> dict:
-        from qlora_kit.export.verify import check_tokens, compare, gguf_logits, judge
+        from qlora_kit.export.verify import check_tokens, compare, decisive_top1, gguf_logits, judge
 
-        tokens = check_tokens(path, self.tokenizer, self.chat_sample)
-        logits = compare(self.reference, gguf_logits(path, self.rows))
+        tokens = check_tokens(path, self.tokenizer, self.chat_sample, self.tokenizer_json)
+        candidate = gguf_logits(path, self.rows)
+        if candidate[0].shape[-1] != self.reference[0].shape[-1]:
+            raise UsageError(f"{path.name}: {candidate[0].shape[-1]} logits per position, the HF model has "
+                             f"{self.reference[0].shape[-1]}: this GGUF is not a conversion of that model")
+        logits = compare(self.reference, candidate)
+        logits.update(decisive_top1(logits.pop("positions"), quant))
         passed, summary = judge(quant, tokens, logits)
         return {"passed": passed, "summary": summary, "tokens": tokens, "logits": logits,
                 "samples": len(self.rows), "samples_from": self.rows_from}
+
+
+def check_only(gguf_path: str | Path, hf_dir: str | Path, samples: int = 4) -> dict:
+    """`export --check-only MODEL.gguf HF_DIR`: the verifier on any GGUF file, ours or made elsewhere."""
+    gguf_path, hf_dir = Path(gguf_path), Path(hf_dir)
+    if not gguf_path.is_file():
+        raise UsageError(f"{gguf_path}: no such file")
+    model_dir, run_dir = resolve_source(hf_dir)
+    quant = _quant_of(gguf_path)
+    result = _Verifier(model_dir, run_dir, samples).check(quant, gguf_path)
+    return {"file": str(gguf_path), "source": str(model_dir), "quant": quant, **result}
+
+
+def _quant_of(path: Path) -> str:
+    """Our name for the file's general.file_type (a K-quant's _S/_L variants are judged like _M)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).get_field("general.file_type")
+    if field is None:
+        return "unknown"
+    file_type = int(field.contents())
+    by_type = {q.file_type: q.name for q in QUANT_TYPES.values()}
+    by_type.update({11: "q3_k_m", 13: "q3_k_m", 14: "q4_k_m", 16: "q5_k_m"})  # Q3_K_S/L, Q4_K_S, Q5_K_S
+    return by_type.get(file_type, f"file_type {file_type}")
 
 
 def _held_out(model_dir: Path, run_dir: Path | None, tokenizer, n: int):

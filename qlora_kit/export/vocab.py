@@ -1,32 +1,38 @@
 """The tokenizer, written into GGUF metadata the way llama.cpp reads it.
 
-Byte-level BPE tokenizers ("gpt2" in GGUF) from tokenizer.json, and SentencePiece ("llama") from tokenizer.model.
-For byte-level BPE the pre-tokenizer matters as much as the vocabulary: a
-wrong `tokenizer.ggml.pre` makes llama.cpp split text (numbers, whitespace) differently from the model's own
-tokenizer without any error. We identify it from the tokenizer's own pre-tokenizer definition (its regex) and
-refuse any we do not know, instead of guessing; verification then compares token ids on tricky texts.
+Candidates: byte-level BPE ("gpt2") with each pre-tokenizer llama.cpp knows, the pre-tokenizer identified from the
+tokenizer's own regex first; SentencePiece ("llama") from tokenizer.model when present, else built from
+tokenizer.json (spm_vocab.py). A wrong `tokenizer.ggml.pre` or score makes llama.cpp split text differently
+without any error, so the candidate written is the first one llama.cpp proves equal to the HF tokenizer on probe
+texts (tokenizer_probe.py); none equal is a one-line refusal naming the first differing text.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from qlora_kit.errors import UsageError
+from qlora_kit.export.vocab_plan import CONTROL, NORMAL, UNUSED, USER_DEFINED, VocabPlan
 
 # Pre-tokenizer regexes (as they appear in tokenizer.json) -> llama.cpp's pre-tokenizer names.
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
-KNOWN_SPLIT_REGEXES = {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2"}
-SUPPORTED = "gpt-2 (byte-level BPE with GPT-2's pattern), llama-bpe (Llama 3), qwen2 (Qwen 2/2.5/3)"
+TEKKEN_REGEX = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
+                r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+KNOWN_SPLIT_REGEXES = {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2", TEKKEN_REGEX: "tekken"}
+# Tried in this order after the identified one; each is a pre-tokenizer llama.cpp 0.3.36 implements.
+GPT2_PRE_TOKENIZERS = ("llama-bpe", "qwen2", "gpt-2", "tekken", "smollm", "deepseek-llm", "gpt-4o", "default")
+SUPPORTED = ("byte-level BPE (GGUF 'gpt2'), SentencePiece-style BPE or Unigram with <0xNN> byte tokens "
+             "(GGUF 'llama')")
 
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 
-
-def identify_pre_tokenizer(spec: dict | None, where: str) -> str:
-    """`pre_tokenizer` section of tokenizer.json -> llama.cpp pre-tokenizer name, or UsageError."""
+def identify_pre_tokenizer(spec: dict | None) -> str | None:
+    """`pre_tokenizer` section of tokenizer.json -> llama.cpp pre-tokenizer name it names, or None."""
     if spec and spec.get("type") == "ByteLevel" and spec.get("use_regex", True):
         return "gpt-2"
     if spec and spec.get("type") == "Sequence":
@@ -34,98 +40,124 @@ def identify_pre_tokenizer(spec: dict | None, where: str) -> str:
         splits = [p for p in parts if p.get("type") == "Split"]
         byte_level = [p for p in parts if p.get("type") == "ByteLevel"]
         if len(splits) == 1 and len(byte_level) == 1 and not byte_level[0].get("use_regex", True):
-            regex = (splits[0].get("pattern") or {}).get("Regex")
-            if regex in KNOWN_SPLIT_REGEXES:
-                return KNOWN_SPLIT_REGEXES[regex]
-    kind = (spec or {}).get("type", "none")
-    raise UsageError(f"{where}: unknown pre-tokenizer ({kind}); llama.cpp would silently split text differently "
-                     f"from this tokenizer, so export refuses it. Supported: {SUPPORTED}")
+            return KNOWN_SPLIT_REGEXES.get((splits[0].get("pattern") or {}).get("Regex"))
+    return None
 
 
-def effective_pre_tokenizer(model_dir: Path) -> dict | None:
-    """The pre-tokenizer transformers really applies. In transformers 5 a model-specific tokenizer class (e.g.
-    Qwen2Tokenizer, chosen from config.json's model_type) installs its own pre-tokenizer instead of the one in
-    tokenizer.json, so the file alone can name the wrong one."""
+def load_hf_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     try:
-        backend = AutoTokenizer.from_pretrained(model_dir).backend_tokenizer
-    except Exception:  # no fast tokenizer: fall back to the file
-        return None
-    return json.loads(backend.to_str()).get("pre_tokenizer")
+        return AutoTokenizer.from_pretrained(model_dir)
+    except Exception as exc:  # noqa: BLE001 - any load failure is the user's tokenizer files
+        raise UsageError(f"{model_dir}: transformers cannot load the tokenizer ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); export needs the tokenizer saved with "
+                         "the model") from None
 
 
-def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = True) -> dict:
-    """Write tokens, types, merges/scores, special ids and the chat template; return facts for the report."""
-    if (model_dir / "tokenizer.model").is_file():
-        return add_sentencepiece_vocab(writer, model_dir, vocab_size, space_prefix)
+def effective_tokenizer_json(hf_tokenizer, tokenizer_file: Path) -> dict | None:
+    """The tokenizer transformers really runs. In transformers 5 a model-specific class (e.g. Qwen2Tokenizer,
+    chosen from config.json's model_type) installs its own pre-tokenizer instead of the one in tokenizer.json,
+    so the file alone can name the wrong one."""
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return json.loads(backend.to_str())
+    return json.loads(tokenizer_file.read_text(encoding="utf-8")) if tokenizer_file.is_file() else None
+
+
+def _is_byte_level(data: dict) -> bool:
+    text = json.dumps([data.get("pre_tokenizer"), data.get("decoder")])
+    return '"ByteLevel"' in text
+
+
+def bpe_candidates(model_dir: Path, data: dict) -> list[VocabPlan]:
     import gguf
 
-    tokenizer_file = model_dir / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise UsageError(f"{model_dir}: missing tokenizer.json (export needs the tokenizer saved with the model)")
-    data = json.loads(tokenizer_file.read_text(encoding="utf-8"))
-    model = data.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise UsageError(f"{model_dir}: a SentencePiece-style tokenizer ({model.get('type')}"
-                         f"{' with byte fallback' if model.get('byte_fallback') else ''}) needs its tokenizer.model "
-                         "(the scores llama.cpp merges by are not in tokenizer.json); copy the base model's "
-                         "tokenizer.model next to the weights")
-    pre = identify_pre_tokenizer(effective_pre_tokenizer(model_dir) or data.get("pre_tokenizer"), str(tokenizer_file))
-    tokens: dict[int, str] = {i: t for t, i in model["vocab"].items()}
-    types: dict[int, int] = {i: NORMAL for i in tokens}
+    model = data["model"]
+    by_id: dict[int, str] = {i: t for t, i in model.get("vocab", {}).items()}
+    kinds: dict[int, int] = {i: NORMAL for i in by_id}
     for added in data.get("added_tokens", []):
-        tokens[added["id"]] = added["content"]
-        types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
-    # llama.cpp requires one token per embedding row: pad with unused entries, and drop ids the model cannot
-    # embed (some tokenizers list more tokens than the embedding has rows).
-    size = vocab_size
-    names = [tokens.get(i, f"[PAD{i}]") for i in range(size)]
-    kinds = [types.get(i, UNUSED) for i in range(size)]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(names)
-    writer.add_token_types(kinds)
-    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=size)
-    if not special.merges:
-        raise UsageError(f"{tokenizer_file}: a BPE tokenizer without merges cannot be exported")
-    special.add_to_gguf(writer, quiet=True)
-    return {"tokenizer": "gpt2", "pre_tokenizer": pre, "tokens": size, "dropped_tokens": sum(i >= size for i in tokens),
-            "merges": len(special.merges),
-            "chat_template": bool(special.chat_template)}
+        by_id[added["id"]] = added["content"]
+        kinds[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
+    size = max(by_id, default=-1) + 1
+    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(size)]
+    types = [kinds.get(i, UNUSED) for i in range(size)]
+    merges = gguf.SpecialVocab(model_dir, load_merges=True).merges
+    if not merges:
+        return []
+    identified = identify_pre_tokenizer(data.get("pre_tokenizer"))
+    order = ([identified] if identified else []) + [p for p in GPT2_PRE_TOKENIZERS if p != identified]
+    return [VocabPlan("gpt2", pre, list(tokens), list(types), "tokenizer.json (byte-level BPE)", merges=merges)
+            for pre in order]
 
 
-def add_sentencepiece_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool) -> dict:
-    """SentencePiece ('llama' in GGUF: Llama 2, Mistral, Gemma): pieces, scores and types from tokenizer.model
-    itself, since llama.cpp merges by piece score; tokens added on top (tokenizer.json) keep their ids."""
+def candidates(model_dir: Path, data: dict | None, space_prefix_hint: bool) -> list[VocabPlan]:
+    """Every GGUF vocabulary that might reproduce this tokenizer, most likely first."""
+    from qlora_kit.export import spm_vocab
+
+    plans: list[VocabPlan] = []
+    if (model_dir / "tokenizer.model").is_file():  # SentencePiece's own scores: preferred when present
+        plans.append(spm_vocab.from_tokenizer_model(model_dir, data))
+    elif data is not None:
+        kind = (data.get("model") or {}).get("type")
+        if kind not in ("BPE", "Unigram"):
+            raise UsageError(f"{model_dir / 'tokenizer.json'}: tokenizer type {kind} is not supported for GGUF "
+                             f"export; supported: {SUPPORTED}")
+        spm = spm_vocab.from_tokenizer_json(data, str(model_dir))
+        bpe = bpe_candidates(model_dir, data) if kind == "BPE" else []
+        plans = bpe + ([spm] if spm else []) if _is_byte_level(data) else ([spm] if spm else []) + bpe
+    spm_plans = [p for p in plans if p.model == "llama"]
+    for plan in spm_plans:  # the other space-prefix setting, after everything else
+        other = VocabPlan(plan.model, plan.pre, list(plan.tokens), list(plan.types), plan.source,
+                          scores=list(plan.scores), add_space_prefix=not plan.add_space_prefix)
+        plans.append(other)
+    if spm_plans and not space_prefix_hint:  # the architecture says no prefix (Gemma): try that first
+        plans.sort(key=lambda p: p.model == "llama" and p.add_space_prefix is not False)
+    if not plans:
+        raise UsageError(f"{model_dir}: this tokenizer cannot be written as a GGUF vocabulary; supported: {SUPPORTED}")
+    return plans
+
+
+def special_adds(hf_tokenizer) -> dict[str, bool]:
+    """Whether the HF tokenizer adds BOS / EOS itself, measured on a text, for tokenizer.ggml.add_bos_token and
+    add_eos_token (without them llama.cpp guesses by tokenizer type)."""
+    plain = list(hf_tokenizer("Hello", add_special_tokens=False)["input_ids"])
+    full = list(hf_tokenizer("Hello", add_special_tokens=True)["input_ids"])
+    bos, eos = hf_tokenizer.bos_token_id, hf_tokenizer.eos_token_id
+    add_bos = bos is not None and len(full) > len(plain) and full[0] == bos and full[1:1 + len(plain)] == plain
+    add_eos = eos is not None and len(full) > len(plain) and full[-1] == eos and full[-1 - len(plain):-1] == plain
+    return {"bos": add_bos, "eos": add_eos}
+
+
+def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = True, name: str = "model") -> dict:
+    """Write tokens, types, merges/scores, special ids, add_bos/add_eos and the chat template; return facts for
+    the report."""
     import gguf
 
-    spm = gguf.SentencePieceVocab(model_dir)
-    names, scores, kinds = [], [], []
-    for text, score, kind in spm.all_tokens():
-        names.append(text.decode("utf-8"))
-        scores.append(score)
-        kinds.append(int(kind))
+    from qlora_kit.export.tokenizer_probe import choose
+
     tokenizer_file = model_dir / "tokenizer.json"
-    added = json.loads(tokenizer_file.read_text(encoding="utf-8")).get("added_tokens", []) \
-        if tokenizer_file.is_file() else []
-    for token in added:
-        while len(names) <= token["id"]:
-            names.append(f"[PAD{len(names)}]"), scores.append(-1000.0), kinds.append(UNUSED)
-        if token["id"] >= spm.vocab_size_base or token["content"] != names[token["id"]]:
-            names[token["id"]], scores[token["id"]] = token["content"], -1000.0
-        kinds[token["id"]] = CONTROL if token.get("special") else USER_DEFINED
-    names, scores, kinds = names[:vocab_size], scores[:vocab_size], kinds[:vocab_size]
-    for i in range(len(names), vocab_size):  # one token per embedding row, as llama.cpp requires
-        names.append(f"[PAD{i}]"), scores.append(-1000.0), kinds.append(UNUSED)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(names)
-    writer.add_token_scores(scores)
-    writer.add_token_types(kinds)
-    if not space_prefix:
-        writer.add_add_space_prefix(False)
+    if not tokenizer_file.is_file() and not (model_dir / "tokenizer.model").is_file():
+        raise UsageError(f"{model_dir}: missing tokenizer.json (export needs the tokenizer saved with the model)")
+    hf_tokenizer = load_hf_tokenizer(model_dir)
+    data = effective_tokenizer_json(hf_tokenizer, tokenizer_file)
+    # gguf's SpecialVocab warns about post-processor shapes it does not parse; BOS/EOS are measured below instead.
+    logging.getLogger("gguf").setLevel(logging.ERROR)
+    plans = candidates(model_dir, data, space_prefix)
+    for plan in plans:
+        plan.fit(vocab_size, str(model_dir))
+    plan, probe = choose(plans, hf_tokenizer, name, str(tokenizer_file), data)
+    plan.write(writer)
     special = gguf.SpecialVocab(model_dir, load_merges=False, n_vocab=vocab_size)
+    adds = special_adds(hf_tokenizer)
+    special.add_special_token.update(adds)
     special.add_to_gguf(writer, quiet=True)
-    return {"tokenizer": "llama (sentencepiece)", "pre_tokenizer": "default", "tokens": vocab_size,
-            "chat_template": bool(special.chat_template)}
+    facts = {"tokenizer": plan.model if plan.model == "gpt2" else "llama (sentencepiece)",
+             "tokenizer_source": plan.source, "pre_tokenizer": plan.pre, "tokens": vocab_size,
+             "add_bos": adds["bos"], "add_eos": adds["eos"], "chat_template": bool(special.chat_template),
+             "tokenizer_probe": probe}
+    if plan.merges:
+        facts["merges"] = len(plan.merges)
+    if plan.add_space_prefix is not None:
+        facts["add_space_prefix"] = plan.add_space_prefix
+    return facts
