@@ -59,7 +59,13 @@ def held_out(recipe, data_path: str | None) -> tuple[list[EvalRow], list[EvalRow
 def split_leaked(rows: list[EvalRow], train: list[EvalRow]) -> tuple[list[EvalRow], list[EvalRow]]:
     """(clean rows, rows that also occur in training)."""
     seen = {r.key for r in train}
-    return [r for r in rows if r.key not in seen], [r for r in rows if r.key in seen]
+    leaked = sorted((r for r in rows if r.key in seen), key=_line)  # in file order, as a user looks them up
+    return [r for r in rows if r.key not in seen], leaked
+
+
+def _line(row: EvalRow) -> int:
+    tail = row.where.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def few_shot(train: list[EvalRow], k: int, seed: int, held: list[EvalRow]) -> list[EvalRow]:
