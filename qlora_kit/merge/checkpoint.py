@@ -12,6 +12,7 @@ stored packed beside its quant state ('.absmax', '.quant_map', '.nested_*', '.qu
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -107,6 +108,22 @@ class Checkpoint:
                 raise UsageError(f"{self._where[name]}: truncated file (tensor {name})")
         return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of a stored (not 4-bit packed) tensor, with one positioned read: a row block of a
+        large matrix costs its own bytes, never the whole tensor's (1-D tensors: elements)."""
+        entry = self._entry[name]
+        dtype, shape = ST_DTYPES[entry["dtype"]], entry["shape"]
+        row_bytes = (entry["end"] - entry["start"]) // max(shape[0], 1) if shape else 0
+        if not shape or self.is_quantized(name) or not 0 <= start <= stop <= shape[0]:
+            raise ValueError(f"{name}: cannot read rows {start}:{stop} of {shape}")
+        buf = bytearray((stop - start) * row_bytes)
+        if buf:
+            with open(self._where[name], "rb", buffering=0) as fh:
+                if _pread_into(fh.fileno(), memoryview(buf), entry["start"] + start * row_bytes) != len(buf):
+                    raise UsageError(f"{self._where[name]}: truncated file (tensor {name})")
+        return torch.frombuffer(buf, dtype=dtype).reshape(stop - start, *shape[1:]) if buf \
+            else torch.empty((0, *shape[1:]), dtype=dtype)
+
     def get(self, name: str) -> torch.Tensor:
         packed = self._read(name)
         if not self.is_quantized(name):
@@ -123,6 +140,17 @@ class Checkpoint:
             if key.startswith(name + ".") and key.endswith(QUANT_AUX):
                 parts[key[len(name) + 1:]] = self._read(key)
         return QuantState.from_dict(parts, device=torch.device("cpu"))
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill `view` from `offset` (a single pread returns at most ~2 GiB on Linux); returns the bytes read."""
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            break
+        done += n
+    return done
 
 
 def read_header(file: Path) -> dict[str, dict]:
