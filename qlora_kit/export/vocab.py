@@ -42,14 +42,14 @@ def identify_pre_tokenizer(spec: dict | None, where: str) -> str:
                      f"from this tokenizer, so export refuses it. Supported: {SUPPORTED}")
 
 
-def effective_pre_tokenizer(model_dir: Path) -> dict | None:
+def effective_pre_tokenizer(model_dir: Path, data: dict | None = None) -> dict | None:
     """The pre-tokenizer transformers really applies. In transformers 5 a model-specific tokenizer class (e.g.
     Qwen2Tokenizer, chosen from config.json's model_type) installs its own pre-tokenizer instead of the one in
     tokenizer.json, so the file alone can name the wrong one."""
-    from transformers import AutoTokenizer
+    from qlora_kit.export.light_tokenizer import load_without_vocabulary
 
-    try:
-        backend = AutoTokenizer.from_pretrained(model_dir).backend_tokenizer
+    try:  # without the vocabulary: the pre-tokenizer does not depend on it, and the whole tokenizer is ~260 MiB
+        backend = load_without_vocabulary(model_dir, data).backend_tokenizer
     except Exception:  # no fast tokenizer: fall back to the file
         return None
     return json.loads(backend.to_str()).get("pre_tokenizer")
@@ -71,7 +71,7 @@ def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = Tru
                          f"{' with byte fallback' if model.get('byte_fallback') else ''}) needs its tokenizer.model "
                          "(the scores llama.cpp merges by are not in tokenizer.json); copy the base model's "
                          "tokenizer.model next to the weights")
-    pre = identify_pre_tokenizer(effective_pre_tokenizer(model_dir) or data.get("pre_tokenizer"), str(tokenizer_file))
+    pre = identify_pre_tokenizer(effective_pre_tokenizer(model_dir, data) or data.get("pre_tokenizer"), str(tokenizer_file))
     tokens: dict[int, str] = {i: t for t, i in model["vocab"].items()}
     types: dict[int, int] = {i: NORMAL for i in tokens}
     for added in data.get("added_tokens", []):
@@ -82,6 +82,8 @@ def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = Tru
     size = vocab_size
     names = [tokens.get(i, f"[PAD{i}]") for i in range(size)]
     kinds = [types.get(i, UNUSED) for i in range(size)]
+    dropped = sum(i >= size for i in tokens)
+    del data, model, tokens, types  # the parsed tokenizer.json (~80 MiB for 150k tokens) before SpecialVocab parses it
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(names)
@@ -90,7 +92,7 @@ def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = Tru
     if not special.merges:
         raise UsageError(f"{tokenizer_file}: a BPE tokenizer without merges cannot be exported")
     special.add_to_gguf(writer, quiet=True)
-    return {"tokenizer": "gpt2", "pre_tokenizer": pre, "tokens": size, "dropped_tokens": sum(i >= size for i in tokens),
+    return {"tokenizer": "gpt2", "pre_tokenizer": pre, "tokens": size, "dropped_tokens": dropped,
             "merges": len(special.merges),
             "chat_template": bool(special.chat_template)}
 
