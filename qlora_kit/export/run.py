@@ -130,21 +130,29 @@ def _numel(shape) -> int:
 
 
 class _Verifier:
-    """Loads the merged model and tokenizer once; checks each GGUF as it is written."""
+    """What the checks need from the HF side, all computed before the first GGUF is written: the probe rows, the
+    HF token ids of the token-check texts, and the reference logits (streamed layer by layer from the shards,
+    qlora_kit/export/reference.py). The HF tokenizer is released then, so neither it nor the model is held
+    through the tensor pass or next to llama.cpp's copy of the GGUF."""
 
     def __init__(self, model_dir: Path, run_dir: Path | None, samples: int):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        import gc
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
-        self.rows, self.rows_from = _held_out(model_dir, run_dir, self.tokenizer, samples)
+        from transformers import AutoTokenizer
+
+        from qlora_kit.export.reference import reference_logits
+        from qlora_kit.export.verify import TOKEN_TEXTS
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.rows, self.rows_from = _held_out(model_dir, run_dir, tokenizer, samples)
         chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 + 30?"},
                 {"role": "assistant", "content": "42."}]
-        self.chat_sample = self.tokenizer.apply_chat_template(chat, tokenize=False) \
-            if self.tokenizer.chat_template else "no chat template"
-        from qlora_kit.export.verify import hf_logits
-
-        self.reference = hf_logits(self.model, self.rows)
+        self.chat_sample = tokenizer.apply_chat_template(chat, tokenize=False) \
+            if tokenizer.chat_template else "no chat template"
+        self.tokenizer = _TokenIds(tokenizer, [*TOKEN_TEXTS, self.chat_sample])
+        del tokenizer
+        gc.collect()
+        self.reference = reference_logits(model_dir, self.rows)
 
     def check(self, quant: str, path: Path) -> dict:
         from qlora_kit.export.verify import check_tokens, compare, gguf_logits, judge
@@ -154,6 +162,18 @@ class _Verifier:
         passed, summary = judge(quant, tokens, logits)
         return {"passed": passed, "summary": summary, "tokens": tokens, "logits": logits,
                 "samples": len(self.rows), "samples_from": self.rows_from}
+
+
+class _TokenIds:
+    """The HF tokenizer's ids for a fixed set of texts, kept after the tokenizer itself is released (a 150k
+    vocabulary costs ~260 MiB in transformers); called like the tokenizer for those texts."""
+
+    def __init__(self, tokenizer, texts: list[str]):
+        self.ids = {(t, special): tokenizer(t, add_special_tokens=special)["input_ids"]
+                    for t in texts for special in (False, True)}
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": self.ids[(text, add_special_tokens)]}
 
 
 def _held_out(model_dir: Path, run_dir: Path | None, tokenizer, n: int):

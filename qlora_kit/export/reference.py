@@ -1,0 +1,214 @@
+"""The HF reference logits for verification, computed with bounded memory straight from the safetensors shards.
+
+Loading the merged model whole in float32 costs 2x a bf16 checkpoint (an 8B model: 32 GB) next to the GGUF that
+llama.cpp maps. Here transformers' own model code runs on an empty (meta-device) model, and only these hold weights:
+  - the input embedding: only the rows of the probe tokens (ids are remapped into that small table);
+  - one decoder layer at a time, loaded in float32 for all probe rows, then dropped;
+  - the output projection, applied in row blocks of the vocabulary;
+  - the small rest (final norm, rotary tables, scales).
+So every architecture-specific step (embedding scale, masks, rotary tables, final norm, logit soft-capping) is the
+model class's own code, run unchanged. How the layers are streamed without rewriting each model's forward: pass 1
+runs the model's forward with every decoder layer replaced by a recorder that keeps the arguments the model passes
+to it (masks, rotary cos/sin, position ids) and stops after the last one; then each real layer is loaded once and
+applied to every row with exactly those arguments; pass 2 runs the forward again with recorders that hand back the
+final hidden states, so the model's own norm, head and soft-capping produce the logits.
+On a GPU when there is one; otherwise CPU. Same numbers as a whole-model float32 forward
+(tests/test_export_memory.py compares them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qlora_kit.errors import StageError
+from qlora_kit.merge.checkpoint import Checkpoint
+
+HEAD_BLOCK_BYTES = 16 * 2**20  # fp32 bytes of one block of output-projection rows
+
+
+class _Stop(Exception):
+    """Raised by the last recorder in pass 1: nothing after the decoder layers is needed yet."""
+
+
+def reference_logits(model_dir: str | Path, rows: list[list[int]], device: str | None = None,
+                     block_bytes: int = HEAD_BLOCK_BYTES) -> list[np.ndarray]:
+    """float32 logits (tokens x vocab) of the HF model in `model_dir` for each row of token ids."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with torch.no_grad():
+        stream = _Streamed(_meta_model(model_dir), Checkpoint(model_dir), device, block_bytes)
+        hidden, kwargs = stream.record(rows)
+        for i, layer in enumerate(stream.layers):
+            stream.load_layer(i)
+            for r in range(len(rows)):
+                out = layer(hidden[r], **kwargs[r][i])
+                hidden[r] = out[0] if isinstance(out, tuple) else out
+            layer.to_empty(device="meta")  # drop this layer's weights before loading the next
+        return stream.finish(rows, hidden)
+
+
+def _meta_model(model_dir):
+    """The model class with no weights allocated (float32, transformers' default attention)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model.eval()
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for decoder layer `index`: records its call (pass 1) or hands back the final state (pass 2)."""
+
+    def __init__(self, stream: "_Streamed", index: int):
+        super().__init__()
+        object.__setattr__(self, "stream", stream)  # not a submodule: the recorder owns no weights
+        self.index = index
+
+    def __getattr__(self, name):  # e.g. `attention_type`, which some model forwards read from the layer
+        if name == "stream":
+            raise AttributeError(name)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.stream.layers[self.index], name)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        s = self.stream
+        last = self.index == len(s.layers) - 1
+        if s.final is not None:
+            return s.final if last else hidden_states
+        if self.index == 0:
+            s.first = hidden_states
+        s.calls.append(kwargs)
+        if last:
+            raise _Stop
+        return hidden_states
+
+
+class _RowBlockHead(torch.nn.Module):
+    """Output projection y = h @ W.T over row blocks of W read from the checkpoint (never W whole)."""
+
+    def __init__(self, ckpt: Checkpoint, name: str, device, block_bytes: int):
+        super().__init__()
+        self.ckpt, self.name, self.device, self.block_bytes = ckpt, name, device, block_bytes
+
+    def forward(self, hidden):
+        from qlora_kit.export.convert import row_blocks
+
+        rows, cols = self.ckpt.shape(self.name)
+        parts = []
+        # Whole multiples of 64 rows: BLAS picks other kernels (other summation orders) for very thin blocks.
+        for start, stop in row_blocks(rows, cols, self.block_bytes, unit=64):
+            block = self.ckpt.read_rows(self.name, start, stop).to(self.device, dtype=torch.float32)
+            parts.append(torch.nn.functional.linear(hidden, block))
+            del block
+        return torch.cat(parts, dim=-1)
+
+
+class _Streamed:
+    def __init__(self, model, ckpt: Checkpoint, device, block_bytes: int):
+        self.model, self.ckpt, self.device = model, ckpt, device
+        self.prefix, layer_list = _decoder_layers(model)
+        self.layers = list(layer_list)
+        self.embed = model.get_input_embeddings()
+        self.embed_name = _param_name(model, self.embed.weight)
+        head_name = "lm_head.weight" if "lm_head.weight" in ckpt else self.embed_name  # tied: the embedding
+        _replace_module(model, model.get_output_embeddings(), _RowBlockHead(ckpt, head_name, device, block_bytes))
+        self.embed.padding_idx = None  # the small table has other row numbers; padding only matters for training
+        for i in range(len(self.layers)):
+            layer_list[i] = _Recorder(self, i)
+        self.final, self.first, self.calls, self.remap = None, None, [], {}
+        self._load_rest()
+
+    def _load_rest(self) -> None:
+        """Small modules (final norm, rotary tables, embedding scale): weights from the checkpoint, non-persistent
+        buffers computed as transformers initializes them after its own meta-device load."""
+        for name, param in list(self.model.named_parameters()):
+            if name != self.embed_name:
+                _assign(self.model, name, self._tensor(name, param.shape))
+        for name, buf in list(self.model.named_buffers()):
+            if buf.is_meta:
+                _assign(self.model, name, torch.empty_like(buf, device=self.device), buffer=True)
+                self.model._init_weights(_owner(self.model, name))
+
+    def _tensor(self, name: str, shape):
+        if name not in self.ckpt:
+            raise StageError(f"{self.ckpt.path}: tensor {name} is missing; cannot compute the reference logits")
+        tensor = self.ckpt.get(name)
+        if tuple(tensor.shape) != tuple(shape):
+            raise StageError(f"{self.ckpt.path}: {name} has shape {tuple(tensor.shape)}, the model expects "
+                             f"{tuple(shape)}")
+        return tensor.to(self.device, dtype=torch.float32 if tensor.is_floating_point() else tensor.dtype)
+
+    def load_layer(self, i: int) -> None:
+        layer = self.layers[i]
+        for name, param in list(layer.named_parameters()):
+            _assign(layer, name, self._tensor(f"{self.prefix}.{i}.{name}", param.shape))
+        for name, buf in list(layer.named_buffers()):  # none in the supported architectures; computed if any
+            if buf.is_meta:
+                _assign(layer, name, torch.empty_like(buf, device=self.device), buffer=True)
+                self.model._init_weights(_owner(layer, name))
+
+    def record(self, rows: list[list[int]]):
+        """Pass 1: per row, the first layer's input and every layer's keyword arguments."""
+        needed = sorted({t for ids in rows for t in ids})
+        table = torch.stack([self.ckpt.read_rows(self.embed_name, t, t + 1)[0] for t in needed])
+        _assign(self.model, self.embed_name, table.to(self.device, dtype=torch.float32))
+        self.remap = {t: i for i, t in enumerate(needed)}
+        hidden, kwargs = [], []
+        for ids in rows:
+            self.calls, self.first = [], None
+            try:
+                self.model(input_ids=self._ids(ids), use_cache=False)
+            except _Stop:
+                pass
+            hidden.append(self.first)
+            kwargs.append(self.calls)
+        return hidden, kwargs
+
+    def _ids(self, ids):
+        return torch.tensor([[self.remap[t] for t in ids]], device=self.device)
+
+    def finish(self, rows, hidden) -> list[np.ndarray]:
+        """Pass 2: the model's own final norm, output head (in row blocks) and soft-capping."""
+        out = []
+        for ids, state in zip(rows, hidden):
+            self.final = state
+            logits = self.model(input_ids=self._ids(ids), use_cache=False).logits[0]
+            out.append(logits.float().cpu().numpy())
+        self.final = None
+        return out
+
+
+def _decoder_layers(model):
+    for name, module in model.named_modules():
+        if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
+            return name, module
+    raise StageError(f"{type(model).__name__}: no decoder layer list found; cannot stream the reference forward")
+
+
+def _param_name(model, param) -> str:
+    return next(n for n, p in model.named_parameters() if p is param)
+
+
+def _owner(root, dotted: str):
+    module = root
+    for part in dotted.split(".")[:-1]:
+        module = getattr(module, part)
+    return module
+
+
+def _assign(root, dotted: str, value, buffer: bool = False) -> None:
+    owner, leaf = _owner(root, dotted), dotted.rsplit(".", 1)[-1]
+    if buffer:
+        owner._buffers[leaf] = value
+    else:
+        owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
+
+
+def _replace_module(root, old, new) -> None:
+    name = next(n for n, m in root.named_modules() if m is old)
+    setattr(_owner(root, name), name.rsplit(".", 1)[-1], new)
