@@ -7,7 +7,6 @@ failed export never leaves a complete-looking .gguf behind.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,15 +110,14 @@ def _quantize(src: Path, dst: Path, q) -> dict:
 
 
 def _check_disk(model_dir: Path, out: Path, quants: list[str]) -> None:
+    """Disk for every file, and memory for the conversion (verification is checked once its rows are known)."""
+    from qlora_kit.export.resources import conversion_bytes, require, require_disk
     from qlora_kit.merge.checkpoint import Checkpoint
 
     ckpt = Checkpoint(model_dir)
     params = sum(_numel(ckpt.shape(n)) for n in ckpt.names())
-    needed = params * (sum(BYTES_PER_WEIGHT[q] for q in quants) + 4.0)  # + an intermediate for K-quants
-    free = shutil.disk_usage(out).free
-    if free < needed:
-        raise StageError(f"not enough disk space at {out}: the export needs about {needed / 2**30:.2f} GiB, "
-                         f"{free / 2**30:.2f} GiB free")
+    require_disk(out, params * (sum(BYTES_PER_WEIGHT[q] for q in quants) + 4.0))  # + an intermediate for K-quants
+    require(conversion_bytes(ckpt, model_dir, any(QUANT_TYPES[q].via_llama_cpp for q in quants)), "the conversion")
 
 
 def _numel(shape) -> int:
@@ -141,7 +139,9 @@ class _Verifier:
         from transformers import AutoTokenizer
 
         from qlora_kit.export.reference import reference_logits
+        from qlora_kit.export.resources import require, verification_bytes
         from qlora_kit.export.verify import TOKEN_TEXTS
+        from qlora_kit.merge.checkpoint import Checkpoint
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.rows, self.rows_from = _held_out(model_dir, run_dir, tokenizer, samples)
@@ -152,6 +152,7 @@ class _Verifier:
         self.tokenizer = _TokenIds(tokenizer, [*TOKEN_TEXTS, self.chat_sample])
         del tokenizer
         gc.collect()
+        require(verification_bytes(Checkpoint(model_dir), self.rows), "verification")
         self.reference = reference_logits(model_dir, self.rows)
 
     def check(self, quant: str, path: Path) -> dict:
