@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import ROOT
 from test_export import TOKENIZER_FILES, make_model
@@ -68,7 +69,7 @@ def test_row_blocks_write_the_same_bytes_as_whole_tensors(tiny_model_dir, tmp_pa
 
 
 def test_row_blocks_hold_whole_heads_and_whole_quant_blocks():
-    from qlora_kit.export.convert import row_blocks
+    from qlora_kit.merge.checkpoint import row_blocks
 
     assert list(row_blocks(10, 256, 4 * 256 * 4)) == [(0, 4), (4, 8), (8, 10)]
     assert list(row_blocks(256, 256, 4 * 256 * 100, unit=64)) == [(0, 64), (64, 128), (128, 192), (192, 256)]
@@ -191,3 +192,44 @@ def test_not_enough_memory_is_refused_before_writing(tiny_model_dir, tmp_path, m
         export(tiny_model_dir, ExportOptions(quants=["f16"]), tmp_path / "gguf2")
     assert not list((tmp_path / "gguf2").iterdir())
 
+
+
+@pytest.mark.parametrize("base, train_dtype, out_dtype", [("dequantized", torch.bfloat16, torch.bfloat16),
+                                                          ("original", torch.float32, torch.float32)])
+def test_merge_in_row_blocks_writes_the_same_bytes(tiny_model_dir, tmp_path, base, train_dtype, out_dtype):
+    """Merging in blocks of 64 rows (the NF4 round trip in two passes, the LoRA update per block, linear and
+    embedding) gives the same files as one block per tensor, and those hold what merging whole tensors gave."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from qlora_kit.merge.adapter import load_adapter
+    from qlora_kit.merge.checkpoint import Checkpoint, nf4_roundtrip
+    from qlora_kit.merge.merge import MergeOptions, merge_weights
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "down_proj", "embed_tokens"]))
+    for name, param in model.named_parameters():
+        if "lora_B" in name or "lora_embedding_B" in name:
+            param.data.normal_(0, 0.05)
+    model.save_pretrained(tmp_path / "adapter", save_embedding_layers=False)
+    ckpt, adapter = Checkpoint(tiny_model_dir), load_adapter(tmp_path / "adapter")
+    assert adapter.linear and adapter.embedding
+    files = {}
+    for budget in (WHOLE, 64 * 256 * 4):  # tiny-llama is 256 wide: 64-row blocks, 2 to 8 per matrix
+        out = tmp_path / f"out-{budget}"
+        out.mkdir()
+        options = MergeOptions(base=base, block_bytes=budget)
+        facts = merge_weights(ckpt, adapter, out, options, train_dtype, out_dtype)
+        assert facts["lora_merged"] == 2 * 2 + 1
+        files[budget] = (out / "model.safetensors").read_bytes()
+    assert files[WHOLE] == files[64 * 256 * 4]
+    merged = load_file(tmp_path / f"out-{WHOLE}" / "model.safetensors")
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight",
+                 "model.embed_tokens.weight", "model.layers.1.self_attn.k_proj.weight"):
+        whole = ckpt.get(name)
+        if base == "dequantized" and "embed" not in name:
+            whole = nf4_roundtrip(whole, train_dtype)
+        if adapter.touches(name):
+            whole = adapter.apply(name, whole)
+        assert torch.equal(merged[name], whole.to(out_dtype)), name

@@ -17,7 +17,7 @@ from qlora_kit.errors import StageError, UsageError
 from qlora_kit.export.archs import ARCHS, common_kv, permute_for_llama_cpp
 from qlora_kit.export.vocab import add_vocab
 from qlora_kit.memory import return_large_frees_to_the_os
-from qlora_kit.merge.checkpoint import Checkpoint
+from qlora_kit.merge.checkpoint import Checkpoint, row_blocks
 from qlora_kit.registry import Registry
 
 
@@ -168,13 +168,6 @@ def _write_metadata(writer, ckpt: Checkpoint, arch, model_dir: Path, file_type: 
     if arch.extra_kv:
         arch.extra_kv(writer, ckpt.config)
     return add_vocab(writer, model_dir, ckpt.config["vocab_size"], space_prefix=arch.space_prefix)
-
-
-def row_blocks(rows: int, row_elems: int, block_bytes: int, unit: int = 1):
-    """(start, stop) ranges covering `rows`, each about `block_bytes` of fp32 and a whole number of `unit`s."""
-    per = max(unit, (block_bytes // (4 * max(row_elems, 1))) // unit * unit)
-    for start in range(0, rows, per):
-        yield start, min(rows, start + per)
 
 
 def _encoded_blocks(ckpt: Checkpoint, t: PlannedTensor, arch, block_bytes: int):

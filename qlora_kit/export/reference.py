@@ -99,7 +99,7 @@ class _RowBlockHead(torch.nn.Module):
         self.ckpt, self.name, self.device, self.block_bytes = ckpt, name, device, block_bytes
 
     def forward(self, hidden):
-        from qlora_kit.export.convert import row_blocks
+        from qlora_kit.merge.checkpoint import row_blocks
 
         rows, cols = self.ckpt.shape(self.name)
         out = torch.empty(*hidden.shape[:-1], rows, dtype=torch.float32, device=self.device)

@@ -41,6 +41,44 @@ def nf4_roundtrip(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return dequantize_4bit(packed, state)
 
 
+def row_blocks(rows: int, row_elems: int, block_bytes: int, unit: int = 1):
+    """(start, stop) ranges covering `rows`, each about `block_bytes` of float32 and a whole number of `unit`s
+    (a tensor is processed a block of rows at a time: memory is a block, never the whole tensor)."""
+    per = max(unit, (block_bytes // (4 * max(row_elems, 1))) // unit * unit)
+    for start in range(0, rows, per):
+        yield start, min(rows, start + per)
+
+
+def nf4_roundtrip_blocks(read_rows, shape: tuple[int, ...], dtype: torch.dtype, blocks: list[tuple[int, int]]):
+    """`nf4_roundtrip` of a whole tensor, computed a block of rows at a time, bit for bit.
+
+    Each 64-value NF4 block is quantized on its own, but double quantization subtracts the mean of *all* the
+    blocks' absmax values before quantizing them in turn: pass 1 computes every absmax (1/64 of the elements),
+    then the nested quantization exactly as bitsandbytes does it; pass 2 quantizes each row block again and
+    dequantizes it with its slice of the double-quantized absmax. Rows must be whole 64-value blocks (every
+    supported architecture's layers are 64-multiples wide; merge falls back to the whole tensor otherwise: with
+    other widths bitsandbytes' CPU kernel gives other values for a block of rows than for the same rows in place).
+    """
+    import bitsandbytes.functional as F
+
+    ops = torch.ops.bitsandbytes
+    row = 1
+    for d in shape[1:]:
+        row *= d
+    absmax = torch.cat([ops.quantize_4bit.default(read_rows(a, b).to(dtype), 64, "nf4", torch.uint8)[1]
+                        for a, b in blocks])
+    offset = absmax.mean()
+    quantized, state2 = F.quantize_blockwise(absmax - offset, blocksize=256)
+    del absmax
+    scales = F.dequantize_blockwise(quantized, state2)
+    scales += offset
+    scales = scales.float()
+    for a, b in blocks:
+        packed, _ = ops.quantize_4bit.default(read_rows(a, b).to(dtype), 64, "nf4", torch.uint8)
+        yield ops.dequantize_4bit.default(packed, scales[a * row // 64:b * row // 64], 64, "nf4",
+                                          (b - a, *shape[1:]), dtype)
+
+
 class Checkpoint:
     def __init__(self, path: str | Path):
         self.path = Path(path)
