@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from qlora_kit.errors import StageError
-from qlora_kit.merge.checkpoint import Checkpoint
+from qlora_kit.merge.checkpoint import Checkpoint, row_blocks
 
 HEAD_BLOCK_BYTES = 16 * 2**20  # fp32 bytes of one block of output-projection rows
 
@@ -91,24 +91,19 @@ class _Recorder(torch.nn.Module):
         return hidden_states
 
 
-class _RowBlockHead(torch.nn.Module):
-    """Output projection y = h @ W.T over row blocks of W read from the checkpoint (never W whole)."""
+class _Head(torch.nn.Module):
+    """Stands in for the output projection: captures its input (pass 2), or hands back logits computed for all
+    rows at once by `_Streamed.project` (pass 3), so the model's own code still applies what follows the head."""
 
-    def __init__(self, ckpt: Checkpoint, name: str, device, block_bytes: int):
+    def __init__(self, stream: "_Streamed"):
         super().__init__()
-        self.ckpt, self.name, self.device, self.block_bytes = ckpt, name, device, block_bytes
+        object.__setattr__(self, "stream", stream)
 
     def forward(self, hidden):
-        from qlora_kit.merge.checkpoint import row_blocks
-
-        rows, cols = self.ckpt.shape(self.name)
-        out = torch.empty(*hidden.shape[:-1], rows, dtype=torch.float32, device=self.device)
-        # Whole multiples of 64 rows: BLAS picks other kernels (other summation orders) for very thin blocks.
-        for start, stop in row_blocks(rows, cols, self.block_bytes, unit=64):
-            block = self.ckpt.read_rows(self.name, start, stop).to(self.device, dtype=torch.float32)
-            out[..., start:stop] = torch.nn.functional.linear(hidden, block)
-            del block
-        return out
+        if self.stream.logits is not None:
+            return self.stream.logits
+        self.stream.head_input = hidden
+        raise _Stop
 
 
 class _Streamed:
@@ -118,12 +113,14 @@ class _Streamed:
         self.layers = list(layer_list)
         self.embed = model.get_input_embeddings()
         self.embed_name = _param_name(model, self.embed.weight)
-        head_name = "lm_head.weight" if "lm_head.weight" in ckpt else self.embed_name  # tied: the embedding
-        _replace_module(model, model.get_output_embeddings(), _RowBlockHead(ckpt, head_name, device, block_bytes))
+        self.head_name = "lm_head.weight" if "lm_head.weight" in ckpt else self.embed_name  # tied: the embedding
+        self.block_bytes = block_bytes
+        _replace_module(model, model.get_output_embeddings(), _Head(self))
         self.embed.padding_idx = None  # the small table has other row numbers; padding only matters for training
         for i in range(len(self.layers)):
             layer_list[i] = _Recorder(self, i)
         self.final, self.first, self.calls, self.remap = None, None, [], {}
+        self.head_input, self.logits = None, None
         self._load_rest()
 
     def _load_rest(self) -> None:
@@ -176,14 +173,38 @@ class _Streamed:
         return torch.tensor([[self.remap[t] for t in ids]], device=self.device)
 
     def finish(self, rows, hidden) -> list[np.ndarray]:
-        """Pass 2: the model's own final norm, output head (in row blocks) and soft-capping."""
-        out = []
+        """Pass 2: the model's own final norm, up to the head; the head for all rows, reading each block of its
+        rows once; pass 3: the model's own code after the head (soft-capping) on those logits."""
+        inputs = []
         for ids, state in zip(rows, hidden):
             self.final = state
-            logits = self.model(input_ids=self._ids(ids), use_cache=False).logits[0]
-            out.append(logits.float().cpu().numpy())
-        self.final = None
+            try:
+                self.model(input_ids=self._ids(ids), use_cache=False)
+            except _Stop:
+                inputs.append(self.head_input)
+        out = []
+        for ids, logits in zip(rows, self.project(inputs)):
+            self.logits = logits
+            out.append(self.model(input_ids=self._ids(ids), use_cache=False).logits[0].float().cpu().numpy())
+        self.final, self.logits = None, None
         return out
+
+    def project(self, inputs: list) -> list:
+        """y = h @ W.T for every row's h, over row blocks of W read from the checkpoint (never W whole)."""
+        rows, cols = self.ckpt.shape(self.head_name)
+        tokens = torch.cat([h.reshape(-1, h.shape[-1]) for h in inputs])  # every row's tokens: W is read once
+        out = torch.empty(len(tokens), rows, dtype=torch.float32, device=self.device)
+        # Whole multiples of 64 rows: BLAS picks other kernels (other summation orders) for very thin blocks.
+        for start, stop in row_blocks(rows, cols, self.block_bytes, unit=64):
+            block = self.ckpt.read_rows(self.head_name, start, stop).to(self.device, dtype=torch.float32)
+            out[:, start:stop] = torch.nn.functional.linear(tokens, block)
+            del block
+        parts, at = [], 0
+        for h in inputs:
+            n = h.numel() // h.shape[-1]
+            parts.append(out[at:at + n].reshape(*h.shape[:-1], rows))
+            at += n
+        return parts
 
 
 def _decoder_layers(model):
