@@ -174,15 +174,19 @@ def _encoded_blocks(ckpt: Checkpoint, t: PlannedTensor, arch, block_bytes: int):
     """The tensor's GGUF bytes, one row block at a time. Every step is row-local, so the concatenation is
     byte-identical to encoding the whole tensor: F16/BF16 round each value on its own, Q8_0 quantizes 32-value
     blocks within a row, and the Q/K un-permute moves rows within a head (blocks hold whole heads)."""
+    import torch
+
     rows = t.shape[0] if t.shape else 1
     for start, stop in row_blocks(rows, _numel(t.shape[1:]), block_bytes, t.unit):
-        data = ckpt.read_rows(t.hf_name, start, stop).float().numpy() if t.shape else \
-            ckpt.get(t.hf_name).float().numpy()
+        data = ckpt.read_rows(t.hf_name, start, stop) if t.shape else ckpt.get(t.hf_name)
         if t.unit > 1:
             data = permute_for_llama_cpp(data, (stop - start) // t.unit)
         if arch.norm_shift and t.hf_name.endswith("norm.weight"):
-            data = data + np.float32(arch.norm_shift)
-        yield _encode(data, t.kind)
+            data = data.float() + arch.norm_shift
+        if t.kind == "F16":  # torch's vectorized cast: numpy's float32 -> float16 cast is ~3x slower; both round
+            yield data.to(torch.float16).numpy()  # to nearest even, and bf16 -> f32 is exact (tests compare bytes)
+        else:
+            yield _encode(data.float().numpy(), t.kind)
         del data
 
 
