@@ -4,14 +4,15 @@ Loading the merged model whole in float32 costs 2x a bf16 checkpoint (an 8B mode
 llama.cpp maps. Here transformers' own model code runs on an empty (meta-device) model, and only these hold weights:
   - the input embedding: only the rows of the probe tokens (ids are remapped into that small table);
   - one decoder layer at a time, loaded in float32 for all probe rows, then dropped;
-  - the output projection, applied in row blocks of the vocabulary;
+  - the output projection, applied in row blocks of the vocabulary (each block read once for all probe rows);
   - the small rest (final norm, rotary tables, scales).
 So every architecture-specific step (embedding scale, masks, rotary tables, final norm, logit soft-capping) is the
 model class's own code, run unchanged. How the layers are streamed without rewriting each model's forward: pass 1
 runs the model's forward with every decoder layer replaced by a recorder that keeps the arguments the model passes
 to it (masks, rotary cos/sin, position ids) and stops after the last one; then each real layer is loaded once and
 applied to every row with exactly those arguments; pass 2 runs the forward again with recorders that hand back the
-final hidden states, so the model's own norm, head and soft-capping produce the logits.
+final hidden states, up to the head, whose input is kept; the head is computed for all rows block by block; pass 3
+hands those logits back through the forward, so the model's own soft-capping (Gemma) applies.
 On a GPU when there is one; otherwise CPU. Same numbers as a whole-model float32 forward
 (tests/test_export_memory.py compares them).
 """
