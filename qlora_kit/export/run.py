@@ -59,7 +59,7 @@ def export(source: str | Path, options: ExportOptions, out: str | Path | None = 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out: cannot create {out}: {exc.strerror or exc}") from None
-    _check_disk(model_dir, out, [q.name for q in quants])
+    _check_resources(model_dir, out, [q.name for q in quants])
     report = {"source": str(model_dir), "run": str(run_dir) if run_dir else None, "exports": {}}
     checker = _Verifier(model_dir, run_dir, options.samples) if options.verify else None
     intermediate, intermediate_facts = None, {}
@@ -109,7 +109,7 @@ def _quantize(src: Path, dst: Path, q) -> dict:
     return {"tensor_types": tensor_types(dst), "fallbacks": fallbacks(dst, q.name)}
 
 
-def _check_disk(model_dir: Path, out: Path, quants: list[str]) -> None:
+def _check_resources(model_dir: Path, out: Path, quants: list[str]) -> None:
     """Disk for every file, and memory for the conversion (verification is checked once its rows are known)."""
     from qlora_kit.export.resources import conversion_bytes, require, require_disk
     from qlora_kit.merge.checkpoint import Checkpoint
