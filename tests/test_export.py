@@ -357,13 +357,13 @@ def test_serve_answers_an_openai_chat_completion_on_loopback(chat_gguf):
 
 def test_not_enough_disk_is_refused_before_writing(tiny_model_dir, tmp_path, monkeypatch):
     """Only the free-space query is faked; the check runs before any file is created."""
-    from qlora_kit.errors import StageError
-    from qlora_kit.export import run as export_run
+    from qlora_kit.errors import UsageError
+    from qlora_kit.export import resources
     from qlora_kit.export.run import ExportOptions, export
 
     real = shutil.disk_usage
-    monkeypatch.setattr(export_run.shutil, "disk_usage", lambda p: real(p)._replace(free=100_000))
-    with pytest.raises(StageError, match=r"not enough disk space at .*: the export needs about 0\.\d\d GiB, 0\.00 GiB free"):
+    monkeypatch.setattr(resources.shutil, "disk_usage", lambda p: real(p)._replace(free=100_000))
+    with pytest.raises(UsageError, match=r"not enough disk space at .*: the export needs about 0\.\d\d GiB, 0\.00 GiB free"):
         export(tiny_model_dir, ExportOptions(quants=["f32", "q4_k_m"], verify=False), tmp_path / "gguf")
     assert not list((tmp_path / "gguf").glob("*.gguf*"))
 

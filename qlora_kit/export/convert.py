@@ -8,16 +8,17 @@ converter script downloaded at run time.
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from qlora_kit.errors import StageError, UsageError
 from qlora_kit.export.archs import ARCHS, common_kv, permute_for_llama_cpp
+from qlora_kit.export.quants import NEEDS_IMATRIX, QUANT_TYPES, QuantType, get_quant_type  # noqa: F401
 from qlora_kit.export.vocab import add_vocab
 from qlora_kit.memory import return_large_frees_to_the_os
-from qlora_kit.merge.checkpoint import Checkpoint
-from qlora_kit.export.quants import NEEDS_IMATRIX, QUANT_TYPES, QuantType, get_quant_type  # noqa: F401
+from qlora_kit.merge.checkpoint import Checkpoint, row_blocks
 
 
 NUMPY_TYPES = {"F32": np.float32, "F16": np.float16}  # GGML types numpy can hold directly
@@ -38,73 +39,154 @@ def tensor_type(name: str, shape: tuple[int, ...], target: str) -> str:
     return target
 
 
-def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int, name: str) -> dict:
+# fp32 working set of one row block (read, transformed and encoded, then written and freed). Peak memory of a
+# conversion is a few blocks, whatever the size of the model's largest matrix (a 152k x 4096 embedding is 2.4 GiB
+# in fp32). Larger blocks are not faster: the encoders work row by row anyway.
+BLOCK_BYTES = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    hf_name: str
+    gguf_name: str
+    shape: tuple[int, ...]
+    kind: str  # GGML type written
+    unit: int = 1  # rows per indivisible group (one head for the Q/K un-permute)
+
+
+def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int, name: str,
+               block_bytes: int = BLOCK_BYTES) -> dict:
+    """Write `out_path` tensor by tensor and row block by row block: no tensor is ever held whole."""
     import gguf
 
-    return_large_frees_to_the_os()  # tensor-sized buffers come and go one after another (see qlora_kit.memory)
+    return_large_frees_to_the_os()  # block-sized buffers come and go one after another (see qlora_kit.memory)
     ckpt = Checkpoint(model_dir)
-    if ckpt.prequantized:
-        raise UsageError(f"{model_dir}: a bitsandbytes 4-bit checkpoint cannot be converted (its tensors are packed "
-                         "NF4 blocks); merge into 16-bit weights first: qlora-kit merge RUN_DIR")
-    config = ckpt.config
-    arch_name = (config.get("architectures") or ["?"])[0]
-    if arch_name not in ARCHS:
-        raise UsageError(f"{model_dir}: architecture {arch_name} is not supported for GGUF export; supported: "
-                         f"{ARCHS.choices()}")
-    arch = ARCHS[arch_name]
-    model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch.gguf_arch)
-    name_map = gguf.get_tensor_name_map(model_arch, config["num_hidden_layers"])
-    plan = []
-    for hf_name in ckpt.names():
-        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
-            raise UsageError(f"{model_dir}: cannot map tensor {hf_name} to a GGUF name for {arch.gguf_arch}")
-        shape = ckpt.shape(hf_name)
-        plan.append((hf_name, gguf_name, shape, tensor_type(gguf_name, shape, ggml_target)))
-    extra = arch.extra_tensors(config)
-
+    arch = _arch_of(ckpt, model_dir)
+    plan = plan_tensors(ckpt, arch, ggml_target)
+    extra = arch.extra_tensors(ckpt.config)
     writer = gguf.GGUFWriter(str(out_path), arch.gguf_arch)
-    writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(name)
-    writer.add_file_type(file_type)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    common_kv(writer, config, arch.gguf_arch)
-    if arch.extra_kv:
-        arch.extra_kv(writer, config)
-    vocab = add_vocab(writer, model_dir, config["vocab_size"], space_prefix=arch.space_prefix, name=name)
-    for hf_name, gguf_name, shape, kind in plan:
-        if kind in NUMPY_TYPES:
-            dtype = np.dtype(NUMPY_TYPES[kind])
-            writer.add_tensor_info(gguf_name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
+    vocab = _write_metadata(writer, ckpt, arch, model_dir, file_type, name)
+    for t in plan:
+        kind = _ggml_type(t.kind)
+        if t.kind in NUMPY_TYPES:
+            dtype = np.dtype(NUMPY_TYPES[t.kind])
+            writer.add_tensor_info(t.gguf_name, t.shape, dtype, _numel(t.shape) * dtype.itemsize)
         else:  # BF16 and quantized types are written as raw bytes in their block layout
-            byte_shape = gguf.quant_shape_to_byte_shape(shape, _ggml_type(kind))
-            writer.add_tensor_info(gguf_name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)),
-                                   raw_dtype=_ggml_type(kind))
+            byte_shape = gguf.quant_shape_to_byte_shape(t.shape, kind)
+            writer.add_tensor_info(t.gguf_name, byte_shape, np.dtype(np.uint8), _numel(byte_shape), raw_dtype=kind)
     for gguf_name, data in extra.items():
         writer.add_tensor_info(gguf_name, data.shape, data.dtype, data.nbytes)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-    for hf_name, gguf_name, shape, kind in plan:
-        data = ckpt.get(hf_name).float().numpy()
-        if arch.permute_qk and ".self_attn.q_proj." in hf_name:
-            data = permute_for_llama_cpp(data, heads)
-        elif arch.permute_qk and ".self_attn.k_proj." in hf_name:
-            data = permute_for_llama_cpp(data, kv_heads)
-        if arch.norm_shift and hf_name.endswith("norm.weight"):
-            data = data + arch.norm_shift
-        encoded = _encode(data, kind)
-        del data
-        writer.write_tensor_data(encoded)
-        del encoded  # before reading the next tensor: peak memory is one tensor, not two
-    for data in extra.values():
-        writer.write_tensor_data(data)
+    alignment = writer.data_alignment
     writer.close()
-    types = {}
-    for _, _, _, kind in plan:
-        types[kind] = types.get(kind, 0) + 1
+    del writer  # its token list and merges (tens of MiB for a 150k vocabulary) are in the file now
+    with open(out_path, "r+b") as fh:
+        fh.seek(0, 2)
+        for t in plan:
+            _write_aligned(fh, alignment, lambda t=t: _encoded_blocks(ckpt, t, arch, block_bytes),
+                           _tensor_nbytes(t))
+        for data in extra.values():
+            _write_aligned(fh, alignment, lambda data=data: iter([data]), data.nbytes)
+    types: dict[str, int] = {}
+    for t in plan:
+        types[t.kind] = types.get(t.kind, 0) + 1
     return {"architecture": arch.gguf_arch, "tensors": len(plan) + len(extra), "tensor_types": types, **vocab}
+
+
+def _arch_of(ckpt: Checkpoint, model_dir: Path):
+    if ckpt.prequantized:
+        raise UsageError(f"{model_dir}: a bitsandbytes 4-bit checkpoint cannot be converted (its tensors are packed "
+                         "NF4 blocks); merge into 16-bit weights first: qlora-kit merge RUN_DIR")
+    arch_name = (ckpt.config.get("architectures") or ["?"])[0]
+    if arch_name not in ARCHS:
+        raise UsageError(f"{model_dir}: architecture {arch_name} is not supported for GGUF export; supported: "
+                         f"{ARCHS.choices()}")
+    return ARCHS[arch_name]
+
+
+def plan_tensors(ckpt: Checkpoint, arch, ggml_target: str) -> list[PlannedTensor]:
+    """Every checkpoint tensor with its GGUF name, type and row grouping; a tensor that does not map is an error
+    (never dropped silently)."""
+    import gguf
+
+    config = ckpt.config
+    model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch.gguf_arch)
+    name_map = gguf.get_tensor_name_map(model_arch, config["num_hidden_layers"])
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    plan = []
+    for hf_name in ckpt.names():
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise UsageError(f"{ckpt.path}: cannot map tensor {hf_name} to a GGUF name for {arch.gguf_arch}")
+        shape = ckpt.shape(hf_name)
+        unit = 1
+        if arch.permute_qk and (".self_attn.q_proj." in hf_name or ".self_attn.k_proj." in hf_name):
+            unit = shape[0] // (heads if ".q_proj." in hf_name else kv_heads)  # the un-permute stays within a head
+        plan.append(PlannedTensor(hf_name, gguf_name, shape, tensor_type(gguf_name, shape, ggml_target), unit))
+    return plan
+
+
+def _write_metadata(writer, ckpt: Checkpoint, arch, model_dir: Path, file_type: int, name: str) -> dict:
+    import gguf
+
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name)
+    writer.add_file_type(file_type)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    common_kv(writer, ckpt.config, arch.gguf_arch)
+    if arch.extra_kv:
+        arch.extra_kv(writer, ckpt.config)
+    return add_vocab(writer, model_dir, ckpt.config["vocab_size"], space_prefix=arch.space_prefix, name=name)
+
+
+def _encoded_blocks(ckpt: Checkpoint, t: PlannedTensor, arch, block_bytes: int):
+    """The tensor's GGUF bytes, one row block at a time. Every step is row-local, so the concatenation is
+    byte-identical to encoding the whole tensor: F16/BF16 round each value on its own, Q8_0 quantizes 32-value
+    blocks within a row, and the Q/K un-permute moves rows within a head (blocks hold whole heads)."""
+    import torch
+
+    rows = t.shape[0] if t.shape else 1
+    for start, stop in row_blocks(rows, _numel(t.shape[1:]), block_bytes, t.unit):
+        data = ckpt.read_rows(t.hf_name, start, stop) if t.shape else ckpt.get(t.hf_name)
+        if t.unit > 1:
+            data = permute_for_llama_cpp(data, (stop - start) // t.unit)
+        if arch.norm_shift and t.hf_name.endswith("norm.weight"):
+            data = data.float() + arch.norm_shift
+        if t.kind == "F16":  # torch's vectorized cast: numpy's float32 -> float16 cast is ~3x slower; both round
+            yield data.to(torch.float16).numpy()  # to nearest even, and bf16 -> f32 is exact (tests compare bytes)
+        else:
+            yield _encode(data.float().numpy(), t.kind)
+        del data
+
+
+def _write_aligned(fh, alignment: int, blocks, nbytes: int) -> None:
+    """One tensor of the GGUF data section: padded to the alignment before and after, as GGUFWriter writes it."""
+    fh.write(b"\0" * (-fh.tell() % alignment))
+    written = 0
+    for block in blocks():
+        fh.write(memoryview(np.ascontiguousarray(block)).cast("B"))
+        written += block.nbytes
+    if written != nbytes:
+        raise StageError(f"internal error: wrote {written} bytes for a tensor planned at {nbytes}")
+    fh.write(b"\0" * (-nbytes % alignment))
+
+
+def _tensor_nbytes(t: PlannedTensor) -> int:
+    import gguf
+
+    if t.kind in NUMPY_TYPES:
+        return _numel(t.shape) * np.dtype(NUMPY_TYPES[t.kind]).itemsize
+    return _numel(gguf.quant_shape_to_byte_shape(t.shape, _ggml_type(t.kind)))
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def _encode(data: np.ndarray, kind: str) -> np.ndarray:

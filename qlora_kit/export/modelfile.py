@@ -11,12 +11,11 @@ PREFERRED = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "bf16", "f32")
 
 
 def write_modelfile(out: Path, model_dir: Path, run_dir: Path | None, targets: dict[str, Path], report: dict) -> dict:
-    from transformers import AutoTokenizer
-
+    from qlora_kit.export.light_tokenizer import load_without_vocabulary
     from qlora_kit.export.ollama import build_modelfile, identify_template
 
     chosen = next((q for q in PREFERRED if q in targets), next(iter(targets)))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_without_vocabulary(model_dir)  # the chat template and eos text; not the 150k-token vocabulary
     name, system = None, None
     if run_dir is not None:
         info = run_dir / "adapter" / "qlora_kit.json"

@@ -7,7 +7,6 @@ failed export never leaves a complete-looking .gguf behind.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +75,7 @@ def _export(source: str | Path, options: ExportOptions, out: str | Path | None =
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out: cannot create {out}: {exc.strerror or exc}") from None
-    _check_disk(model_dir, out, [q.name for q in quants])
+    _check_resources(model_dir, out, [q.name for q in quants])
     report = {"source": str(model_dir), "run": str(run_dir) if run_dir else None, "exports": {}}
     checker = _Verifier(model_dir, run_dir, options.samples) if options.verify else None
     intermediate, intermediate_facts = None, {}
@@ -138,16 +137,15 @@ def _quantize(src: Path, dst: Path, q) -> dict:
     return {"tensor_types": tensor_types(dst), "fallbacks": fallbacks(dst, q.name)}
 
 
-def _check_disk(model_dir: Path, out: Path, quants: list[str]) -> None:
+def _check_resources(model_dir: Path, out: Path, quants: list[str]) -> None:
+    """Disk for every file, and memory for the conversion (verification is checked once its rows are known)."""
+    from qlora_kit.export.resources import conversion_bytes, require, require_disk
     from qlora_kit.merge.checkpoint import Checkpoint
 
     ckpt = Checkpoint(model_dir)
     params = sum(_numel(ckpt.shape(n)) for n in ckpt.names())
-    needed = params * (sum(BYTES_PER_WEIGHT[q] for q in quants) + 4.0)  # + an intermediate for K-quants
-    free = shutil.disk_usage(out).free
-    if free < needed:
-        raise StageError(f"not enough disk space at {out}: the export needs about {needed / 2**30:.2f} GiB, "
-                         f"{free / 2**30:.2f} GiB free")
+    require_disk(out, params * (sum(BYTES_PER_WEIGHT[q] for q in quants) + 4.0))  # + an intermediate for K-quants
+    require(conversion_bytes(ckpt, model_dir, any(QUANT_TYPES[q].via_llama_cpp for q in quants)), "the conversion")
 
 
 def _numel(shape) -> int:
@@ -158,16 +156,18 @@ def _numel(shape) -> int:
 
 
 class _Verifier:
-    """Loads the merged model and tokenizer once; checks each GGUF as it is written."""
+    """What the checks need from the HF side, all computed before the first GGUF is written: the probe rows, the
+    HF tokenizer (the token check compares its ids with llama.cpp's), and the reference logits, streamed layer by
+    layer from the shards (qlora_kit/export/reference.py), so the model is never held whole."""
 
     def __init__(self, model_dir: Path, run_dir: Path | None, samples: int):
-        from transformers import AutoModelForCausalLM
-
+        from qlora_kit.export.reference import reference_logits
+        from qlora_kit.export.resources import require, verification_bytes
         from qlora_kit.export.vocab import effective_tokenizer_json, load_hf_tokenizer
+        from qlora_kit.merge.checkpoint import Checkpoint
 
         self.tokenizer = load_hf_tokenizer(model_dir)
         self.tokenizer_json = effective_tokenizer_json(self.tokenizer, model_dir / "tokenizer.json")
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
         self.rows, self.rows_from = _held_out(model_dir, run_dir, self.tokenizer, samples)
         chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 + 30?"},
                 {"role": "assistant", "content": "42."}]
@@ -176,10 +176,9 @@ class _Verifier:
                 if self.tokenizer.chat_template else "no chat template"
         except Exception:  # noqa: BLE001 - templates that refuse a system turn (Gemma, Mistral): without it
             self.chat_sample = self.tokenizer.apply_chat_template(chat[1:], tokenize=False)
-        from qlora_kit.export.verify import hf_logits
-
-        # The one place the reference logits are computed (a streamed forward can replace hf_logits).
-        self.reference = hf_logits(self.model, self.rows)
+        require(verification_bytes(Checkpoint(model_dir), self.rows), "verification")
+        # The one place the reference logits are computed: streamed layer by layer from the shards.
+        self.reference = reference_logits(model_dir, self.rows)
 
     def check(self, quant: str, path: Path) -> dict:
         from qlora_kit.export.verify import check_tokens, compare, decisive_top1, gguf_logits, judge

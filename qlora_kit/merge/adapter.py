@@ -52,6 +52,21 @@ class LoraAdapter:
             out = out + self.scale * (b.float() @ a.float()).T
         return out
 
+    def apply_rows(self, name: str, base: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of `apply(name, whole base)`, from those rows of the base alone (float32): the LoRA
+        update of a block of rows is B[rows] @ A (linear) or (B @ A[:, rows]).T (embedding), never the whole
+        s*B@A, which for a 150k-row embedding is a 2.4 GiB float32 matrix."""
+        if name in self.full:
+            return self.full[name][start:stop].float()
+        out = base.float()
+        if name in self.linear:
+            a, b = self.linear[name]
+            out = out + self.scale * (b[start:stop].float() @ a.float())
+        elif name in self.embedding:
+            a, b = self.embedding[name]
+            out = out + self.scale * (b.float() @ a[:, start:stop].float()).T
+        return out
+
     def check_fits(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """Refuse an adapter trained on a different base: every name must exist with a compatible shape."""
         problems = []

@@ -12,6 +12,7 @@ stored packed beside its quant state ('.absmax', '.quant_map', '.nested_*', '.qu
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -38,6 +39,44 @@ def nf4_roundtrip(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     packed, state = quantize_4bit(weight.to(dtype), blocksize=64, compress_statistics=True, quant_type="nf4",
                                   quant_storage=torch.uint8)
     return dequantize_4bit(packed, state)
+
+
+def row_blocks(rows: int, row_elems: int, block_bytes: int, unit: int = 1):
+    """(start, stop) ranges covering `rows`, each about `block_bytes` of float32 and a whole number of `unit`s
+    (a tensor is processed a block of rows at a time: memory is a block, never the whole tensor)."""
+    per = max(unit, (block_bytes // (4 * max(row_elems, 1))) // unit * unit)
+    for start in range(0, rows, per):
+        yield start, min(rows, start + per)
+
+
+def nf4_roundtrip_blocks(read_rows, shape: tuple[int, ...], dtype: torch.dtype, blocks: list[tuple[int, int]]):
+    """`nf4_roundtrip` of a whole tensor, computed a block of rows at a time, bit for bit.
+
+    Each 64-value NF4 block is quantized on its own, but double quantization subtracts the mean of *all* the
+    blocks' absmax values before quantizing them in turn: pass 1 computes every absmax (1/64 of the elements),
+    then the nested quantization exactly as bitsandbytes does it; pass 2 quantizes each row block again and
+    dequantizes it with its slice of the double-quantized absmax. Rows must be whole 64-value blocks (every
+    supported architecture's layers are 64-multiples wide; merge falls back to the whole tensor otherwise: with
+    other widths bitsandbytes' CPU kernel gives other values for a block of rows than for the same rows in place).
+    """
+    import bitsandbytes.functional as F
+
+    ops = torch.ops.bitsandbytes
+    row = 1
+    for d in shape[1:]:
+        row *= d
+    absmax = torch.cat([ops.quantize_4bit.default(read_rows(a, b).to(dtype), 64, "nf4", torch.uint8)[1]
+                        for a, b in blocks])
+    offset = absmax.mean()
+    quantized, state2 = F.quantize_blockwise(absmax - offset, blocksize=256)
+    del absmax
+    scales = F.dequantize_blockwise(quantized, state2)
+    scales += offset
+    scales = scales.float()
+    for a, b in blocks:
+        packed, _ = ops.quantize_4bit.default(read_rows(a, b).to(dtype), 64, "nf4", torch.uint8)
+        yield ops.dequantize_4bit.default(packed, scales[a * row // 64:b * row // 64], 64, "nf4",
+                                          (b - a, *shape[1:]), dtype)
 
 
 class Checkpoint:
@@ -107,6 +146,22 @@ class Checkpoint:
                 raise UsageError(f"{self._where[name]}: truncated file (tensor {name})")
         return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of a stored (not 4-bit packed) tensor, with one positioned read: a row block of a
+        large matrix costs its own bytes, never the whole tensor's (1-D tensors: elements)."""
+        entry = self._entry[name]
+        dtype, shape = ST_DTYPES[entry["dtype"]], entry["shape"]
+        row_bytes = (entry["end"] - entry["start"]) // max(shape[0], 1) if shape else 0
+        if not shape or self.is_quantized(name) or not 0 <= start <= stop <= shape[0]:
+            raise ValueError(f"{name}: cannot read rows {start}:{stop} of {shape}")
+        buf = bytearray((stop - start) * row_bytes)
+        if buf:
+            with open(self._where[name], "rb", buffering=0) as fh:
+                if _pread_into(fh.fileno(), memoryview(buf), entry["start"] + start * row_bytes) != len(buf):
+                    raise UsageError(f"{self._where[name]}: truncated file (tensor {name})")
+        return torch.frombuffer(buf, dtype=dtype).reshape(stop - start, *shape[1:]) if buf \
+            else torch.empty((0, *shape[1:]), dtype=dtype)
+
     def get(self, name: str) -> torch.Tensor:
         packed = self._read(name)
         if not self.is_quantized(name):
@@ -123,6 +178,17 @@ class Checkpoint:
             if key.startswith(name + ".") and key.endswith(QUANT_AUX):
                 parts[key[len(name) + 1:]] = self._read(key)
         return QuantState.from_dict(parts, device=torch.device("cpu"))
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill `view` from `offset` (a single pread returns at most ~2 GiB on Linux); returns the bytes read."""
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            break
+        done += n
+    return done
 
 
 def read_header(file: Path) -> dict[str, dict]:

@@ -24,7 +24,7 @@ import torch
 
 from qlora_kit.errors import QKError, StageError, UsageError
 from qlora_kit.merge.adapter import load_adapter
-from qlora_kit.merge.checkpoint import Checkpoint, nf4_roundtrip
+from qlora_kit.merge.checkpoint import Checkpoint, nf4_roundtrip, nf4_roundtrip_blocks, row_blocks
 from qlora_kit.memory import return_large_frees_to_the_os
 from qlora_kit.merge.writer import PlannedTensor, ShardWriter, plan_shards, write_index
 
@@ -44,6 +44,7 @@ class MergeOptions:
     compare: bool = True  # also measure the other base in the report
     samples: int = 8
     allow_mismatch: bool = False
+    block_bytes: int = 16 * 2**20  # float32 bytes of one block of rows (see merged_blocks)
 
 
 def quantized_linear_names(config: dict) -> set[str]:
@@ -75,19 +76,40 @@ def merge_weights(ckpt: Checkpoint, adapter, out: Path, options: MergeOptions, t
     for shard in shards:
         writer = ShardWriter(out, shard)
         for t in shard.tensors:
-            tensor = ckpt.get(t.name)
-            if options.base == "dequantized" and t.name in quantized:
-                tensor = nf4_roundtrip(tensor, train_dtype)
-                roundtripped += 1
-            if adapter.touches(t.name):
-                tensor = adapter.apply(t.name, tensor)
-            writer.write(t.name, tensor.to(t.dtype))
-            del tensor  # before reading the next one: peak memory is one tensor, not two
+            nf4 = train_dtype if options.base == "dequantized" and t.name in quantized else None
+            writer.write_blocks(t.name, merged_blocks(ckpt, adapter, t.name, nf4, t.dtype, options.block_bytes))
+            roundtripped += nf4 is not None
         writer.close()
     write_index(out, shards)
     return {"tensors": len(names), "shards": len(shards), "bytes": sum(s.nbytes for s in shards),
             "nf4_roundtripped": roundtripped, "lora_merged": len(adapter.linear) + len(adapter.embedding),
             "replaced": len(adapter.full)}
+
+
+def merged_blocks(ckpt: Checkpoint, adapter, name: str, nf4: torch.dtype | None, out_dtype: torch.dtype,
+                  block_bytes: int):
+    """The merged tensor `name` in `out_dtype`, a block of rows at a time (read with positioned reads, NF4 round
+    trip, LoRA update, cast): memory is a block, never a whole-tensor float32 copy. Every step is row-local (the
+    NF4 round trip in two passes), so the blocks are bit-identical to merging the whole tensor."""
+    shape = ckpt.shape(name)
+    row = 1
+    for d in shape[1:]:
+        row *= d
+    if ckpt.is_quantized(name) or len(shape) < 2 or (nf4 is not None and row % 64):
+        tensor = ckpt.get(name)  # 4-bit packed storage, a vector, or an NF4 round trip that needs the whole tensor
+        if nf4 is not None:
+            tensor = nf4_roundtrip(tensor, nf4)
+        yield (adapter.apply(name, tensor) if adapter.touches(name) else tensor).to(out_dtype)
+        return
+    # 64-row multiples: BLAS picks other kernels (summation orders) for thin blocks; NF4 blocks are 64 values.
+    blocks = list(row_blocks(shape[0], row, block_bytes, unit=64))
+    source = nf4_roundtrip_blocks(lambda a, b: ckpt.read_rows(name, a, b), shape, nf4, blocks) if nf4 is not None \
+        else (ckpt.read_rows(name, a, b) for a, b in blocks)
+    for (start, stop), block in zip(blocks, source):
+        if adapter.touches(name):
+            block = adapter.apply_rows(name, block, start, stop)
+        yield block.to(out_dtype)
+        del block
 
 
 def check_tied(ckpt: Checkpoint, adapter) -> None:

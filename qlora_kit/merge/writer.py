@@ -85,6 +85,23 @@ class ShardWriter:
         self._fh.write(memoryview(data))
         self._next += 1
 
+    def write_blocks(self, name: str, blocks) -> None:
+        """Write the next planned tensor from consecutive blocks of its rows, as they are computed."""
+        planned = self.shard.tensors[self._next]
+        if name != planned.name:
+            raise ValueError(f"{name} does not match the plan ({planned.name})")
+        written = 0
+        for block in blocks:
+            if block.dtype != planned.dtype or tuple(block.shape[1:]) != planned.shape[1:]:
+                raise ValueError(f"{name}: a block {tuple(block.shape)} {block.dtype} does not match the plan "
+                                 f"({planned.shape} {planned.dtype})")
+            data = block.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+            self._fh.write(memoryview(data))
+            written += data.nbytes
+        if written != planned.nbytes:
+            raise ValueError(f"{name}: wrote {written} bytes, planned {planned.nbytes}")
+        self._next += 1
+
     def close(self) -> None:
         if self._next != len(self.shard.tensors):
             raise ValueError(f"{self.path.name}: {len(self.shard.tensors) - self._next} planned tensors not written")
