@@ -33,7 +33,7 @@ def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrit
 
     backend = get_backend(recipe.model.backend)
     backend.prepare(recipe.model)  # before transformers is imported anywhere (Unsloth patches it)
-    from qlora_kit.model.resolve import resolve_model_path
+    from qlora_kit.model.resolve import resolve_model
     from qlora_kit.train.auto import resolve
 
     resolved, rt = resolve(recipe)
@@ -44,7 +44,7 @@ def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrit
               resumed_from=str(checkpoint) if checkpoint else None)
     try:
         hint = " ".join(["qlora-kit train", recipe_path, *(f"--set {o}" for o in overrides), "--resume"])
-        return _train(run, resolved, rt, backend, resolve_model_path, train_items, eval_items, fmt, checkpoint, t0,
+        return _train(run, resolved, rt, backend, resolve_model, train_items, eval_items, fmt, checkpoint, t0,
                       hint)
     except KeyboardInterrupt:
         run.write_status("interrupted")
@@ -58,14 +58,15 @@ def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrit
         raise StageError(f"training failed: {type(exc).__name__}: {_first_line(exc)} (run dir: {run.root})") from exc
 
 
-def _train(run, recipe, rt, backend, resolve_model_path, train_items, eval_items, fmt, checkpoint, t0,
+def _train(run, recipe, rt, backend, resolve_model, train_items, eval_items, fmt, checkpoint, t0,
            resume_hint) -> int:
     from qlora_kit.model.backends import quantization_summary
     from qlora_kit.train.callbacks import EventsCallback, InterruptCallback, Progress
     from qlora_kit.train.trainer import build_trainer
 
-    base_path = resolve_model_path(recipe.model.name)
-    run.write_status("running", base_model=base_path)
+    base = resolve_model(recipe.model.name)
+    base_path = base.path  # a GGUF base also records where it came from (file, sha256, quant type)
+    run.write_status("running", base_model=base_path, **({"base_source": base.source} if base.source else {}))
     stage_t = _stage(run, "load_model")
     model, tokenizer = backend.load(base_path, recipe.model, recipe.lora, rt)
     run.write_status("running", quantization=quantization_summary(model))
