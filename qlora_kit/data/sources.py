@@ -15,7 +15,12 @@ from qlora_kit.errors import DataError
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUILTIN_DATASETS = {"tiny-chat": ASSETS / "tiny_chat.jsonl"}
+BUILTIN_DATASETS = {
+    "tiny-chat": ASSETS / "tiny_chat.jsonl",
+    # Date normalisation for the real-model demo (assets/build_iso_dates.py); no held-out date is a training date.
+    "iso-dates": ASSETS / "iso_dates_train.jsonl",
+    "iso-dates-eval": ASSETS / "iso_dates_eval.jsonl",
+}
 
 
 @dataclass

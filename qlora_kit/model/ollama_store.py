@@ -71,8 +71,10 @@ def parse_name(spec: str) -> OllamaName:
     if not 1 <= len(parts) <= 3 or not all(_PART.match(p) for p in parts) or (tag and not _PART.match(tag)):
         raise UsageError(f"model.name: {spec!r} is not an Ollama model name; expected ollama:NAME or "
                          "ollama:NAME:TAG (e.g. ollama:smollm2:135m)")
-    host, namespace = {1: (DEFAULT_HOST, DEFAULT_NAMESPACE), 2: (DEFAULT_HOST, parts[0]),
-                       3: (parts[0], parts[1])}[len(parts)]
+    if len(parts) == 3:
+        host, namespace = parts[0], parts[1]
+    else:
+        host, namespace = DEFAULT_HOST, parts[0] if len(parts) == 2 else DEFAULT_NAMESPACE
     return OllamaName(host, namespace, parts[-1], tag or DEFAULT_TAG)
 
 
