@@ -11,8 +11,7 @@ from qlora_kit.errors import UsageError
 from qlora_kit.model import builtin, gguf_source
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-FORMS = ("a local model directory, a .gguf file (gguf:PATH), pkg:PACKAGE/FILE.gguf, ollama:NAME[:TAG], "
-         "a Hub id ORG/NAME or a built-in model: ")
+FORMS = "a Hub id ORG/NAME, a GGUF (gguf:PATH, pkg:PACKAGE/FILE.gguf, ollama:NAME[:TAG]) or a built-in model: "
 
 
 @dataclass
@@ -43,7 +42,7 @@ def check_model_name(name: str) -> str:
         return "local"
     if HUB_ID.match(name) and not name.startswith((".", "/", "~")):
         return "hub"
-    raise UsageError(f"model.name: {name}: no such directory (expected {FORMS}"
+    raise UsageError(f"model.name: {name}: no such directory (and not {FORMS}"
                      + ", ".join(f"builtin:{k}" for k in builtin.BUILTIN_MODELS) + ")")
 
 
