@@ -38,7 +38,7 @@ def test_real_model_learns_the_task_and_answers_held_out_prompts_from_its_gguf(t
     source = smollm2_gguf()
     done = run_cli("train", "recipes/smollm2-135m.yaml", "--set", f"output.dir={tmp_path}",
                    "--set", "export.quant=[q8_0]", "--set", "merge.samples=4", "--set", "export.samples=2",
-                   timeout=1200)
+                   timeout=3000)
     assert done.returncode == 0, done.stderr[-4000:]
     run = tmp_path / "smollm2-135m"
     warnings = [line for line in done.stderr.splitlines() if "below Q8_0" in line]
