@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from qlora_kit import __version__
@@ -67,10 +67,11 @@ def create_app(config: ServerConfig) -> FastAPI:
         yield
         scheduler.stop()
 
-    deps = [Depends(_auth(config.token))] if config.token else []
     app = FastAPI(title="qlora-kit job server", version=__version__, docs_url=None, redoc_url=None,
-                  dependencies=deps, lifespan=lifespan)
+                  lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=config.max_body)
+    if config.token:
+        app.add_middleware(BearerAuth, token=config.token)  # added last: runs first, before any body is read
     app.state.store, app.state.scheduler = store, scheduler
     _errors(app)
 
@@ -196,12 +197,26 @@ def create_app(config: ServerConfig) -> FastAPI:
     return app
 
 
-def _auth(token: str):
-    def check(authorization: str | None = Header(None)) -> None:
-        if not token_matches(authorization, token):
-            raise HTTPException(401, "a bearer token is required: Authorization: Bearer TOKEN",
-                                headers={"WWW-Authenticate": "Bearer"})
-    return check
+class BearerAuth:
+    """Every request (the OpenAPI schema and unknown paths too) needs `Authorization: Bearer TOKEN`."""
+
+    def __init__(self, app, token: str):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            if not token_matches(header, self.token):
+                return await _send_json(send, 401, "a bearer token is required: Authorization: Bearer TOKEN",
+                                        [(b"www-authenticate", b"Bearer")])
+        return await self.app(scope, receive, send)
+
+
+async def _send_json(send, status: int, detail: str, headers: list | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _event_id(value: str | None) -> int:
@@ -283,10 +298,7 @@ class BodyLimit:
                 await self._too_large(send)
 
     async def _too_large(self, send):
-        body = json.dumps({"detail": f"request body larger than {self.limit} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 413, f"request body larger than {self.limit} bytes", [(b"connection", b"close")])
 
 
 class _TooLarge(Exception):
