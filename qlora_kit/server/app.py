@@ -155,7 +155,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.delete("/v1/jobs/{job_id}")
     def delete(job_id: str, purge: bool = False) -> dict[str, Any]:
-        with submit_lock:
+        with submit_lock, scheduler.lock:  # the queue cannot start it meanwhile
             record = get(job_id)
             if record.status == "running":
                 raise HTTPException(409, f"job {job_id} is running; cancel it first")

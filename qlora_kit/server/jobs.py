@@ -44,6 +44,11 @@ class Scheduler:
             self._wake.notify_all()
 
     @property
+    def lock(self) -> threading.Condition:
+        """Held while the queue picks its next job; hold it to change queued jobs without racing it."""
+        return self._wake
+
+    @property
     def running_id(self) -> str | None:
         current = self._current
         return current[0] if current else None
