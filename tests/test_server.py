@@ -177,6 +177,24 @@ def test_a_sink_whose_reader_is_gone_is_dropped_and_the_log_goes_on(tmp_path):
     assert [json.loads(line)["seq"] for line in (tmp_path / "events.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.slow
+def test_plan_and_data_check_answer_as_the_cli_does(guarded, tmp_path):
+    path = write_recipe(tmp_path / "dry.yaml")
+    recipe = recipe_dict(path)
+    with guarded.client() as client:
+        plan = client.post("/v1/plan", json={"recipe": recipe, "device": "cpu", "seq_len": 64})
+        check = client.post("/v1/data/check", json={"recipe": recipe})
+        empty = client.post("/v1/data/check", json={"recipe": recipe, "overrides": {"model.max_seq_length": 1}})
+    cli_plan = run_cli("plan", str(path), "--device", "cpu", "--seq-len", "64", "--json", timeout=300)
+    cli_check = run_cli("data", "check", str(path), "--json", timeout=300)
+    assert cli_plan.returncode == cli_check.returncode == 0, cli_plan.stderr + cli_check.stderr
+    assert plan.status_code == 200 and plan.json() == json.loads(cli_plan.stdout)
+    assert check.status_code == 200 and check.json() == json.loads(cli_check.stdout)
+    cli_empty = run_cli("data", "check", str(path), "--json", "--set", "model.max_seq_length=1", timeout=300)
+    assert cli_empty.returncode == 2 and empty.status_code == 422
+    assert empty.json()["detail"]["message"] == cli_empty.stderr.strip().splitlines()[-1].split("error: ", 1)[1]
+
+
 # --- slow: real training jobs ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -245,7 +263,8 @@ def test_kill_9_the_server_mid_job_then_restart_lists_it_interrupted_and_it_resu
     recipe = recipe_dict(write_recipe(tmp_path / "resume.yaml", **RESUME_RECIPE))
     with first.client() as client:
         job = client.post("/v1/jobs", json={"recipe": recipe}).json()
-        queued = client.post("/v1/jobs", json={"recipe": TINY}).json()  # waits behind it
+        quick = {**TINY, "model": {**TINY["model"], "backend": "hf"}, "train": {**TINY["train"], "max_steps": 1}}
+        queued = client.post("/v1/jobs", json={"recipe": quick}).json()  # waits behind it
         sse(client, job["id"], until=lambda e: e["event"] == "step" and e["step"] >= 4)
     first.kill9()
     second = server(root=first.root)  # settles the orphaned child (checkpoint, stop) before it answers

@@ -58,38 +58,54 @@ def create_app(config: ServerConfig) -> FastAPI:
     config.root = Path(config.root).resolve()
     store = JobStore(config.root)
     recover(store)
-    scheduler = Scheduler(store, plugins=config.plugins)
-    confiner = Confiner(config.root, config.data_dirs)
-    submit_lock = threading.Lock()
+    ctx = _Context(config, store, Scheduler(store, plugins=config.plugins), Confiner(config.root, config.data_dirs))
 
     async def lifespan(app):
-        scheduler.start()
+        ctx.scheduler.start()
         yield
-        scheduler.stop()
+        ctx.scheduler.stop()
 
     app = FastAPI(title="qlora-kit job server", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=config.max_body)
     if config.token:
         app.add_middleware(BearerAuth, token=config.token)  # added last: runs first, before any body is read
-    app.state.store, app.state.scheduler = store, scheduler
+    app.state.store, app.state.scheduler = store, ctx.scheduler
     _errors(app)
+    _job_routes(app, ctx)
+    _control_routes(app, ctx)
+    _service_routes(app, ctx)
+    return app
 
-    def get(job_id: str):
-        record = store.get(job_id)
+
+@dataclass
+class _Context:
+    config: ServerConfig
+    store: JobStore
+    scheduler: Scheduler
+    confiner: Confiner
+    lock: threading.Lock = field(default_factory=threading.Lock)  # submit and delete: run-dir ownership
+
+    def get(self, job_id: str):
+        record = self.store.get(job_id)
         if record is None:
             raise HTTPException(404, f"no job {job_id!r}")
         return record
 
+    def prepare(self, body: RecipeRequest):
+        return prepare(body, self.confiner, self.config.allow_remote_code)
+
+
+def _job_routes(app: FastAPI, ctx: _Context) -> None:
     @app.post("/v1/jobs", status_code=201)
     def submit(body: JobRequest) -> dict[str, Any]:
-        recipe, named = prepare(body, confiner, config.allow_remote_code)
-        job_id = store.new_id()
+        recipe, named = ctx.prepare(body)
+        job_id = ctx.store.new_id()
         if not named:
             recipe.output.name = job_id
         run_dir = Path(recipe.output.dir) / recipe.output.name
-        with submit_lock:
-            owner = store.claims(run_dir)
+        with ctx.lock:
+            owner = ctx.store.claims(run_dir)
             if owner is not None:
                 raise HTTPException(409, f"{run_dir} belongs to job {owner.id} ({owner.status}); "
                                          f"POST /v1/jobs/{owner.id}/resume continues it")
@@ -103,98 +119,101 @@ def create_app(config: ServerConfig) -> FastAPI:
                                          "choose another output.name")
             from qlora_kit.recipe import dump_recipe
 
-            store.add(job_id, run_dir, dump_recipe(recipe), mode)
-        scheduler.notify()
-        return {"id": job_id, "run_dir": str(run_dir), "queue_position": store.queue_position(job_id)}
+            ctx.store.add(job_id, run_dir, dump_recipe(recipe), mode)
+        ctx.scheduler.notify()
+        return {"id": job_id, "run_dir": str(run_dir), "queue_position": ctx.store.queue_position(job_id)}
 
     @app.get("/v1/jobs")
     def list_jobs() -> list[dict[str, Any]]:
-        return [job_view(r, store) for r in store.all()]
+        return [job_view(r, ctx.store) for r in ctx.store.all()]
 
     @app.get("/v1/jobs/{job_id}")
     def show(job_id: str) -> dict[str, Any]:
-        return job_view(get(job_id), store)
+        return job_view(ctx.get(job_id), ctx.store)
 
+
+def _control_routes(app: FastAPI, ctx: _Context) -> None:
     @app.get("/v1/jobs/{job_id}/artifacts/{name:path}")
     def artifact(job_id: str, name: str):
-        record = get(job_id)
+        record = ctx.get(job_id)
         listed = {a["name"]: a for a in artifacts(record)}
         if name not in listed:
             raise HTTPException(404, f"job {job_id} has no artifact {name!r}; listed: {', '.join(listed) or 'none'}")
-        path = confiner.path(str(Path(record.run_dir) / name), "artifact")
-        if not confiner.inside(path, Path(record.run_dir)) or not path.is_file():
+        path = ctx.confiner.path(str(Path(record.run_dir) / name), "artifact")
+        if not ctx.confiner.inside(path, Path(record.run_dir)) or not path.is_file():
             raise HTTPException(404, f"job {job_id} has no artifact {name!r}")
         return FileResponse(path, filename=path.name, headers={"X-Content-SHA256": listed[name]["sha256"]})
 
     @app.get("/v1/jobs/{job_id}/events")
     def events(job_id: str, last_event_id: str | None = Header(None)):
-        record = get(job_id)
+        record = ctx.get(job_id)
         after = _event_id(last_event_id)
-        active = lambda: (store.get(job_id) or record).status in ACTIVE  # noqa: E731
-        stream = event_stream(Path(record.run_dir) / "events.jsonl", after, active, config.poll_s,
-                              config.heartbeat_s)
+        active = lambda: (ctx.store.get(job_id) or record).status in ACTIVE  # noqa: E731
+        stream = event_stream(Path(record.run_dir) / "events.jsonl", after, active, ctx.config.poll_s,
+                              ctx.config.heartbeat_s)
         return StreamingResponse(stream, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.post("/v1/jobs/{job_id}/cancel", status_code=202)
     def cancel(job_id: str) -> dict[str, Any]:
-        record = get(job_id)
+        record = ctx.get(job_id)
         if record.status not in ACTIVE:
             raise HTTPException(409, f"job {job_id} is {record.status}; only queued or running jobs can be cancelled")
-        return {"id": job_id, "status": scheduler.cancel(job_id)}
+        return {"id": job_id, "status": ctx.scheduler.cancel(job_id)}
 
     @app.post("/v1/jobs/{job_id}/resume", status_code=202)
     def resume(job_id: str) -> dict[str, Any]:
-        record = get(job_id)
+        record = ctx.get(job_id)
         if record.status not in ("interrupted", "failed"):
             raise HTTPException(409, f"job {job_id} is {record.status}; only interrupted or failed jobs resume")
         mode = resume_mode(Path(record.run_dir))
-        store.requeue(job_id, mode)
-        scheduler.notify()
-        return {"id": job_id, "status": "queued", "mode": mode, "queue_position": store.queue_position(job_id)}
+        ctx.store.requeue(job_id, mode)
+        ctx.scheduler.notify()
+        return {"id": job_id, "status": "queued", "mode": mode, "queue_position": ctx.store.queue_position(job_id)}
 
     @app.delete("/v1/jobs/{job_id}")
     def delete(job_id: str, purge: bool = False) -> dict[str, Any]:
-        with submit_lock, scheduler.lock:  # the queue cannot start it meanwhile
-            record = get(job_id)
+        with ctx.lock, ctx.scheduler.lock:  # the queue cannot start it meanwhile
+            record = ctx.get(job_id)
             if record.status == "running":
                 raise HTTPException(409, f"job {job_id} is running; cancel it first")
             run_dir = Path(record.run_dir)
-            store.remove(job_id)
+            ctx.store.remove(job_id)
         purged = False
-        if purge and run_dir.exists() and confiner.inside(run_dir, config.root) and run_dir != config.root:
+        root = ctx.config.root
+        if purge and run_dir.exists() and ctx.confiner.inside(run_dir, root) and run_dir.resolve() != root:
             shutil.rmtree(run_dir)
             purged = True
         return {"id": job_id, "deleted": True, "purged": purged}
 
+
+def _service_routes(app: FastAPI, ctx: _Context) -> None:
     @app.post("/v1/validate")
     def validate(body: RecipeRequest) -> dict[str, Any]:
-        recipe, _ = prepare(body, confiner, config.allow_remote_code)
+        recipe, _ = ctx.prepare(body)
         return {"valid": True, "recipe": recipe.model_dump(mode="json")}
 
     @app.post("/v1/plan")
     def plan(body: PlanRequest) -> dict[str, Any]:
-        recipe, _ = prepare(body, confiner, config.allow_remote_code)
+        recipe, _ = ctx.prepare(body)
         flags = []
         for key in ("gpu_mem", "device", "backend", "seq_len", "batch_size"):
             value = getattr(body, key)
             flags += [f"--{key.replace('_', '-')}", str(value)] if value is not None else []
-        return _dry_run(["plan"], recipe, [*flags, "--json"], config.root)
+        return _dry_run(["plan"], recipe, [*flags, "--json"], ctx.config.root)
 
     @app.post("/v1/data/check")
     def data_check(body: RecipeRequest) -> dict[str, Any]:
-        recipe, _ = prepare(body, confiner, config.allow_remote_code)
-        return _dry_run(["data", "check"], recipe, ["--json"], config.root)
+        recipe, _ = ctx.prepare(body)
+        return _dry_run(["data", "check"], recipe, ["--json"], ctx.config.root)
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "running": scheduler.running_id, "queued": len(store.queued())}
+        return {"status": "ok", "running": ctx.scheduler.running_id, "queued": len(ctx.store.queued())}
 
     @app.get("/v1/version")
     def version() -> dict[str, Any]:
         return {"version": __version__, "events_schema_version": 2}
-
-    return app
 
 
 class BearerAuth:

@@ -87,7 +87,8 @@ class JobStore:
 
     def queued(self) -> list[JobRecord]:
         with self._lock:
-            return sorted((r for r in self._jobs.values() if r.status == "queued"), key=lambda r: (r.queued_at, r.order))
+            queued = [r for r in self._jobs.values() if r.status == "queued"]
+        return sorted(queued, key=lambda r: (r.queued_at, r.order))
 
     def queue_position(self, job_id: str) -> int | None:
         """0 for the next job to start; None when the job is not queued."""
