@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+import qlora_kit as qk
+
 from conftest import RESUME_RECIPE, assert_same_losses, assert_seq_without_gaps, run_cli, write_recipe
 from server_helpers import TINY, Server, recipe_dict, sse, wait_status
 
@@ -136,6 +138,28 @@ def test_unknown_jobs_are_404_and_invalid_recipes_are_422_with_validates_problem
     assert len(problems) == 2  # schema problems first (as validate): lr and the typo
 
 
+def test_qk_client_wraps_the_api_and_raises_server_errors(guarded):
+    from qlora_kit.server.client import ServerError
+
+    (guarded.root / "recipes").mkdir(exist_ok=True)
+    (guarded.root / "recipes" / "tiny.yaml").write_text(json.dumps(TINY))
+    with qk.Client(guarded.url, token=TOKEN) as client:
+        assert client.health()["status"] == "ok" and client.version()["version"] == qk.__version__
+        resolved = client.validate("recipes/tiny.yaml", overrides=["train.max_steps=3"])["recipe"]
+        assert resolved["train"]["max_steps"] == 3 and resolved["output"]["dir"] == str(guarded.root.resolve() / "runs")
+        with pytest.raises(ServerError) as err:
+            client.submit({**TINY, "train": {"lr": "fast"}})
+        assert err.value.status == 422 and err.value.problems == [
+            "train.lr: 'fast': input should be a valid number, unable to parse string as a number"]
+        assert isinstance(err.value, qk.QKError)
+        with pytest.raises(ServerError) as err:
+            list(client.events("nope"))
+        assert (err.value.status, str(err.value)) == (404, "HTTP 404: no job 'nope'")
+    with pytest.raises(ServerError) as err:
+        qk.Client(guarded.url).jobs()
+    assert err.value.status == 401
+
+
 def test_event_stream_replays_after_last_event_id_without_gaps_or_repeats(tmp_path):
     from qlora_kit.server.client import sse_messages
     from qlora_kit.server.stream import event_stream
@@ -223,12 +247,18 @@ def test_submit_stream_complete_then_download_the_gguf_and_replay_from_last_even
         assert hashlib.sha256(response.content).hexdigest() == gguf[0]["sha256"]
         part = client.get(gguf[0]["url"], headers={"Range": "bytes=100-199"})
         assert part.status_code == 206 and part.content == response.content[100:200]
-        assert client.get(f"/v1/jobs/{job['id']}/artifacts/../../../etc/passwd").status_code == 404
+        escape = client.get(f"/v1/jobs/{job['id']}/artifacts/%2e%2e/%2e%2e/%2e%2e/etc/passwd")
+        assert escape.status_code == 404 and "has no artifact '../../../etc/passwd'" in escape.json()["detail"]
         # a UI that reconnects after event n gets n+1.. exactly, from the run's events.jsonl
         n = len(events) // 2
         again = sse(client, job["id"], last_event_id=n)
         assert again == events[n:]
         assert sse(client, job["id"], last_event_id=len(events)) == []
+    with qk.Client(s.url) as qc:
+        assert list(qc.events(job["id"], last_event_id=n)) == events[n:]
+        saved = qc.download(job["id"], gguf[0]["name"], s.root.parent / "model.gguf")
+        assert hashlib.sha256(saved.read_bytes()).hexdigest() == gguf[0]["sha256"]
+    with s.client() as client:
         assert client.delete(f"/v1/jobs/{job['id']}", params={"purge": "true"}).json()["purged"] is True
         assert not Path(job["run_dir"]).exists() and client.get("/v1/jobs").json() == []
 
@@ -240,6 +270,7 @@ def test_cancel_mid_run_then_resume_equals_an_uninterrupted_run(server, tmp_path
     with s.client() as client:
         job = client.post("/v1/jobs", json={"recipe": recipe}).json()
         seen = sse(client, job["id"], until=lambda e: e["event"] == "step" and e["step"] >= 5)
+        assert client.delete(f"/v1/jobs/{job['id']}").status_code == 409  # not while it runs
         assert client.post(f"/v1/jobs/{job['id']}/cancel").json() == {"id": job["id"], "status": "running"}
         stopped = wait_status(client, job["id"], ("interrupted", "failed", "complete"))
         assert stopped["status"] == "interrupted" and stopped["exit_code"] == 143, stopped
