@@ -5,6 +5,7 @@ A worker thread takes the oldest queued job, starts it and waits for it; `cancel
 (checkpoint at the next step boundary, then stop: status interrupted) and `resume` queues it again with
 `--resume`. On start-up `recover` settles what a previous server process left behind: a job it was running is
 `interrupted` (its child, if still alive, is first asked to checkpoint and stop), queued jobs stay queued.
+A server stopped normally (Ctrl-C, SIGTERM) cancels its running job the same way before it exits.
 """
 
 from __future__ import annotations
@@ -35,9 +36,14 @@ class Scheduler:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 60.0) -> None:
+        """Stop taking jobs; a running one is cancelled (checkpoint, then interrupted) and waited for, bounded."""
         self._stop.set()
         self.notify()
+        current = self._current
+        if current is not None:
+            current[1].cancel()
+            self._thread.join(wait_s)
 
     def notify(self) -> None:
         with self._wake:
