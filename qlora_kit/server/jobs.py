@@ -102,6 +102,9 @@ class Scheduler:
             status, error, code = RESULT_STATUS.get(result.status, "failed"), result.error, result.exit_code
         except QKError as exc:
             status, error, code = "failed", str(exc), job.returncode
+            if code == -signal.SIGTERM and record.id in self._cancel_asked:
+                # cancelled before the child installed its handler: nothing was trained, nothing to checkpoint
+                status, error = "interrupted", "cancelled before training started"
         finally:
             with self._wake:
                 self._current = None
