@@ -30,7 +30,7 @@ _EXPORTS = {
     "BenchReport": "qlora_kit.stages", "parse_event": "qlora_kit.events", "read_events": "qlora_kit.eventlog",
     "QKError": "qlora_kit.errors", "UsageError": "qlora_kit.errors", "RecipeError": "qlora_kit.errors",
     "DataError": "qlora_kit.errors", "StageError": "qlora_kit.errors", "DiskFullError": "qlora_kit.errors",
-    "OutOfMemoryError": "qlora_kit.errors",
+    "OutOfMemoryError": "qlora_kit.errors", "Client": "qlora_kit.server.client",
 }
 __all__ = ["__version__", *_EXPORTS]
 
@@ -100,4 +100,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from qlora_kit.jobs import Job
     from qlora_kit.recipe.schema import Recipe
     from qlora_kit.results import Artifact, ExportResult, MergeResult, TrainResult
+    from qlora_kit.server.client import Client
     from qlora_kit.stages import BenchReport, EvalReport, Plan, bench, evaluate, export, merge, plan

@@ -98,9 +98,16 @@ class EventLog:
 
     def _send(self, event: BaseEvent) -> None:
         line = event.model_dump_json() + "\n"
-        for sink in self.sinks:
-            sink.write(line)
-            sink.flush()
+        for sink in list(self.sinks):
+            try:
+                sink.write(line)
+                sink.flush()
+            except BrokenPipeError:
+                # The reader is gone (a job server killed mid-run): the run goes on, its events.jsonl is complete,
+                # and a signal still stops it with a checkpoint. Closing drops the buffered line with the stream.
+                self.sinks.remove(sink)
+                with contextlib.suppress(OSError):
+                    sink.close()
         for deliver in self.deliver:
             deliver(event)
 

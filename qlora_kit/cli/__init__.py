@@ -17,8 +17,8 @@ from qlora_kit import __version__
 from qlora_kit.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, QKError, RecipeError
 
 # Each module exposes register(subparsers, common) and sets `func` on its parser.
-_SUBCOMMANDS = ("train", "validate", "data", "merge", "export", "eval", "chat", "serve", "bench", "plan", "schema",
-                "events_schema")
+_SUBCOMMANDS = ("train", "validate", "data", "merge", "export", "eval", "chat", "serve", "server", "bench", "plan",
+                "schema", "events_schema")
 EXIT_CODES = ("Exit codes: 0 ok, 1 a stage failed, 2 bad command/recipe/input, 3 out of memory, 130 interrupted "
               "(SIGINT/STOP file; resume with --resume), 143 terminated (SIGTERM; resume with --resume).")
 
