@@ -171,7 +171,7 @@ def test_data_check_reports_every_problem_kind_with_rows(tmp_path):
         assert line in out.splitlines(), line
     assert result.stderr.strip() == (f"qlora-kit: error: 6 row(s) with problems; training would stop at the first "
                                      f"({data}:2: bad JSON (Expecting property name enclosed in double quotes at "
-                                     "column 2))")
+                                     "column 2)); fix them, or set data.on_bad_rows: skip to drop them")
 
 
 def test_data_check_on_good_data_shows_stats_and_the_mask(tmp_path):
@@ -205,3 +205,30 @@ def test_hub_dataset_that_cannot_be_loaded(tmp_path, monkeypatch):
     assert result.stderr.strip().startswith("qlora-kit: error: data.path: cannot load Hub dataset "
                                             "'someone/does-not-exist' split 'train': ")
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def _latin1_dataset(tmp_path):
+    """Three good rows and, on line 2, one saved as latin-1 (é is the single byte 0xe9)."""
+    good = (json.dumps(GOOD) + "\n").encode()
+    bad = json.dumps({"messages": [{"role": "user", "content": "Café?"}, {"role": "assistant", "content": "Oui."}]},
+                     ensure_ascii=False).encode("latin-1") + b"\n"
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(good + bad + good + good)
+    return path, len(good) + bad.index(b"\xe9")
+
+
+def test_data_check_names_the_line_that_is_not_utf8(tmp_path):
+    data, offset = _latin1_dataset(tmp_path)
+    result = run_cli("data", "check", str(write_recipe(tmp_path / "r.yaml", data={"path": str(data)})))
+    assert result.returncode == 2
+    assert "rows: 4 read, 3 valid, 1 with problems" in result.stdout.splitlines()
+    problem = f"{data}:2: not valid UTF-8 (at byte offset {offset}); re-save the file as UTF-8"
+    assert "  not valid UTF-8 (bad_utf8): 1" in result.stdout.splitlines()
+    assert f"      {problem}" in result.stdout.splitlines()
+    assert problem in result.stderr and "data.on_bad_rows: skip" in result.stderr
+
+
+def test_train_stops_on_a_row_that_is_not_utf8(tmp_path):
+    data, offset = _latin1_dataset(tmp_path)
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(data)})
+    train_fails(tmp_path, recipe, f"{data}:2: not valid UTF-8 (at byte offset {offset}); re-save the file as UTF-8")

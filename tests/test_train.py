@@ -245,3 +245,25 @@ def test_evaluating_during_training_does_not_change_training(tmp_path, backend):
         losses[name] = step_losses(tmp_path / "runs" / name)
     assert len(losses["plain"]) == 30 and len(read_events(tmp_path / "runs" / "with-eval", "eval")) >= 3
     assert losses["with-eval"] == pytest.approx(losses["plain"], rel=1e-6)
+
+
+def test_a_bom_file_trains_and_skipped_rows_are_reported(tmp_path):
+    # A UTF-8 byte-order mark (what Windows editors write) and, on line 3, a row saved as latin-1: with
+    # data.on_bad_rows: skip the run drops exactly that row and says so on stderr and in events.jsonl.
+    good = [json.dumps({"messages": [{"role": "user", "content": f"Say {i}"},
+                                     {"role": "assistant", "content": f"{i}."}]}).encode() for i in range(8)]
+    latin1 = '{"messages": [{"role": "user", "content": "Café?"}, {"role": "assistant", "content": "Oui."}]}'
+    data = tmp_path / "bom.jsonl"
+    data.write_bytes(b"\xef\xbb\xbf" + b"\n".join(good[:2] + [latin1.encode("latin-1")] + good[2:]) + b"\n")
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(data), "on_bad_rows": "skip"},
+                          train={"max_steps": 2, "batch_size": 4})
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    offset = 3 + len(good[0]) + len(good[1]) + 2 + latin1.encode("latin-1").index(b"\xe9")
+    note = (f"data.on_bad_rows is skip: skipped 1 of 9 rows of {data}: {data}:3 (not valid UTF-8 (at byte offset "
+            f"{offset}); re-save the file as UTF-8)")
+    assert f"qlora-kit: warning: {note}" in result.stderr.splitlines()
+    run_dir = tmp_path / "runs" / "r"
+    assert [e["message"] for e in read_events(run_dir, "warning")] == [note]
+    assert read_events(run_dir, "data")[0]["train_rows"] == 8
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"

@@ -35,9 +35,10 @@ def run(args) -> int:
         print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
     else:
         print(render_text(report, color=sys.stdout.isatty()))
-    if report.problems:
+    if report.problems and recipe.data.on_bad_rows == "error":
         n = sum(e["count"] for e in report.problems.values())
-        raise DataError(f"{n} row(s) with problems; training would stop at the first ({_first(report)})")
+        raise DataError(f"{n} row(s) with problems; training would stop at the first ({_first(report)}); fix them, "
+                        "or set data.on_bad_rows: skip to drop them")
     if report.total_trained_tokens == 0:
         raise DataError("no token would be trained: every row is masked out or truncated away "
                         "(check data.train_on, the chat template, and model.max_seq_length)")

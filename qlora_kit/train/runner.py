@@ -16,6 +16,7 @@ from qlora_kit.data.encode import apply_chat_template_choice
 from qlora_kit.data.prepare import encode_split, load_examples
 from qlora_kit.errors import EXIT_INTERRUPTED, DataError, QKError, StageError
 from qlora_kit.memory import peak_rss_bytes
+from qlora_kit.messages import first_line
 from qlora_kit.recipe import dump_recipe, load_recipe
 from qlora_kit.recipe.checks import check_paths
 from qlora_kit.train.rundir import RunDir, atomic_write_json
@@ -27,7 +28,8 @@ def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrit
     check_paths(recipe, recipe_path)
     run = RunDir(Path(recipe.output.dir) / recipe.output.name)
     run.check_start(resume, overwrite)
-    train_items, eval_items, fmt = load_examples(recipe.data, recipe.train.seed)
+    data_notes: list[str] = []  # rows dropped by data.on_bad_rows: skip, recorded as warning events
+    train_items, eval_items, fmt = load_examples(recipe.data, recipe.train.seed, data_notes)
 
     from qlora_kit.model.backends import get_backend
 
@@ -42,6 +44,8 @@ def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrit
     run.start(dump_recipe(resolved), resume, overwrite, info=_run_info(resolved))
     run.event("run_start", backend=resolved.model.backend, device=rt.device,
               resumed_from=str(checkpoint) if checkpoint else None)
+    for note in data_notes:
+        run.event("warning", message=note)
     try:
         hint = " ".join(["qlora-kit train", recipe_path, *(f"--set {o}" for o in overrides), "--resume"])
         return _train(run, resolved, rt, backend, resolve_model_path, train_items, eval_items, fmt, checkpoint, t0,
@@ -55,7 +59,7 @@ def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrit
         raise
     except Exception as exc:
         _fail(run, f"{type(exc).__name__}: {exc}")
-        raise StageError(f"training failed: {type(exc).__name__}: {_first_line(exc)} (run dir: {run.root})") from exc
+        raise StageError(f"training failed: {type(exc).__name__}: {first_line(exc)} (run dir: {run.root})") from exc
 
 
 def _train(run, recipe, rt, backend, resolve_model_path, train_items, eval_items, fmt, checkpoint, t0,
@@ -214,8 +218,4 @@ def _run_info(recipe) -> dict:
     if recipe.train.device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0]
 
