@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from qlora_kit.messages import first_line
+
 STARTED = time.perf_counter()  # "time to first step" counts from here: process start, imports and load included
 
 EXIT_OOM = 3
@@ -34,10 +36,10 @@ def main(argv: list[str]) -> int:
         result.update(run_cell(spec))
         result["status"] = "ok"
     except MemoryError as exc:
-        result.update(status="oom", error=_first_line(exc) or "MemoryError")
+        result.update(status="oom", error=first_line(exc, "MemoryError"))
         code = EXIT_OOM
     except Exception as exc:  # noqa: BLE001  (a cell always reports; the sweep goes on)
-        text = f"{type(exc).__name__}: {_first_line(exc)}"
+        text = f"{type(exc).__name__}: {first_line(exc)}"
         is_oom = type(exc).__name__ == "OutOfMemoryError" or any(m in str(exc) for m in OOM_MARKERS)
         result.update(status="oom" if is_oom else "error", error=text)
         code = EXIT_OOM if is_oom else 1
@@ -211,10 +213,6 @@ def make_timer(steps: int, profile_last: bool, cuda: bool):
                 self.losses.append(round(float(logs["loss"]), 6))
 
     return StepTimer()
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0]
 
 
 if __name__ == "__main__":

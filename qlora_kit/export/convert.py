@@ -16,7 +16,7 @@ import numpy as np
 from qlora_kit.errors import StageError, UsageError
 from qlora_kit.export.archs import ARCHS, common_kv, permute_for_llama_cpp
 from qlora_kit.export.vocab import add_vocab
-from qlora_kit.memory import return_large_frees_to_the_os
+from qlora_kit.compat import return_large_frees_to_the_os
 from qlora_kit.merge.checkpoint import Checkpoint
 from qlora_kit.registry import Registry
 

@@ -147,10 +147,11 @@ class _Verifier:
         self.reference = hf_logits(self.model, self.rows)
 
     def check(self, quant: str, path: Path) -> dict:
-        from qlora_kit.export.verify import check_tokens, compare, gguf_logits, judge
+        from qlora_kit.export.verify import check_tokens, gguf_logits, judge
+        from qlora_kit.logits import compare_logits
 
         tokens = check_tokens(path, self.tokenizer, self.chat_sample)
-        logits = compare(self.reference, gguf_logits(path, self.rows))
+        logits = compare_logits(self.reference, gguf_logits(path, self.rows))
         passed, summary = judge(quant, tokens, logits)
         return {"passed": passed, "summary": summary, "tokens": tokens, "logits": logits,
                 "samples": len(self.rows), "samples_from": self.rows_from}
@@ -158,7 +159,7 @@ class _Verifier:
 
 def _held_out(model_dir: Path, run_dir: Path | None, tokenizer, n: int):
     if run_dir is not None:
-        from qlora_kit.merge.run import held_out_rows
+        from qlora_kit.data.held_out import held_out_rows
         from qlora_kit.recipe import load_recipe
 
         source, rows = held_out_rows(load_recipe(run_dir / "recipe.yaml"), tokenizer, n)

@@ -97,18 +97,6 @@ def hf_logits(model, rows: list[list[int]]) -> list[np.ndarray]:
         return [model(input_ids=torch.tensor([ids])).logits[0].float().numpy() for ids in rows]
 
 
-def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:
-    max_diff, kl, agree, count = 0.0, 0.0, 0, 0
-    for ref, cand in zip(reference, candidate):
-        max_diff = max(max_diff, float(np.abs(ref - cand).max()))
-        logp, logq = _log_softmax(ref), _log_softmax(cand)
-        kl += float((np.exp(logp) * (logp - logq)).sum())
-        agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
-        count += ref.shape[0]
-    return {"max_abs_logit_diff": max_diff, "mean_kl": max(0.0, kl / max(count, 1)),
-            "top1_agreement": agree / max(count, 1), "tokens": count}
-
-
 def judge(quant: str, tokens: dict, logits: dict) -> tuple[bool, str]:
     if tokens["equal"] != tokens["texts"]:
         return False, f"llama.cpp tokenizes {tokens['texts'] - tokens['equal']} of {tokens['texts']} test texts " \
@@ -120,7 +108,3 @@ def judge(quant: str, tokens: dict, logits: dict) -> tuple[bool, str]:
     ok = value <= limit if metric == "max_abs_logit_diff" else value >= limit
     return ok, f"{metric} {value:.4g} ({'within' if ok else 'outside'} the limit {limit})"
 
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
