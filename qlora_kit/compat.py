@@ -43,6 +43,7 @@ def quiet_libraries() -> None:
     pattern = "|".join(LIBRARY_MODULES)
     warnings.filterwarnings("ignore", module=rf"^({pattern})(\.|$)")
     warnings.filterwarnings("default", category=QKWarning)  # inserted first: wins over the lines above
+    warnings.formatwarning = _format_warning
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if not sys.stderr.isatty():
         # In logs, progress bars are noise; on a terminal they are how a multi-GB Hub download shows it is alive.
@@ -50,6 +51,15 @@ def quiet_libraries() -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings precede our one-line error
+
+
+def _format_warning(message, category, filename, lineno, line=None, _python=warnings.formatwarning) -> str:
+    """Ours as `qlora-kit: warning: ...`, like the one-line errors; anything else as Python prints it."""
+    from qlora_kit.messages import QKWarning
+
+    if issubclass(category, QKWarning):
+        return f"qlora-kit: warning: {message}\n"
+    return _python(message, category, filename, lineno, line)
 
 
 def no_datasets_progress_bars() -> None:
