@@ -267,3 +267,23 @@ def test_a_bom_file_trains_and_skipped_rows_are_reported(tmp_path):
     assert [e["message"] for e in read_events(run_dir, "warning")] == [note]
     assert read_events(run_dir, "data")[0]["train_rows"] == 8
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+
+
+def test_custom_model_code_is_not_run_and_the_built_in_class_is_said(tmp_path, tiny_model_dir):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_custom.CustomConfig",
+                          "AutoModelForCausalLM": "modeling_custom.CustomLM"}
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "modeling_custom.py").write_text("raise SystemExit('remote code ran')\n")
+    recipe = write_recipe(tmp_path / "r.yaml", model={"name": str(model)}, train={"max_steps": 1})
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    note = (f"model.name: {model} ships its own model code (auto_map: AutoConfig: configuration_custom.CustomConfig, "
+            "AutoModelForCausalLM: modeling_custom.CustomLM); model.trust_remote_code is false, so transformers' "
+            "built-in LlamaForCausalLM is used instead (set model.trust_remote_code: true only if you trust that code)")
+    assert [line for line in result.stderr.splitlines() if "warning" in line] == [f"qlora-kit: warning: {note}"]
+    assert [e["message"] for e in read_events(tmp_path / "runs" / "r", "warning")] == [note]

@@ -53,8 +53,11 @@ def _first(report) -> str:
 def _load_tokenizer(recipe):
     from transformers import AutoTokenizer
 
+    from qlora_kit.model.check import check_model, loading
     from qlora_kit.model.resolve import resolve_model_path
 
     m = recipe.model
-    return AutoTokenizer.from_pretrained(resolve_model_path(m.name), trust_remote_code=m.trust_remote_code,
-                                         revision=m.revision)
+    check_model(m)  # a config transformers cannot load: one line, exit 2
+    with loading(m.name):
+        return AutoTokenizer.from_pretrained(resolve_model_path(m.name), trust_remote_code=m.trust_remote_code,
+                                             revision=m.revision)

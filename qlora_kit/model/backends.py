@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from qlora_kit.compat import exact_nf4_on_cpu, unsloth_cpu_fp32
 from qlora_kit.errors import UsageError
+from qlora_kit.model.check import loading
 from qlora_kit.registry import Registry
 from qlora_kit.recipe.schema import LoraSection, ModelSection
 
@@ -100,10 +101,11 @@ def _prepare_unsloth(cfg: ModelSection) -> None:
 def _load_unsloth(path: str, cfg: ModelSection, lora: LoraSection, rt: Runtime):
     from unsloth import FastLanguageModel
 
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=path, max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit, dtype=rt.torch_dtype,
-        trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
-    )
+    with loading(path):
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=path, max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit, dtype=rt.torch_dtype,
+            trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+        )
     model = FastLanguageModel.get_peft_model(
         model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
         target_modules=target_modules(model, lora), use_rslora=lora.rslora, random_state=rt.seed,
@@ -127,11 +129,13 @@ def _load_hf(path: str, cfg: ModelSection, lora: LoraSection, rt: Runtime):
     if cfg.load_in_4bit:
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=rt.torch_dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=quant, dtype=rt.torch_dtype, device_map={"": rt.device},
-        trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
-    )
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    with loading(path):
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quant, dtype=rt.torch_dtype, device_map={"": rt.device},
+            trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code,
+                                                  revision=cfg.revision)
     if cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=rt.gradient_checkpointing)
         exact_nf4_on_cpu(model)

@@ -35,6 +35,9 @@ def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrit
 
     backend = get_backend(recipe.model.backend)
     backend.prepare(recipe.model)  # before transformers is imported anywhere (Unsloth patches it)
+    from qlora_kit.model.check import check_model
+
+    model_notes = check_model(recipe.model)  # a config transformers cannot load: one line, before the run dir
     from qlora_kit.model.resolve import resolve_model_path
     from qlora_kit.train.auto import resolve
 
@@ -44,7 +47,7 @@ def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrit
     run.start(dump_recipe(resolved), resume, overwrite, info=_run_info(resolved))
     run.event("run_start", backend=resolved.model.backend, device=rt.device,
               resumed_from=str(checkpoint) if checkpoint else None)
-    for note in data_notes:
+    for note in data_notes + model_notes:
         run.event("warning", message=note)
     try:
         hint = " ".join(["qlora-kit train", recipe_path, *(f"--set {o}" for o in overrides), "--resume"])
