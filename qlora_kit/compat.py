@@ -121,6 +121,23 @@ def restore_trainable_dtypes(model, dtypes: dict) -> None:
             param.data = param.data.to(dtypes[name])
 
 
+def plain_loss_sft_trainer():
+    """SFTTrainer with the model's own causal-LM loss. Verified: trl 1.15.0.
+
+    TRL computes the SFT loss through a Triton kernel (fused LM head) with no CPU path: on CPU tensors it fails,
+    with or without Triton installed. On CPU the hf backend therefore uses the model's own causal-LM loss (what
+    `transformers.Trainer` computes). Unsloth replaces the loss itself, so it needs no such change."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class PlainLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return PlainLossSFTTrainer
+
+
 def return_large_frees_to_the_os() -> None:
     """Keep tensor-sized allocations out of the malloc heap (glibc only; elsewhere a no-op). Verified: glibc 2.36.
 

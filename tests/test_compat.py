@@ -78,7 +78,7 @@ def test_unsloth_reads_unsloth_cpu_bf16_and_the_workaround_sets_it(monkeypatch):
     assert os.environ["UNSLOTH_CPU_BF16"] == "1"  # the user's own setting wins
 
 
-def test_trl_casts_quantized_lora_weights_to_bf16_and_the_printer_callback_is_added(tiny_model_dir, tmp_path):
+def test_trl_and_transformers_trainer_behaviours_we_undo(tiny_model_dir, tmp_path):
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
@@ -102,6 +102,15 @@ def test_trl_casts_quantized_lora_weights_to_bf16_and_the_printer_callback_is_ad
     compat.restore_trainable_dtypes(model, dtypes)
     compat.remove_printer_callback(trainer)
     assert trainable() == {torch.float32} and printers() == []
+
+    # TRL's loss runs a Triton kernel that has no CPU path; the model's own causal-LM loss is what replaces it.
+    batch = {"input_ids": torch.tensor([[1, 2, 3, 4]]), "labels": torch.tensor([[1, 2, 3, 4]])}
+    with pytest.raises(AttributeError):  # trl 1.15: the kernel is None without Triton, and Triton has no CPU path
+        trainer.compute_loss(model, batch)
+    plain = compat.plain_loss_sft_trainer()(model=model, args=args, train_dataset=trainer.train_dataset,
+                                            processing_class=trainer.processing_class)
+    with torch.no_grad():
+        assert plain.compute_loss(model, batch).item() == pytest.approx(model(**batch).loss.item(), rel=1e-6)
 
 
 MALLOC = """

@@ -3,7 +3,8 @@ so TRL's own dataset preparation is skipped: what `data check` previews is exact
 
 from __future__ import annotations
 
-from qlora_kit.compat import remove_printer_callback, restore_trainable_dtypes, trainable_dtypes
+from qlora_kit.compat import (plain_loss_sft_trainer, remove_printer_callback, restore_trainable_dtypes,
+                              trainable_dtypes)
 from qlora_kit.data.encode import Encoded
 from qlora_kit.recipe.schema import Recipe
 from qlora_kit.train.auto import Runtime
@@ -51,7 +52,7 @@ def build_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eva
 
     cls = SFTTrainer
     if recipe.model.backend == "hf" and rt.device == "cpu":
-        cls = _plain_loss_trainer()
+        cls = plain_loss_sft_trainer()
     adapter_dtypes = trainable_dtypes(model)
     trainer = cls(
         model=model, processing_class=tokenizer, args=sft_config(recipe, rt, output_dir, bool(eval_rows), save),
@@ -62,17 +63,3 @@ def build_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eva
     restore_trainable_dtypes(model, adapter_dtypes)  # TRL casts LoRA weights of a quantized model to bf16
     return trainer
 
-
-def _plain_loss_trainer():
-    """TRL 1.15 computes the SFT loss through a Triton kernel (fused LM head) with no CPU path: on CPU tensors it
-    fails, with or without Triton installed. On CPU the hf backend therefore uses the model's own causal-LM loss
-    (what `transformers.Trainer` computes). Unsloth replaces the loss itself, so it needs no such change."""
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    class PlainLossSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-
-    return PlainLossSFTTrainer
