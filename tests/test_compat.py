@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, pinned_versions
 from qlora_kit import compat
 
 
@@ -24,8 +24,7 @@ def _python(code: str, *args: str, env: dict | None = None) -> subprocess.Comple
 
 
 def test_verified_versions_are_the_pinned_ones():
-    pins = dict(line.split("==") for line in (ROOT / "requirements" / "constraints.txt").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
+    pins = pinned_versions()
     assert {lib: pins[lib] for lib in compat.VERIFIED if lib != "glibc"} == {
         lib: v for lib, v in compat.VERIFIED.items() if lib != "glibc"}
 

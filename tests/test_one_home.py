@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 
-from conftest import ROOT
+import pytest
+
+from conftest import ROOT, pinned_versions
 
 PACKAGE = ROOT / "qlora_kit"
 
@@ -67,7 +68,7 @@ IMPORT_NAMES = {"pyyaml": "yaml", "llama-cpp-python": "llama_cpp"}
 
 
 def test_every_declared_dependency_is_used():
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = [re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0].lower() for d in deps]
@@ -77,7 +78,7 @@ def test_every_declared_dependency_is_used():
 
 
 def _declared() -> list[str]:
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     return project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
@@ -86,8 +87,7 @@ def _declared() -> list[str]:
 def test_every_dependency_is_pinned_to_the_version_the_suite_runs_with():
     # A range admits versions nobody ran the suite with: transformers 4.57.6 was allowed, and there a float
     # warmup_steps is not a ratio (warmup silently lost). pyproject and the Makefile's constraints must agree.
-    pins = dict(line.split("==") for line in (ROOT / "requirements" / "constraints.txt").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
+    pins = pinned_versions()
     for dep in _declared():
         name, _, spec = re.match(r"([A-Za-z0-9_.-]+)(\[[^]]*\])?(.*)", dep.split(";")[0]).groups()
         assert spec.strip() == f"=={pins.get(name.lower().replace('_', '-'), pins.get(name))}", dep

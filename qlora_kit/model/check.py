@@ -119,9 +119,8 @@ def _check_shapes(path: Path, shapes: dict, config, trust_remote_code: bool) -> 
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        raise UsageError(f"model.name: {path}: transformers cannot build the model its config.json describes: "
-                         f"{type(exc).__name__}: {first_line(exc)}") from None
+    except Exception:  # noqa: BLE001  a class only a backend's own loader builds (multimodal wrappers, ...):
+        return  # nothing to compare with here; `loading` still turns the loader's failure into one line
     for name, tensor in model.state_dict().items():
         file, shape = shapes.get(name, (None, None))
         if file is not None and list(shape) != list(tensor.shape):
