@@ -14,6 +14,7 @@ import traceback
 from qlora_kit import __version__
 from qlora_kit.compat import quiet_libraries
 from qlora_kit.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, QKError, RecipeError
+from qlora_kit.messages import first_line
 
 # Each module exposes register(subparsers, common) and sets `func` on its parser.
 _SUBCOMMANDS = ("train", "validate", "data", "merge", "export", "chat", "serve", "bench", "plan", "schema")
@@ -54,10 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # anything unexpected: still one line, with the way to get more
         if debug:
             traceback.print_exc()
-        from qlora_kit.messages import first_line
-
-        print(f"qlora-kit: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"qlora-kit: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
         return EXIT_RUNTIME
 
 
