@@ -226,6 +226,9 @@ def test_data_check_names_the_line_that_is_not_utf8(tmp_path):
     assert "  not valid UTF-8 (bad_utf8): 1" in result.stdout.splitlines()
     assert f"      {problem}" in result.stdout.splitlines()
     assert problem in result.stderr and "data.on_bad_rows: skip" in result.stderr
+    skipping = run_cli("data", "check", str(tmp_path / "r.yaml"), "--set", "data.on_bad_rows=skip")
+    assert skipping.returncode == 0, skipping.stderr
+    assert "  data.on_bad_rows is skip: training drops these 1 row(s)" in skipping.stdout.splitlines()
 
 
 def test_train_stops_on_a_row_that_is_not_utf8(tmp_path):
