@@ -74,3 +74,38 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+RESUME_RECIPE = {"train": {"max_steps": 24, "logging_steps": 1, "save_steps": 1000, "lr": 3e-3},
+                 "lora": {"dropout": 0.1}}  # dropout: resume must restore the RNG state too
+
+
+@pytest.fixture(scope="session")
+def straight_losses(tmp_path_factory) -> dict[int, float]:
+    """step -> loss of one uninterrupted run of RESUME_RECIPE: what every cancel-then-resume run must reproduce."""
+    tmp = tmp_path_factory.mktemp("straight")
+    recipe = write_recipe(tmp / "straight.yaml", **RESUME_RECIPE)
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return step_losses(tmp / "runs" / "straight")
+
+
+def assert_same_losses(run_dir: Path, reference: dict[int, float]) -> None:
+    losses = step_losses(run_dir)
+    assert sorted(losses) == sorted(reference) == list(range(1, len(reference) + 1))
+    for step in reference:
+        assert losses[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step  # float noise only
+
+
+def assert_seq_without_gaps(run_dir: Path) -> list[dict]:
+    events = read_events(run_dir)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert len({e["run_id"] for e in events}) == 1 and events[0]["run_id"]
+    return events
+
+
+def plugin_env(*dirs: str, **extra: str) -> dict:
+    """The environment of a CLI subprocess in which the test plugin packages in tests/<dir> are installed."""
+    paths = [str(ROOT / "tests" / d) for d in dirs]
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
+            "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep), **extra}

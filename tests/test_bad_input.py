@@ -34,7 +34,7 @@ def test_mistyped_field(tmp_path):
     train_fails(tmp_path, recipe, f"{recipe}: train.max_step: unknown key (did you mean 'max_steps'?); allowed here: "
                 "epochs, max_steps, lr, lr_scheduler, warmup_ratio, batch_size, grad_accum, optimizer, weight_decay, "
                 "max_grad_norm, gradient_checkpointing, seed, device, logging_steps, eval_steps, save_steps, "
-                "save_total_limit")
+                "save_total_limit, report_to")
 
 
 @pytest.mark.parametrize("lr, shown", [("0", "0"), ("-1e-4", "-0.0001")])

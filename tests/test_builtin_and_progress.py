@@ -32,20 +32,19 @@ def test_tiny_tokenizer_round_trips_and_has_chat_markers(tiny_tokenizer):
         assert len(tiny_tokenizer.encode(marker, add_special_tokens=False)) == 1
 
 
-def test_progress_plain_lines_when_not_a_terminal(capsys):
-    progress = Progress(tty=False)
-    progress.update(10, 100, 2.5, 1234.0)
-    progress.update(20, 100, 2.25, None)
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "step 10/100  loss 2.5000  tok/s 1,234  eta -"
-    assert lines[1].startswith("step 20/100  loss 2.2500  tok/s -  eta 00:00:")
+def test_progress_plain_lines_when_not_a_terminal():
+    lines = []
+    progress = Progress(lines.append, tty=False)
+    progress.update(10, 100, 2.5, 1234.0, None)
+    progress.update(20, 100, 2.25, None, 75.0)
+    assert lines == ["step 10/100  loss 2.5000  tok/s 1,234  eta -", "step 20/100  loss 2.2500  tok/s -  eta 00:01:15"]
 
 
 def test_progress_bar_on_a_terminal(monkeypatch):
     err = io.StringIO()
     monkeypatch.setattr("sys.stderr", err)
-    progress = Progress(tty=True)
-    progress.update(5, 50, 1.5, 900.0)
+    progress = Progress(print, tty=True)
+    progress.update(5, 50, 1.5, 900.0, None)
     progress.close()
     shown = err.getvalue()
     assert "5/50" in shown and "loss 1.5000, 900 tok/s" in shown and "<" in shown  # tqdm's ETA field

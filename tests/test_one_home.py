@@ -35,8 +35,8 @@ def _sources_matching(pattern: str) -> list[str]:
 
 
 def test_first_line_of_an_exception_has_one_home():
-    assert _defined("_first_line") == [] and _defined("first_line") == ["qlora_kit/messages.py"]
-    assert _sources_matching(r"splitlines\(\) or \[") == ["qlora_kit/messages.py"]
+    assert _defined("_first_line") == [] and _defined("first_line") == ["qlora_kit/errors.py"]
+    assert _sources_matching(r"splitlines\(\) or \[") == ["qlora_kit/errors.py"]
 
 
 def test_one_logit_comparison_serves_merge_and_export():
@@ -77,11 +77,17 @@ def test_every_declared_dependency_is_used():
     assert unused == []
 
 
+# Optional metric loggers (`train.report_to`, off by default): the suite neither installs nor runs them, so there is
+# no tested version to pin them to; their ranges stay as their extras declare them.
+UNTESTED_EXTRAS = {"tensorboard", "wandb", "mlflow"}
+
+
 def _declared() -> list[str]:
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    return project["dependencies"] + [d for name, extra in project["optional-dependencies"].items()
+                                      if name not in UNTESTED_EXTRAS for d in extra]
 
 
 def test_every_dependency_is_pinned_to_the_version_the_suite_runs_with():

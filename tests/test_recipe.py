@@ -49,7 +49,7 @@ def test_all_problems_reported_at_once_with_paths_values_and_suggestions(tmp_pat
         "adafactor, sgd",
         "train.learning_rate: unknown key (did you mean 'lr'?); allowed here: epochs, max_steps, lr, lr_scheduler, "
         "warmup_ratio, batch_size, grad_accum, optimizer, weight_decay, max_grad_norm, gradient_checkpointing, "
-        "seed, device, logging_steps, eval_steps, save_steps, save_total_limit",
+        "seed, device, logging_steps, eval_steps, save_steps, save_total_limit, report_to",
     ]
 
 

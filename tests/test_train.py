@@ -3,17 +3,20 @@ interrupt + resume equality, and refusing to clobber runs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, read_events, run_cli, step_losses, write_recipe
+from conftest import (RESUME_RECIPE, ROOT, assert_same_losses, assert_seq_without_gaps, read_events, run_cli,
+                      plugin_env, step_losses, write_recipe)
 
 pytestmark = pytest.mark.slow
 
@@ -22,9 +25,13 @@ LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """The shipped demo recipe, exactly as `make demo` runs it, with the output under a temp dir."""
+    """The shipped demo recipe as `make demo` runs it (output under a temp dir), followed the way a host follows a
+    run: events as JSON lines on stdout (`--events -`) and a hook from an installed plugin package (entry point)."""
     out = tmp_path_factory.mktemp("demo")
-    result = run_cli("train", "recipes/tiny-demo.yaml", "--set", f"output.dir={out}")
+    hook_log = out / "hook.jsonl"
+    result = subprocess.run([sys.executable, "-m", "qlora_kit", "train", "recipes/tiny-demo.yaml", "--set",
+                             f"output.dir={out}", "--events", "-"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=900, env=plugin_env("plugins", QK_TEST_HOOK_LOG=str(hook_log)))
     assert result.returncode == 0, result.stderr[-3000:]
     return out / "tiny-demo", result
 
@@ -37,8 +44,46 @@ def test_demo_trains_and_halves_the_loss(demo_run):
     assert metrics["eval_loss"] < metrics["first_loss"]
     assert metrics["tokens_per_second"] > 0 and metrics["peak_memory_bytes"] > 100 * 2**20
     assert metrics["peak_memory_kind"] == "cpu_peak_rss"
-    # Not a terminal: plain progress lines on stdout.
-    assert "step 10/300  loss " in result.stdout and " tok/s " in result.stdout and " eta " in result.stdout
+    # Not a terminal, and stdout carries the events: plain progress lines on stderr.
+    assert "step 10/300  loss " in result.stderr and " tok/s " in result.stderr and " eta " in result.stderr
+
+
+def test_events_on_stdout_are_the_run_log_and_follow_the_shipped_schema(demo_run):
+    """`--events -`: stdout holds only event lines (merge and export included), identical to events.jsonl, and
+    every one validates against the JSON Schema `qlora-kit events-schema` prints."""
+    import jsonschema
+
+    run_dir, result = demo_run
+    lines = result.stdout.splitlines()
+    assert lines == (run_dir / "events.jsonl").read_text().splitlines()
+    printed = run_cli("events-schema")
+    assert printed.returncode == 0
+    schema = json.loads(printed.stdout)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    validator = jsonschema.Draft202012Validator(schema)
+    for line in lines:
+        validator.validate(json.loads(line))
+    events = assert_seq_without_gaps(run_dir)
+    assert {e["event"] for e in events} >= {"run_start", "stage", "data", "step", "eval", "checkpoint", "artifact",
+                                            "run_end"}
+    # A broken event must fail the schema (the check above can fail).
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({**json.loads(lines[0]), "seq": 0})
+
+
+def test_plugin_hook_hears_every_event_in_order_as_event_models(demo_run):
+    run_dir, _ = demo_run
+    heard = [json.loads(line) for line in (run_dir.parent / "hook.jsonl").read_text().splitlines()]
+    assert heard, "the plugin hook was never called"
+    events = read_events(run_dir)
+    assert [h["seq"] for h in heard] == [e["seq"] for e in events]
+    assert heard[0]["event"] == "run_start" and heard[-1]["event"] == "run_end" and heard[-1]["status"] == "complete"
+    assert {h["type"].rsplit(".", 1)[0] for h in heard} == {"qlora_kit.events"}
+    gguf = [h for h in heard if h["event"] == "artifact" and h["kind"] == "gguf"]
+    assert sorted(Path(h["path"]).name for h in gguf) == ["tiny-demo-q4_k_m.gguf", "tiny-demo-q8_0.gguf"]
+    for h in gguf:  # sizes and checksums are the files'
+        data = Path(h["path"]).read_bytes()
+        assert h["bytes"] == len(data) and h["sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def test_demo_run_directory_is_complete_and_self_describing(demo_run):
@@ -63,24 +108,32 @@ def test_demo_run_directory_is_complete_and_self_describing(demo_run):
     assert (run_dir / "checkpoints" / "checkpoint-300").is_dir()
 
 
-def test_demo_events_follow_schema_v1(demo_run):
+def test_demo_events_follow_schema_v2(demo_run):
     run_dir, _ = demo_run
     events = read_events(run_dir)
-    assert all(e["v"] == 1 and isinstance(e["t"], float) for e in events)
+    assert all(e["v"] == 2 and isinstance(e["t"], float) for e in events)
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "run_start" and kinds.count("run_end") == 1
+    assert kinds[0] == "run_start" and kinds.count("run_end") == 1 and kinds[-1] == "run_end"
     assert read_events(run_dir, "run_end")[0]["status"] == "complete"
-    # Later stages (merge, export) run after training completed, each with its own stage events.
-    assert [(e["event"], e.get("name"), e.get("status")) for e in events[kinds.index("run_end"):]] == [
-        ("run_end", None, "complete"), ("stage", "merge", "start"), ("stage", "merge", "end"),
-        ("stage", "export", "start"), ("stage", "export", "end")]
+    # Later stages (merge, export) run after training completed, each with its own stage and artifact events; the
+    # run ends after them.
+    after = events[kinds.index("artifact"):]
+    assert [(e["event"], e.get("name") or e.get("kind"), e.get("status")) for e in after] == [
+        ("artifact", "adapter", None), ("artifact", "metrics", None),
+        ("stage", "merge", "start"), ("stage", "merge", "end"), ("artifact", "merged_shard", None),
+        ("artifact", "merge_report", None), ("stage", "export", "start"), ("stage", "export", "end"),
+        ("artifact", "gguf", None), ("artifact", "gguf", None), ("artifact", "modelfile", None),
+        ("artifact", "export_report", None), ("run_end", None, "complete")]
+    step_events = read_events(run_dir, "step")
+    assert all(e["memory_bytes"] > 100 * 2**20 for e in step_events)
+    assert step_events[0]["eta_s"] is None and step_events[-1]["eta_s"] == 0 and step_events[1]["eta_s"] > 0
     steps = [e["step"] for e in events if e["event"] == "step"]
     assert steps == [1] + list(range(10, 301, 10))
     data = read_events(run_dir, "data")[0]
     assert data["train_rows"] + data["eval_rows"] == 74 and data["chat_template"] == "chatml"
     assert [e["step"] for e in read_events(run_dir, "checkpoint")] == [100, 200, 300]
     stages = [(e["name"], e["status"]) for e in read_events(run_dir, "stage")]
-    assert stages == [(s, p) for s in ("load_model", "prepare_data", "train", "save_adapter", "merge", "export")
+    assert stages == [(s, p) for s in ("load_model", "prepare_data", "train", "eval", "save_adapter", "merge", "export")
                       for p in ("start", "end")]
     report = json.loads((run_dir / "merged" / "merge_report.json").read_text())
     assert report["fidelity"]["dequantized"]["max_abs_logit_diff"] <= 1e-3
@@ -115,47 +168,53 @@ def test_hf_baseline_matches_unsloth_at_the_first_step(demo_run, tmp_path):
     assert status["quantization"]["double_quant"] == [True]
 
 
-def _train_until_interrupted(recipe, run_dir, after_step: int) -> subprocess.CompletedProcess:
+def _train_until(recipe, run_dir, after_step: int, stop) -> subprocess.CompletedProcess:
+    """Start `train`, and call stop(proc) once the events show `after_step`."""
     proc = subprocess.Popen([sys.executable, "-m", "qlora_kit", "train", str(recipe)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (run_dir / "events.jsonl").is_file() and any(e["step"] >= after_step for e in read_events(run_dir, "step")):
-            proc.send_signal(signal.SIGINT)
+            stop(proc)
             break
         time.sleep(0.02)
     out, err = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path):
-    common = {"train": {"max_steps": 120, "logging_steps": 1, "save_steps": 1000, "lr": 3e-3},
-              "lora": {"dropout": 0.1}}  # dropout: resume must restore the RNG state too
-    straight = write_recipe(tmp_path / "straight.yaml", **common)
-    assert run_cli("train", str(straight)).returncode == 0
-    reference = step_losses(tmp_path / "runs" / "straight")
-
-    recipe = write_recipe(tmp_path / "resumed.yaml", **common)
+@pytest.mark.parametrize("how, code, reason", [
+    ("SIGINT", 130, "SIGINT"), ("SIGTERM", 143, "SIGTERM"), ("STOP file", 130, "STOP file")])
+def test_cancel_then_resume_equals_an_uninterrupted_run(tmp_path, straight_losses, how, code, reason):
+    recipe = write_recipe(tmp_path / "resumed.yaml", **RESUME_RECIPE)
     run_dir = tmp_path / "runs" / "resumed"
-    first = _train_until_interrupted(recipe, run_dir, after_step=3)
-    assert first.returncode == 130, first.stderr[-2000:]
+
+    def stop(proc):
+        if how == "STOP file":
+            (run_dir / "STOP").touch()
+        else:
+            proc.send_signal(getattr(signal, how))
+
+    first = _train_until(recipe, run_dir, 3, stop)
+    assert first.returncode == code, first.stderr[-2000:]
     status = json.loads((run_dir / "run.json").read_text())
-    assert status["status"] == "interrupted" and 3 <= status["step"] < 120
+    assert status["status"] == "interrupted" and 3 <= status["step"] < 24
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "adapter").exists()
+    assert not (run_dir / "STOP").exists(), "the STOP file is consumed, so resuming does not stop again"
     stopped = status["step"]
+    cancelled = read_events(run_dir, "cancelled")
+    assert [(e["step"], e["reason"], e["checkpoint"]) for e in cancelled] == [
+        (stopped, reason, f"checkpoints/checkpoint-{stopped}")]
+    assert read_events(run_dir)[-1]["event"] == "run_end" and read_events(run_dir)[-1]["status"] == "interrupted"
 
     second = run_cli("train", str(recipe), "--resume")
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
     resumed_from = read_events(run_dir, "run_start")[-1]["resumed_from"]
     assert resumed_from.endswith(f"checkpoint-{stopped}")
-    losses = step_losses(run_dir)
-    assert sorted(losses) == sorted(reference) == list(range(1, 121))
-    for step in reference:
-        assert losses[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step  # float noise only
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["steps"] == 120
+    assert_same_losses(run_dir, straight_losses)
+    assert_seq_without_gaps(run_dir)  # seq continues across the resume
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 24
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path):
@@ -245,6 +304,23 @@ def test_evaluating_during_training_does_not_change_training(tmp_path, backend):
         losses[name] = step_losses(tmp_path / "runs" / name)
     assert len(losses["plain"]) == 30 and len(read_events(tmp_path / "runs" / "with-eval", "eval")) >= 3
     assert losses["with-eval"] == pytest.approx(losses["plain"], rel=1e-6)
+
+
+def test_api_export_returns_typed_artifacts_of_real_files(demo_run, tmp_path):
+    """qk.export on the demo run (plain transformers in this process): the GGUF verified through llama.cpp, its
+    size and sha256 in the result, and the export's events appended to the run's log without a gap."""
+    import qlora_kit as qk
+
+    run_dir, _ = demo_run
+    result = qk.export(run_dir, quant="f32", out=str(tmp_path / "gguf"), samples=2)
+    assert isinstance(result, qk.ExportResult) and result.status == "complete"
+    gguf = result.artifact("gguf")
+    assert [Path(a.path).name for a in gguf] == ["tiny-demo-f32.gguf"]
+    data = Path(gguf[0].path).read_bytes()
+    assert gguf[0].bytes == len(data) and gguf[0].sha256 == hashlib.sha256(data).hexdigest()
+    assert result.metrics["exports"]["f32"]["verification"]["passed"] is True
+    events = assert_seq_without_gaps(run_dir)
+    assert events[-1]["event"] == "artifact" and events[-1]["kind"] == "export_report"
 
 
 def test_a_bom_file_trains_and_skipped_rows_are_reported(tmp_path):

@@ -18,13 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from qlora_kit.messages import first_line
-
 STARTED = time.perf_counter()  # "time to first step" counts from here: process start, imports and load included
 
-EXIT_OOM = 3
-# How PyTorch's CPU allocator and CUDA say that memory ran out.
-OOM_MARKERS = ("out of memory", "can't allocate memory")
+from qlora_kit.errors import EXIT_OOM, first_line, is_oom
 
 
 def main(argv: list[str]) -> int:
@@ -40,9 +36,9 @@ def main(argv: list[str]) -> int:
         code = EXIT_OOM
     except Exception as exc:  # noqa: BLE001  (a cell always reports; the sweep goes on)
         text = f"{type(exc).__name__}: {first_line(exc)}"
-        is_oom = type(exc).__name__ == "OutOfMemoryError" or any(m in str(exc) for m in OOM_MARKERS)
-        result.update(status="oom" if is_oom else "error", error=text)
-        code = EXIT_OOM if is_oom else 1
+        oom = is_oom(exc)
+        result.update(status="oom" if oom else "error", error=text)
+        code = EXIT_OOM if oom else 1
     tmp = Path(argv[1]).with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
     tmp.replace(argv[1])

@@ -44,11 +44,23 @@ def register(subparsers, common) -> None:
 
 
 def run(args) -> int:
+    from qlora_kit.errors import StageError
+
+    report, out = run_bench(args)
+    print(f"report: {out / 'report.md'} (and report.json, {', '.join(report['plots'])})")
+    ok = [c for c in report["cells"] if c["status"] in ("ok", "oom")]
+    if not ok:
+        raise StageError(f"every cell failed; see the logs in {out / 'cells'}")
+    return 0
+
+
+def run_bench(args):
+    """The sweep's report (what report.json holds) and its directory; `qk.bench` returns the same, typed."""
     from pathlib import Path
 
     from qlora_kit.bench.sweep import Sweep, check, parse_int_list
     from qlora_kit.bench.sweep import run as run_sweep
-    from qlora_kit.errors import StageError, UsageError
+    from qlora_kit.errors import UsageError
     from qlora_kit.plan.shape import load_config, shape_from_config
     from qlora_kit.recipe import load_recipe
     from qlora_kit.sizes import parse_size
@@ -85,9 +97,4 @@ def run(args) -> int:
 
         size = recipe.train.batch_size
         sweep.batch_sizes = [AUTO["batch_size"][0 if sweep.device == "cuda" else 1] if size == "auto" else size]
-    report = run_sweep(sweep, recipe, shape)
-    print(f"report: {sweep.out / 'report.md'} (and report.json, {', '.join(report['plots'])})")
-    ok = [c for c in report["cells"] if c["status"] in ("ok", "oom")]
-    if not ok:
-        raise StageError(f"every cell failed; see the logs in {sweep.out / 'cells'}")
-    return 0
+    return run_sweep(sweep, recipe, shape), sweep.out

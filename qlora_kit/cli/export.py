@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from qlora_kit.cli import add_event_args, event_log
+
 
 def register(subparsers, common) -> None:
     p = subparsers.add_parser(
@@ -17,25 +19,39 @@ def register(subparsers, common) -> None:
     p.add_argument("--allow-mismatch", action="store_true", help="keep files that fail verification")
     p.add_argument("--samples", type=int, default=4, help="held-out rows for the logit check (default 4)")
     p.add_argument("--overwrite", action="store_true", help="replace existing GGUF files")
+    add_event_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import json
 
+    with event_log(args) as (log, warnings):
+        out = execute(args, log, warnings)
+        report = json.loads((out / "export_report.json").read_text())
+        for entry in report["exports"].values():
+            check = entry.get("verification")
+            note = f"; {check['summary']}" if check else ""
+            print(f"{entry['file']}: {entry['bytes'] / 2**20:.2f} MiB{note}")
+        print(f"Modelfile: {out / 'Modelfile'} (template: {report['modelfile']['template'] or 'fallback'})")
+    return 0
+
+
+def execute(args, log, warnings=()):
+    """The export the arguments describe, reported into `log` (the run's events.jsonl when SOURCE is a run);
+    returns the output dir. Shared by the CLI and `qk.export`."""
+    from pathlib import Path
+
     from qlora_kit.errors import UsageError
-    from qlora_kit.export.run import ExportOptions, export
+    from qlora_kit.eventlog import attach_run
+    from qlora_kit.export.run import ExportOptions, export, resolve_source
 
     quants = [q.strip() for q in args.quant.split(",") if q.strip()]
     if not quants:
         raise UsageError("--quant: name at least one type, e.g. --quant q4_k_m,q8_0")
     options = ExportOptions(quants=quants, verify=not args.no_verify, allow_mismatch=args.allow_mismatch,
                             overwrite=args.overwrite, samples=args.samples)
-    out = export(args.source, options, args.out)
-    report = json.loads((out / "export_report.json").read_text())
-    for name, entry in report["exports"].items():
-        check = entry.get("verification")
-        note = f"; {check['summary']}" if check else ""
-        print(f"{entry['file']}: {entry['bytes'] / 2**20:.2f} MiB{note}")
-    print(f"Modelfile: {out / 'Modelfile'} (template: {report['modelfile']['template'] or 'fallback'})")
-    return 0
+    attach_run(log, resolve_source(Path(args.source))[1])
+    for message in warnings:
+        log.emit("warning", message=message, source="plugins")
+    return export(args.source, options, args.out, log=log)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from qlora_kit.cli import add_event_args, event_log
+
 
 def register(subparsers, common) -> None:
     p = subparsers.add_parser(
@@ -23,11 +25,26 @@ def register(subparsers, common) -> None:
     p.add_argument("--samples", type=int, default=8, help="held-out rows for the fidelity check (default 8)")
     p.add_argument("--allow-mismatch", action="store_true", help="write the merge even if the fidelity check fails")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    add_event_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from qlora_kit.merge.run import summary
+
+    with event_log(args) as (log, warnings):
+        out = execute(args, log, warnings)
+        print(f"{summary(out / 'merge_report.json')}\nmerged model: {out}")
+    return 0
+
+
+def execute(args, log, warnings=()):
+    """The merge the arguments describe, reported into `log` (the run's events.jsonl); returns the output dir.
+    Shared by the CLI and `qk.merge`."""
     from qlora_kit.errors import UsageError
+    from qlora_kit.eventlog import attach_run
+    from qlora_kit.merge.merge import MergeOptions
+    from qlora_kit.merge.run import merge_run
     from qlora_kit.sizes import parse_size
 
     try:
@@ -36,11 +53,9 @@ def run(args) -> int:
         raise UsageError(f"--max-shard-size: {exc}") from None
     if args.samples <= 0:
         raise UsageError("--samples: must be a positive number")
-    from qlora_kit.merge.merge import MergeOptions
-    from qlora_kit.merge.run import merge_run, summary
-
     options = MergeOptions(base=args.base, dtype=args.dtype, max_shard_bytes=shard, verify=not args.no_verify,
                            compare=not args.no_compare, samples=args.samples, allow_mismatch=args.allow_mismatch)
-    out = merge_run(args.run_dir, options, args.out, overwrite=args.overwrite)
-    print(f"{summary(out / 'merge_report.json')}\nmerged model: {out}")
-    return 0
+    attach_run(log, args.run_dir)
+    for message in warnings:
+        log.emit("warning", message=message, source="plugins")
+    return merge_run(args.run_dir, options, args.out, overwrite=args.overwrite, log=log)

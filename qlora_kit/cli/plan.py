@@ -33,6 +33,13 @@ def register(subparsers, common) -> None:
 
 
 def run(args) -> int:
+    plan, p = make_plan(args)
+    print(json.dumps(plan, indent=2) if args.json else _text(plan, p))
+    return 0
+
+
+def make_plan(args) -> tuple[dict, object]:
+    """The plan as a dict (what --json prints) and the planner's input; `qk.plan` returns the same dict, typed."""
     from qlora_kit.errors import UsageError
     from qlora_kit.plan.estimate import estimate, largest_fitting, runtime_bytes
     from qlora_kit.plan.inputs import plan_input_for
@@ -67,8 +74,7 @@ def run(args) -> int:
         plan["fits"] = est.peak + extra <= budget
         plan["largest_seq_len"] = largest_fitting(shape, p, budget, "seq_len", limit_seq)
         plan["largest_batch_size"] = largest_fitting(shape, p, budget, "batch_size", LIMITS["batch_size"])
-    print(json.dumps(plan, indent=2) if args.json else _text(plan, p))
-    return 0
+    return plan, p
 
 
 def _target(args) -> tuple[str, str | None, int | None, bool]:

@@ -60,7 +60,7 @@ class Format:
     description: str
 
 
-FORMATS: Registry = Registry("data format")
+FORMATS: Registry = Registry("data format", plugin_group="qlora_kit.formats")
 
 
 def register(name: str, columns: tuple[str, ...], description: str):
@@ -73,7 +73,7 @@ def register(name: str, columns: tuple[str, ...], description: str):
 
 def detect_format(row: object, where: str) -> Format:
     if isinstance(row, dict):
-        for fmt in FORMATS.values():
+        for fmt in FORMATS.load_plugins().values():
             if all(c in row for c in fmt.columns):
                 return fmt
         cols = ", ".join(sorted(map(str, row))) or "none"

@@ -18,8 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qlora_kit.errors import DataError
-from qlora_kit.messages import first_line
+from qlora_kit.errors import DataError, first_line
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

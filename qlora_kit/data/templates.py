@@ -21,7 +21,7 @@ class ChatTemplate:
     description: str
 
 
-CHAT_TEMPLATES: Registry = Registry("chat template")
+CHAT_TEMPLATES: Registry = Registry("chat template", plugin_group="qlora_kit.templates")
 
 
 def register(template: ChatTemplate) -> ChatTemplate:

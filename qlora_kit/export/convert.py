@@ -8,7 +8,6 @@ converter script downloaded at run time.
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,35 +17,7 @@ from qlora_kit.export.archs import ARCHS, common_kv, permute_for_llama_cpp
 from qlora_kit.export.vocab import add_vocab
 from qlora_kit.compat import return_large_frees_to_the_os
 from qlora_kit.merge.checkpoint import Checkpoint
-from qlora_kit.registry import Registry
-
-
-@dataclass(frozen=True)
-class QuantType:
-    name: str
-    ggml: str | None  # direct types: the GGML tensor type written by us
-    file_type: int  # gguf.LlamaFileType value (general.file_type)
-    via_llama_cpp: bool = False
-
-
-QUANT_TYPES: Registry = Registry("quantization type")
-for _q in (QuantType("f32", "F32", 0), QuantType("f16", "F16", 1), QuantType("bf16", "BF16", 32),
-           QuantType("q8_0", "Q8_0", 7), QuantType("q4_0", None, 2, True), QuantType("q2_k", None, 10, True),
-           QuantType("q3_k_m", None, 12, True), QuantType("q4_k_m", None, 15, True), QuantType("q5_k_m", None, 17, True),
-           QuantType("q6_k", None, 18, True)):
-    QUANT_TYPES.add(_q.name, _q)
-# llama.cpp refuses these without an importance matrix (imatrix); say so up front instead of failing later.
-NEEDS_IMATRIX = {"iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "q2_k_s"}
-
-
-def get_quant_type(name: str) -> QuantType:
-    key = name.strip().lower()
-    if key in NEEDS_IMATRIX:
-        raise UsageError(f"--quant {name}: needs an importance matrix (imatrix), which qlora-kit does not compute; "
-                         f"choose one of: {QUANT_TYPES.choices()}")
-    if key not in QUANT_TYPES:
-        raise UsageError(f"--quant {name}: unknown type; choose from: {QUANT_TYPES.choices()}")
-    return QUANT_TYPES[key]
+from qlora_kit.export.quants import NEEDS_IMATRIX, QUANT_TYPES, QuantType, get_quant_type  # noqa: F401
 
 
 NUMPY_TYPES = {"F32": np.float32, "F16": np.float16}  # GGML types numpy can hold directly

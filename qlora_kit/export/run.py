@@ -43,7 +43,23 @@ def resolve_source(source: Path) -> tuple[Path, Path | None]:
     raise UsageError(f"{source}: neither a run directory (run.json) nor a Hugging Face model directory (config.json)")
 
 
-def export(source: str | Path, options: ExportOptions, out: str | Path | None = None) -> Path:
+def export(source: str | Path, options: ExportOptions, out: str | Path | None = None, log=None) -> Path:
+    """Export; with an EventLog, `stage` events for "export" and an `artifact` event per GGUF, the Modelfile and
+    the report."""
+    from qlora_kit.eventlog import emit_artifact, stage
+
+    with stage(log, "export"):
+        out = _export(source, options, out)
+    report = json.loads((out / "export_report.json").read_text())
+    for entry in report["exports"].values():
+        emit_artifact(log, "gguf", out / entry["file"])
+    if (out / "Modelfile").is_file():
+        emit_artifact(log, "modelfile", out / "Modelfile")
+    emit_artifact(log, "export_report", out / "export_report.json")
+    return out
+
+
+def _export(source: str | Path, options: ExportOptions, out: str | Path | None = None) -> Path:
     model_dir, run_dir = resolve_source(Path(source))
     quants = [get_quant_type(q) for q in options.quants]
     out = Path(out) if out else (run_dir or model_dir) / "gguf"

@@ -23,7 +23,19 @@ MIN_TOP1 = 0.95
 
 
 def merge_run(run_dir: str | Path, options: MergeOptions, out: str | Path | None = None,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, log=None) -> Path:
+    """Merge; with an EventLog, `stage` events for "merge" and an `artifact` event per shard and the report."""
+    from qlora_kit.eventlog import emit_artifact, stage
+
+    with stage(log, "merge"):
+        out = _merge_run(run_dir, options, out, overwrite)
+    for shard in sorted(out.glob("*.safetensors")):
+        emit_artifact(log, "merged_shard", shard)
+    emit_artifact(log, "merge_report", out / "merge_report.json")
+    return out
+
+
+def _merge_run(run_dir: str | Path, options: MergeOptions, out: str | Path | None, overwrite: bool) -> Path:
     run = RunDir(Path(run_dir))
     if not run.root.is_dir():
         raise UsageError(f"{run.root}: no such run directory")

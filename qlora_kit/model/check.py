@@ -18,8 +18,8 @@ import contextlib
 import logging
 from pathlib import Path
 
-from qlora_kit.errors import QKError, UsageError
-from qlora_kit.messages import first_line, warn
+from qlora_kit.errors import QKError, UsageError, first_line, is_oom
+from qlora_kit.messages import warn
 from qlora_kit.recipe.schema import ModelSection
 
 CAUSAL_LM_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModel")
@@ -134,10 +134,10 @@ def loading(path: str):
     qlora-kit's own errors pass through unchanged)."""
     try:
         yield
-    except (QKError, MemoryError, KeyboardInterrupt):
+    except (QKError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc):
+        if is_oom(exc):
             raise
         raise UsageError(f"model.name: {path}: cannot load the model: {type(exc).__name__}: {first_line(exc)}") \
             from exc

@@ -11,8 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from qlora_kit.errors import UsageError
-from qlora_kit.messages import first_line
+from qlora_kit.errors import UsageError, first_line
 from qlora_kit.registry import Registry
 
 

@@ -6,6 +6,7 @@ Nothing here imports torch or transformers: `validate` must stay fast.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from pathlib import Path
@@ -18,20 +19,34 @@ from qlora_kit.errors import RecipeError, UsageError
 from qlora_kit.recipe.schema import Recipe
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe. Raises RecipeError listing every problem."""
-    path = Path(path)
-    raw = _read_yaml(path)
-    for item in overrides or []:
-        _apply_override(raw, item)
+DEFAULT_RUN_NAME = "run"  # for a recipe given as a dict without output.name (no file name to borrow)
+
+
+def load_recipe(source: "str | Path | dict | Recipe", overrides: "list[str] | dict[str, Any] | None" = None) -> Recipe:
+    """Read, override and validate a recipe. Raises RecipeError listing every problem.
+
+    `source`: a YAML file's path, a dict (a parsed YAML document) or a Recipe. `overrides`: the CLI's `KEY=VALUE`
+    strings (values parsed as YAML) or a dict of dotted keys to values, e.g. {"train.max_steps": 20}."""
+    if isinstance(source, Recipe):
+        label, raw, name = "recipe", source.model_dump(mode="json"), source.output.name
+    elif isinstance(source, dict):
+        label, raw, name = "recipe", copy.deepcopy(source), DEFAULT_RUN_NAME
+    else:
+        # Default run name: the recipe's file name, so `train recipes/x.yaml` writes runs/x/.
+        label, raw, name = str(source), _read_yaml(Path(source)), Path(source).stem
+    if isinstance(overrides, dict):
+        for key, value in overrides.items():
+            _set_dotted(raw, str(key), value, f"overrides[{key!r}]")
+    else:
+        for item in overrides or []:
+            _apply_override(raw, item)
     raw.setdefault("output", {})
     if isinstance(raw["output"], dict) and raw["output"].get("name") is None:
-        # Default run name: the recipe's file name, so `train recipes/x.yaml` writes runs/x/.
-        raw["output"]["name"] = path.stem
+        raw["output"]["name"] = name
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise RecipeError(str(path), [_describe(err, raw) for err in exc.errors()]) from None
+        raise RecipeError(label, [_describe(err, raw) for err in exc.errors()]) from None
 
 
 def dump_recipe(recipe: Recipe) -> str:
@@ -72,14 +87,20 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         parsed = value
     if isinstance(parsed, str) and _FLOAT.match(parsed):
         parsed = float(parsed)  # PyYAML reads YAML 1.1, where "1e-4" (no dot) is a string
-    node = raw
+    _set_dotted(raw, key, parsed, f"--set {item!r}")
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     parts = key.split(".")
+    if not key or any(not part for part in parts):
+        raise UsageError(f"{where}: expected a dotted key such as train.lr")
+    node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise UsageError(f"--set {item!r}: {part} is not a section")
+            raise UsageError(f"{where}: {part} is not a section")
         node = child
-    node[parts[-1]] = parsed
+    node[parts[-1]] = value
 
 
 def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:

@@ -12,10 +12,15 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from qlora_kit.registry import registry_choice
+
 Auto = Literal["auto"]
 
-BACKENDS = ("unsloth", "hf")
-DATA_FORMATS = ("auto", "openai", "sharegpt", "alpaca", "prompt_completion", "text")
+# What varies is named by its registry (backends, data formats, GGUF types): plugins that register a variant are
+# accepted here too, and `qlora-kit schema` lists whatever is registered.
+BackendName = registry_choice("qlora_kit.model.backends:BACKENDS")
+FormatName = registry_choice("qlora_kit.data.formats:FORMATS", extra=("auto",))
+QuantName = registry_choice("qlora_kit.export.quants:QUANT_TYPES")
 OPTIMIZERS = ("auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -32,7 +37,7 @@ class ModelSection(Section):
         description="Base model: a local directory, a Hugging Face Hub id, or a built-in model "
         "('builtin:tiny-llama', created locally, no network)."
     )
-    backend: Literal["unsloth", "hf"] = Field(
+    backend: BackendName = Field(
         "unsloth",
         description="'unsloth': Unsloth FastLanguageModel (fast CUDA kernels). 'hf': plain transformers + peft + "
         "bitsandbytes, the benchmark baseline and the fallback for architectures Unsloth lacks.",
@@ -52,7 +57,7 @@ class DataSection(Section):
         "'builtin:tiny-chat' (the small chat dataset shipped with qlora-kit)."
     )
     split: str = Field("train", description="Split to read from a Hub dataset.")
-    format: Literal["auto", "openai", "sharegpt", "alpaca", "prompt_completion", "text"] = Field(
+    format: FormatName = Field(
         "auto", description="Row format; auto detects it from the columns of the first row."
     )
     chat_template: str = Field(
@@ -123,6 +128,9 @@ class TrainSection(Section):
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (default: once at the end).")
     save_steps: int = Field(100, gt=0, description="Write a resumable checkpoint every N steps.")
     save_total_limit: int = Field(2, gt=0, description="Keep at most this many checkpoints.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        [], description="Metric loggers to send training logs to (off by default; nothing is sent anywhere unless "
+        "named here). Each needs its package: pip install 'qlora-kit[tensorboard]' (or wandb, mlflow).")
 
     @field_validator("batch_size", "grad_accum")
     @classmethod
@@ -151,7 +159,6 @@ class MergeSection(Section):
         return v
 
 
-QuantName = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k"]
 
 
 class ExportSection(Section):
@@ -164,7 +171,7 @@ class ExportSection(Section):
 class BenchSection(Section):
     """Defaults for `qlora-kit bench` (its command-line flags override them)."""
 
-    backends: list[Literal["unsloth", "hf"]] = Field(["unsloth", "hf"], min_length=1,
+    backends: list[BackendName] = Field(["unsloth", "hf"], min_length=1,
                                                      description="Backends to compare; hf is the baseline.")
     seq_lens: list[int] | None = Field(None, min_length=1, description="Sequence lengths (default: 512, 1024, "
                                        "2048, those within the model's context).")

@@ -1,26 +1,29 @@
-"""Trainer callbacks: the events log, live progress, and a graceful Ctrl-C.
+"""Trainer callbacks: step events, live progress, and cancellation at step boundaries.
 
 Progress: a tqdm bar (step, loss, tokens/s, ETA) when stderr is a terminal; otherwise one plain line per logged
-step on stdout, which is what CI logs and `tee` want.
-Ctrl-C: the first press asks the trainer to save a checkpoint and stop after the current step (the run is marked
-interrupted and `--resume` continues it); a second press stops at once.
+step through the run's console (stdout for the CLI), which is what CI logs and `tee` want.
+Cancel: when the CancelToken is set (a signal, the API, a job) or RUN_DIR/STOP appears, the trainer saves a
+checkpoint and stops after the current step; the run is marked interrupted and resume continues it.
 """
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
 
+from qlora_kit.control import CancelToken
 from qlora_kit.train.rundir import RunDir
 
 
 class EventsCallback(TrainerCallback):
-    def __init__(self, run: RunDir, progress: "Progress"):
+    def __init__(self, run: RunDir, progress: "Progress", device: str):
         self.run = run
         self.progress = progress
+        self.device = device
+        self._started = None  # (time, step) of the first step log, for the ETA
         self._last = None  # (time, num_tokens) at the previous step log, for tokens/s
         self.first_loss = None
         self.last_loss = None
@@ -43,52 +46,56 @@ class EventsCallback(TrainerCallback):
         loss = float(logs["loss"])
         self.first_loss = loss if self.first_loss is None else self.first_loss
         self.last_loss = loss
+        from qlora_kit.train.runner import peak_memory
+
+        eta = self._eta(now, state.global_step, state.max_steps)
         self.run.event("step", step=state.global_step, max_steps=state.max_steps, loss=loss,
                        lr=logs.get("learning_rate"), grad_norm=_num(logs.get("grad_norm")),
-                       tokens_per_s=rate, epoch=logs.get("epoch"))
-        self.progress.update(state.global_step, state.max_steps, loss, rate)
+                       tokens_per_s=rate, epoch=logs.get("epoch"), memory_bytes=int(peak_memory(self.device)),
+                       eta_s=eta)
+        self.progress.update(state.global_step, state.max_steps, loss, rate, eta)
+
+    def _eta(self, now: float, step: int, total: int) -> float | None:
+        if self._started is None or step <= self._started[1]:
+            self._started = self._started or (now, step)
+            return None
+        return round((total - step) * (now - self._started[0]) / (step - self._started[1]), 1)
 
     def on_save(self, args, state, control, **kwargs):
         path = self.run.checkpoints / f"checkpoint-{state.global_step}"
         self.run.event("checkpoint", step=state.global_step, path=str(path.relative_to(self.run.root)))
 
 
-class InterruptCallback(TrainerCallback):
-    """Turns the first SIGINT into 'save a checkpoint and stop after this step'."""
+class CancelCallback(TrainerCallback):
+    """Turns a cancel request (token or STOP file) into 'save a checkpoint and stop after this step'."""
 
-    def __init__(self, progress: "Progress"):
-        self.requested = False
-        self.progress = progress
-        self._previous = None
-
-    def install(self) -> None:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-    def _handle(self, signum, frame):
-        if self.requested:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-        self.progress.note("interrupt: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+    def __init__(self, token: CancelToken, stop_file: Path):
+        self.token = token
+        self.stop_file = stop_file
+        self.stopped = False
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
+        if not self.token.cancelled and self.stop_file.exists():
+            self.token.cancel("STOP file")
+            self.stop_file.unlink(missing_ok=True)
+        if self.token.cancelled:
+            self.stopped = True
             control.should_save = True
             control.should_training_stop = True
         return control
 
 
 class Progress:
-    def __init__(self, tty: bool | None = None):
-        self.tty = sys.stderr.isatty() if tty is None else tty
-        self.bar = None
-        self._start = None  # (time, step) of the first update, for the plain-text ETA
+    """A tqdm bar on a terminal (stderr); otherwise plain lines through `console`."""
 
-    def update(self, step: int, total: int, loss: float, rate: float | None) -> None:
+    def __init__(self, console, tty: bool | None = None):
+        from qlora_kit.train.runner import quiet
+
+        self.console = console
+        self.tty = (sys.stderr.isatty() if tty is None else tty) and console is not quiet
+        self.bar = None
+
+    def update(self, step: int, total: int, loss: float, rate: float | None, eta: float | None) -> None:
         rate_text = f"{rate:,.0f}" if rate else "-"
         if self.tty:
             if self.bar is None:
@@ -98,21 +105,14 @@ class Progress:
             self.bar.set_postfix_str(f"loss {loss:.4f}, {rate_text} tok/s", refresh=False)
             self.bar.update(step - self.bar.n)
         else:
-            print(f"step {step}/{total}  loss {loss:.4f}  tok/s {rate_text}  eta {self._eta(step, total)}", flush=True)
-
-    def _eta(self, step: int, total: int) -> str:
-        now = time.time()
-        if self._start is None or step <= self._start[1]:
-            self._start = self._start or (now, step)
-            return "-"
-        left = (total - step) * (now - self._start[0]) / (step - self._start[1])
-        return time.strftime("%H:%M:%S", time.gmtime(left))
+            eta_text = "-" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
+            self.console(f"step {step}/{total}  loss {loss:.4f}  tok/s {rate_text}  eta {eta_text}")
 
     def note(self, text: str) -> None:
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:
-            print(text, file=sys.stderr if self.tty else sys.stdout, flush=True)
+            self.console(text)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -10,15 +10,8 @@
 Completion is written last, and every file that marks completion (adapter/, metrics.json, run.json) is written to
 a temporary name and renamed, so an interrupted or crashed run never looks complete.
 
-events.jsonl, schema version 1 (`"v": 1` on every line; later versions only add kinds and fields):
-    {"v": 1, "t": <unix time>, "event": <kind>, ...}
-    run_start   {backend, device, resumed_from (checkpoint dir or null)}
-    stage       {name, status: "start"|"end"|"failed", seconds (on end), exit_code (on failure)}
-    data        {train_rows, eval_rows, truncated, dropped, train_tokens, trained_tokens, format, chat_template}
-    step        {step, max_steps, loss, lr, grad_norm, tokens_per_s, epoch}
-    eval        {step, eval_loss}
-    checkpoint  {step, path}
-    run_end     {status, error (on failure)}
+events.jsonl: one event per line, as defined (and versioned) in qlora_kit/events.py; `qk.events_schema()` and
+`qlora-kit events-schema` give its JSON Schema.
 """
 
 from __future__ import annotations
@@ -31,7 +24,6 @@ from pathlib import Path
 
 from qlora_kit.errors import UsageError
 
-EVENTS_SCHEMA_VERSION = 1
 STATUSES = ("running", "interrupted", "failed", "complete")
 
 
@@ -54,6 +46,7 @@ class RunDir:
         self.checkpoints = self.root / "checkpoints"
         self.adapter = self.root / "adapter"
         self.metrics = self.root / "metrics.json"
+        self.log = None  # the run's EventLog, attached once the run has started
 
     # --- state ---------------------------------------------------------------------------------------------
     def read_status(self) -> dict:
@@ -116,9 +109,7 @@ class RunDir:
         atomic_write_json(self.status_file, data)
 
     def event(self, kind: str, **fields) -> None:
-        line = json.dumps({"v": EVENTS_SCHEMA_VERSION, "t": round(time.time(), 3), "event": kind, **fields})
-        with open(self.events, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        self.log.emit(kind, **fields)
 
     def publish_dir(self, tmp: Path, final: Path) -> None:
         """Move a fully written directory into place (replacing an older one)."""

@@ -1,7 +1,11 @@
-"""`qlora-kit train`: recipe -> data -> 4-bit model + LoRA -> SFTTrainer -> adapter, in a truthful run directory.
+"""Training: recipe -> data -> 4-bit model + LoRA -> SFTTrainer -> adapter, in a truthful run directory.
 
 Order matters and is chosen so mistakes fail fast: recipe and paths (ms), run-directory state (ms), data rows
 (pure Python, ~0.1 s), and only then the backend import (`import unsloth` ~15 s) and the model load.
+
+Everything a host needs to follow goes through the run's EventLog (events.jsonl, `--events`, hooks); human text
+goes to `console` (stdout for the CLI, nothing for the API unless asked). Cancellation is the CancelToken, read at
+every step boundary; this module installs no signal handler itself, so it runs on any thread.
 """
 
 from __future__ import annotations
@@ -9,27 +13,40 @@ from __future__ import annotations
 import platform
 import sys
 import time
+import uuid
 from pathlib import Path
+from typing import Callable
 
 from qlora_kit import __version__
+from qlora_kit.control import STOP_FILE, CancelToken
 from qlora_kit.data.encode import apply_chat_template_choice
 from qlora_kit.data.prepare import encode_split, load_examples
-from qlora_kit.errors import EXIT_INTERRUPTED, DataError, QKError, StageError
+from qlora_kit.errors import (DataError, DiskFullError, OutOfMemoryError, QKError, StageError, first_line,
+                              is_oom)
+from qlora_kit.eventlog import EventLog, emit_artifact
 from qlora_kit.memory import peak_rss_bytes
-from qlora_kit.messages import first_line
-from qlora_kit.recipe import dump_recipe, load_recipe
+from qlora_kit.recipe import Recipe, dump_recipe
 from qlora_kit.recipe.checks import check_paths
 from qlora_kit.train.rundir import RunDir, atomic_write_json
 
+Console = Callable[[str], None]  # one line of human output
 
-def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrite: bool = False) -> int:
+
+def quiet(_text: str) -> None:
+    """The API's default console: a library prints nothing unless asked."""
+
+
+def train_recipe(recipe: Recipe, source: str, log: EventLog, cancel: CancelToken, *, resume: bool = False,
+                 overwrite: bool = False, console: Console = quiet, resume_hint: str = "", later_stages: bool = True,
+                 stage_args: tuple[str, ...] = (), warnings=()) -> RunDir:
+    """Train one recipe. Returns the run directory (status complete or interrupted); raises QKError on failure."""
     t0 = time.time()
-    recipe = load_recipe(recipe_path, overrides)
-    check_paths(recipe, recipe_path)
-    run = RunDir(Path(recipe.output.dir) / recipe.output.name)
+    check_paths(recipe, source)
+    run = RunDir(Path(recipe.output.dir).absolute() / recipe.output.name)
     run.check_start(resume, overwrite)
     data_notes: list[str] = []  # rows dropped by data.on_bad_rows: skip, recorded as warning events
     train_items, eval_items, fmt = load_examples(recipe.data, recipe.train.seed, data_notes)
+    _check_loggers(recipe)
 
     from qlora_kit.model.backends import get_backend
 
@@ -38,37 +55,75 @@ def train(recipe_path: str, overrides: list[str], resume: bool = False, overwrit
     from qlora_kit.model.check import check_model
 
     model_notes = check_model(recipe.model)  # a config transformers cannot load: one line, before the run dir
-    from qlora_kit.model.resolve import resolve_model_path
     from qlora_kit.train.auto import resolve
 
     resolved, rt = resolve(recipe)
     resolved.data.format = fmt  # record what auto-detection found
     checkpoint = run.latest_checkpoint() if resume else None
-    run.start(dump_recipe(resolved), resume, overwrite, info=_run_info(resolved))
-    run.event("run_start", backend=resolved.model.backend, device=rt.device,
-              resumed_from=str(checkpoint) if checkpoint else None)
-    for note in data_notes + model_notes:
-        run.event("warning", message=note)
+    run_id = (run.read_status().get("run_id") if resume else None) or uuid.uuid4().hex
+    run.start(dump_recipe(resolved), resume, overwrite, info={**_run_info(resolved), "run_id": run_id})
+    run.log = log
+    log.attach(run.events, run_id)
+    (run.root / STOP_FILE).unlink(missing_ok=True)  # a STOP left from the cancelled session must not stop this one
+    log.emit("run_start", run_dir=str(run.root), backend=resolved.model.backend, device=rt.device,
+             resumed_from=str(checkpoint) if checkpoint else None)
+    for message in warnings:
+        log.emit("warning", message=message, source="plugins")
+    for source, notes in (("data", data_notes), ("model", model_notes)):
+        for message in notes:
+            log.emit("warning", message=message, source=source)
     try:
-        hint = " ".join(["qlora-kit train", recipe_path, *(f"--set {o}" for o in overrides), "--resume"])
-        return _train(run, resolved, rt, backend, resolve_model_path, train_items, eval_items, fmt, checkpoint, t0,
-                      hint)
-    except KeyboardInterrupt:
+        done = _train(run, resolved, rt, backend, train_items, eval_items, fmt, checkpoint, t0, cancel, console,
+                      resume_hint)
+    except KeyboardInterrupt:  # asked twice: stopped at once, without a checkpoint
         run.write_status("interrupted")
-        run.event("run_end", status="interrupted")
+        log.emit("run_end", status="interrupted")
         raise
-    except QKError as exc:
-        _fail(run, str(exc))
-        raise
-    except Exception as exc:
-        _fail(run, f"{type(exc).__name__}: {exc}")
-        raise StageError(f"training failed: {type(exc).__name__}: {first_line(exc)} (run dir: {run.root})") from exc
+    except BaseException as exc:
+        error = _as_qk_error(exc, run, source)
+        _fail(run, log, error)
+        if error is exc:
+            raise
+        raise error from exc
+    if not done:
+        return run
+    if later_stages:
+        try:
+            run_later_stages(run, resolved, log, console, stage_args)
+        except QKError as exc:  # training stays complete (the adapter is good); the pipeline failed
+            log.emit("error", kind=exc.kind, message=str(exc), exit_code=exc.exit_code)
+            log.emit("run_end", status="failed", error=str(exc))
+            exc.reported = True
+            raise
+    log.emit("run_end", status="complete")  # last: a host sees merge and export before the run ends
+    return run
 
 
-def _train(run, recipe, rt, backend, resolve_model_path, train_items, eval_items, fmt, checkpoint, t0,
-           resume_hint) -> int:
+def _check_loggers(recipe: Recipe) -> None:
+    from qlora_kit.train.trainer import check_loggers
+
+    check_loggers(recipe.train.report_to)
+
+
+def _as_qk_error(exc: BaseException, run: RunDir, source: str) -> BaseException:
+    if isinstance(exc, QKError) or not isinstance(exc, Exception):
+        return exc
+    text = f"{type(exc).__name__}: {first_line(exc)}"
+    if is_oom(exc):
+        return OutOfMemoryError(f"out of memory while training ({text}); `qlora-kit plan {source}` estimates what "
+                                "fits: lower train.batch_size or model.max_seq_length, or turn on "
+                                f"train.gradient_checkpointing (run dir: {run.root})")
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return DiskFullError(f"disk full while training ({text}); free space and resume (run dir: {run.root})")
+    return StageError(f"training failed: {text} (run dir: {run.root})")
+
+
+def _train(run, recipe, rt, backend, train_items, eval_items, fmt, checkpoint, t0, cancel, console,
+           resume_hint) -> bool:
+    """True when training completed; False when it was cancelled (a checkpoint was saved)."""
     from qlora_kit.model.backends import quantization_summary
-    from qlora_kit.train.callbacks import EventsCallback, InterruptCallback, Progress
+    from qlora_kit.model.resolve import resolve_model_path
+    from qlora_kit.train.callbacks import CancelCallback, EventsCallback, Progress
     from qlora_kit.train.trainer import build_trainer
 
     base_path = resolve_model_path(recipe.model.name)
@@ -91,33 +146,35 @@ def _train(run, recipe, rt, backend, resolve_model_path, train_items, eval_items
               dropped=train_split.dropped + eval_split.dropped, train_tokens=train_split.tokens,
               trained_tokens=train_split.trained_tokens)
     _stage(run, "prepare_data", stage_t)
-    print(f"data: {len(train_split.rows)} train / {len(eval_split.rows)} eval rows, {train_split.tokens:,} tokens "
-          f"({train_split.trained_tokens:,} trained), {train_split.truncated} truncated to {max_len}, "
-          f"{train_split.dropped} dropped (nothing to train); template: {template}", flush=True)
+    console(f"data: {len(train_split.rows)} train / {len(eval_split.rows)} eval rows, {train_split.tokens:,} tokens "
+            f"({train_split.trained_tokens:,} trained), {train_split.truncated} truncated to {max_len}, "
+            f"{train_split.dropped} dropped (nothing to train); template: {template}")
 
-    progress = Progress()
-    events, interrupt = EventsCallback(run, progress), InterruptCallback(progress)
+    progress = Progress(console)
+    events, stopper = EventsCallback(run, progress, rt.device), CancelCallback(cancel, run.root / STOP_FILE)
     trainer = build_trainer(recipe, rt, model, tokenizer, train_split.rows, eval_split.rows,
-                            str(run.checkpoints), [events, interrupt])
+                            str(run.checkpoints), [events, stopper])
     stage_t = _stage(run, "train")
-    interrupt.install()
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
-        interrupt.uninstall()
         progress.close()
-    if interrupt.requested:
-        run.write_status("interrupted", step=trainer.state.global_step)
+    if stopper.stopped:
+        step = trainer.state.global_step
+        run.write_status("interrupted", step=step)
+        saved = run.latest_checkpoint()
+        run.event("cancelled", step=step, reason=cancel.reason or STOP_FILE,
+                  checkpoint=str(saved.relative_to(run.root)) if saved else None)
         run.event("run_end", status="interrupted")
-        print(f"interrupted at step {trainer.state.global_step}; checkpoint saved. Continue with: {resume_hint}",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+        console(f"interrupted at step {step}; checkpoint saved. Continue with: {resume_hint}")
+        return False
     train_seconds = _stage(run, "train", stage_t)
 
     eval_loss = None
     if eval_split.rows:
-        eval_loss = float(trainer.evaluate()["eval_loss"])
-        run.event("eval", step=trainer.state.global_step, eval_loss=eval_loss)
+        stage_t = _stage(run, "eval")
+        eval_loss = float(trainer.evaluate()["eval_loss"])  # its log reaches EventsCallback: one `eval` event
+        _stage(run, "eval", stage_t)
 
     stage_t = _stage(run, "save_adapter")
     tmp = run.root / ".adapter.tmp"
@@ -128,20 +185,23 @@ def _train(run, recipe, rt, backend, resolve_model_path, train_items, eval_items
                                                "qlora_kit_version": __version__})
     run.publish_dir(tmp, run.adapter)
     _stage(run, "save_adapter", stage_t)
+    emit_artifact(run.log, "adapter", run.adapter / "adapter_model.safetensors")
 
     metrics = _metrics(events, result, trainer, train_split, eval_loss, rt, train_seconds, time.time() - t0)
     atomic_write_json(run.metrics, metrics)
+    emit_artifact(run.log, "metrics", run.metrics)
     run.write_status("complete", finished=time.time(), step=trainer.state.global_step)
-    run.event("run_end", status="complete")
-    print(f"done: {metrics['steps']} steps, loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}"
-          + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
-          + f"; adapter in {run.adapter}", flush=True)
-    return run_later_stages(run, recipe)
+    console(f"done: {metrics['steps']} steps, loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}"
+            + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
+            + f"; adapter in {run.adapter}")
+    return True
 
 
-def run_later_stages(run: RunDir, recipe) -> int:
+def run_later_stages(run: RunDir, recipe, log: EventLog, console: Console, extra_args: tuple[str, ...] = ()) -> None:
     """Stages after training run as `qlora-kit` subprocesses: this process has imported Unsloth, which patches
-    transformers, and merge/export must see plain transformers (the same code path as running them by hand)."""
+    transformers, and merge/export must see plain transformers (the same code path as running them by hand).
+    Each child appends its own events to the run's log; they are forwarded to this process's sinks and hooks as
+    they arrive. Plugins are not loaded again in the child: this process's hooks already hear its events."""
     import subprocess
 
     stages = []
@@ -154,26 +214,29 @@ def run_later_stages(run: RunDir, recipe) -> int:
         e = recipe.export
         stages.append(("export", ["export", str(run.root), "--quant", ",".join(e.quant), "--samples", str(e.samples),
                                   "--overwrite"] + ([] if e.verify else ["--no-verify"])))
+    quiet_child = console is quiet
     for name, args in stages:
-        started = _stage(run, name)
-        code = subprocess.call([sys.executable, "-m", "qlora_kit", *args, *(["--debug"] if "--debug" in sys.argv
-                                                                          else [])])
-        if code != 0:
-            run.event("stage", name=name, status="failed", exit_code=code)
-            print(f"training is complete (adapter saved); the {name} stage failed. Rerun it with: "
-                  f"qlora-kit {' '.join(args)}", file=sys.stderr)
-            return code
-        _stage(run, name, started)
-    return 0
+        cmd = [sys.executable, "-m", "qlora_kit", *args, "--no-plugins", *extra_args]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL if quiet_child else None)
+        while proc.poll() is None:
+            time.sleep(0.2)
+            log.forward_appended()
+        log.forward_appended()
+        if proc.returncode != 0:
+            if not _stage_failed_logged(run, name):
+                log.emit("stage", name=name, status="failed", exit_code=proc.returncode)
+            raise StageError(f"training is complete (adapter saved); the {name} stage failed (exit code "
+                             f"{proc.returncode}). Rerun it with: qlora-kit {' '.join(args)}")
+
+
+def _stage_failed_logged(run: RunDir, name: str) -> bool:
+    from qlora_kit.eventlog import read_events
+
+    stages = [e for e in read_events(run.events) if e.event == "stage" and e.name == name]
+    return bool(stages) and stages[-1].status == "failed"
 
 
 def _metrics(events, result, trainer, split, eval_loss, rt, train_seconds, wall) -> dict:
-    import torch
-
-    if rt.device == "cuda":
-        peak, kind = torch.cuda.max_memory_allocated(), "cuda_max_memory_allocated"
-    else:
-        peak, kind = peak_rss_bytes(), "cpu_peak_rss"
     steps = trainer.state.global_step
     epochs = float(trainer.state.epoch or 0)
     tokens_seen = trainer.state.num_input_tokens_seen
@@ -186,10 +249,19 @@ def _metrics(events, result, trainer, split, eval_loss, rt, train_seconds, wall)
         "trained_tokens_per_epoch": split.trained_tokens,
         "tokens_seen": int(tokens_seen) if tokens_seen else None,
         "tokens_per_second": round(sum(rates) / len(rates), 1) if rates else None,
-        "peak_memory_bytes": int(peak), "peak_memory_kind": kind,
+        "peak_memory_bytes": int(peak_memory(rt.device)),
+        "peak_memory_kind": "cuda_max_memory_allocated" if rt.device == "cuda" else "cpu_peak_rss",
         "train_seconds": round(train_seconds, 3), "wall_seconds": round(wall, 3),
         "device": rt.device, "dtype": rt.dtype,
     }
+
+
+def peak_memory(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated()
+    return peak_rss_bytes()
 
 
 def _stage(run: RunDir, name: str, started: float | None = None) -> float:
@@ -201,10 +273,14 @@ def _stage(run: RunDir, name: str, started: float | None = None) -> float:
     return seconds
 
 
-def _fail(run: RunDir, message: str) -> None:
+def _fail(run: RunDir, log: EventLog, error: BaseException) -> None:
+    message = str(error) if isinstance(error, QKError) else f"{type(error).__name__}: {error}"
     try:
         run.write_status("failed", error=message)
-        run.event("run_end", status="failed", error=message)
+        if isinstance(error, QKError):
+            log.emit("error", kind=error.kind, message=message, exit_code=error.exit_code)
+            error.reported = True  # the API layer emits errors raised before the run dir existed
+        log.emit("run_end", status="failed", error=message)
     except OSError:
         pass  # the run dir itself may be the problem; the error is reported either way
 
@@ -221,4 +297,3 @@ def _run_info(recipe) -> dict:
     if recipe.train.device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-

@@ -38,11 +38,27 @@ def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool, sav
         gradient_checkpointing=False,
         max_length=recipe.model.max_seq_length, packing=False,
         dataset_kwargs={"skip_prepare_dataset": True},
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        report_to=list(t.report_to) or "none", disable_tqdm=True, dataloader_num_workers=0,
         # Counted by the Trainer for every backend alike (TRL's own count lives in its loss, which the CPU hf
         # path replaces), so tokens/s compare fairly; padding excluded.
         include_num_input_tokens_seen="non_padding",
     )
+
+
+# Package each `train.report_to` logger needs (transformers' integration imports it), and the pip extra with it.
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_loggers(names) -> None:
+    """Before any model loads: a named logger whose package is missing is a one-line error naming the extra."""
+    import importlib.util
+
+    from qlora_kit.errors import UsageError
+
+    for name in names:
+        if importlib.util.find_spec(LOGGER_PACKAGES[name]) is None:
+            raise UsageError(f"train.report_to: {name} needs the {LOGGER_PACKAGES[name]} package, which is not "
+                             f"installed; pip install 'qlora-kit[{name}]' or remove it from train.report_to")
 
 
 def build_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eval_rows, output_dir, callbacks,

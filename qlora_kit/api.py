@@ -1,0 +1,98 @@
+"""The Python API: what `import qlora_kit as qk` offers a host program (UI, agent, notebook, scheduler).
+
+Every call takes a recipe (path, dict or Recipe), reports through events (hooks, sinks), raises QKError subclasses
+(the same ones the CLI maps to exit codes; never SystemExit) and returns a typed result. `qk.train` runs in the
+calling process on any thread (it imports Unsloth there); `qk.start` runs the same training in a child process, so
+the host never imports torch or Unsloth.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import IO, Any, Iterable
+
+from qlora_kit.control import CancelToken
+from qlora_kit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, QKError
+from qlora_kit.eventlog import EventLog
+from qlora_kit.recipe import Recipe
+from qlora_kit.recipe import load_recipe as _load_recipe
+from qlora_kit.results import TrainResult, train_result
+
+
+def load_recipe(source: str | Path | dict | Recipe, overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
+    """A validated Recipe from a YAML path, a dict or a Recipe, with dotted-key overrides applied."""
+    return _load_recipe(source, overrides)
+
+
+def make_log(hooks: Iterable[Any] = (), events: IO[str] | None = None, plugins: bool = True,
+             strict_plugins: bool = False) -> tuple[EventLog, list[str]]:
+    """An EventLog delivering to `events` (a text stream) and to the hooks (code + installed plugins).
+    Returns it with the plugin warnings still to emit (once the run's log is attached)."""
+    log = EventLog(sinks=[events] if events is not None else [])
+    return log, add_hooks(log, hooks, plugins, strict_plugins)
+
+
+def add_hooks(log: EventLog, hooks: Iterable[Any], plugins: bool, strict_plugins: bool) -> list[str]:
+    from qlora_kit.hooks import HookSet, plugin_hooks
+
+    found, warnings = plugin_hooks(strict_plugins) if plugins else ([], [])
+    log.deliver.append(HookSet([*hooks, *found], warn=lambda message, source: log.emit(
+        "warning", message=message, source=source)))
+    return warnings
+
+
+def train(recipe: str | Path | dict | Recipe, *, hooks: Iterable[Any] = (), cancel: CancelToken | None = None,
+          resume: bool = False, overwrite: bool = False, overrides: dict[str, Any] | list[str] | None = None,
+          events: IO[str] | None = None, plugins: bool = True, strict_plugins: bool = False,
+          console=None) -> TrainResult:
+    """Train the recipe in this process (any thread). Cancelled runs return status "cancelled" (resume with
+    resume=True); failures raise a QKError subclass after an `error` event."""
+    log, plugin_warnings = make_log(hooks, events, plugins, strict_plugins)
+    return run_training(recipe, overrides, log, cancel or CancelToken(), resume=resume, overwrite=overwrite,
+                        console=console, warnings=plugin_warnings)
+
+
+def run_training(recipe, overrides, log: EventLog, cancel: CancelToken, *, resume: bool, overwrite: bool,
+                 console=None, warnings: Iterable[str] = (), resume_hint: str = "",
+                 stage_args: tuple[str, ...] = ()) -> TrainResult:
+    """Shared by `qk.train` and `qlora-kit train` (which passes its own console, hint and stage flags)."""
+    from qlora_kit.train.runner import quiet, train_recipe
+
+    try:
+        parsed = _load_recipe(recipe, overrides)
+        source = recipe if isinstance(recipe, (str, Path)) else "RECIPE"
+        run = train_recipe(parsed, str(source), log, cancel, resume=resume, overwrite=overwrite,
+                           console=console or quiet, resume_hint=resume_hint, stage_args=stage_args,
+                           warnings=warnings)
+    except QKError as exc:
+        if not getattr(exc, "reported", False):
+            log.emit("error", kind=exc.kind, message=str(exc), exit_code=exc.exit_code)
+            exc.reported = True
+        raise
+    code = EXIT_OK
+    if run.status == "interrupted":
+        code = EXIT_TERMINATED if cancel.reason == "SIGTERM" else EXIT_INTERRUPTED
+    return train_result(run.root, exit_code=code)
+
+
+def start(recipe: str | Path | dict | Recipe, *, hooks: Iterable[Any] = (), cancel: CancelToken | None = None,
+          resume: bool = False, overwrite: bool = False, overrides: dict[str, Any] | list[str] | None = None,
+          plugins: bool = True, log_file: str | Path | None = None):
+    """Start the training in a child process and return its `Job` at once (events stream live)."""
+    from qlora_kit.jobs import Job
+
+    return Job(_load_recipe(recipe, overrides), hooks=hooks, cancel=cancel, resume=resume, overwrite=overwrite,
+               plugins=plugins, log_file=log_file)
+
+
+def events_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of one event, generated from the event models."""
+    from qlora_kit.events import events_schema as schema
+
+    return schema()
+
+
+def unsloth_imported() -> bool:
+    """Unsloth patches transformers for the whole process; stages that need plain transformers then run apart."""
+    return "unsloth" in sys.modules

@@ -1,0 +1,148 @@
+"""The event schema: the one description of what happens in a run.
+
+`events.jsonl` in the run directory, the CLI's `--events FILE|-`, hook calls and `qk.Job.events()` all carry these
+models (the JSON Schema is generated from them: `qk.events_schema()`, `qlora-kit events-schema`). Every event has
+`v` (schema version), `run_id`, `seq` (1, 2, 3, ... without gaps per run, continuing across resume and across the
+merge/export stages), `t` (unix time) and `event` (its kind). Later versions only add kinds and fields.
+
+Version 2 added `run_id` and `seq` to version 1 (which had `v`, `t`, `event` and the kind's fields).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 2
+ERROR_KINDS = ("recipe", "data", "oom", "disk", "runtime")
+
+
+class BaseEvent(BaseModel):
+    # extra="forbid": a field we emit but never declared would be an undocumented contract.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[2] = Field(SCHEMA_VERSION, description="Event schema version.")
+    run_id: str | None = Field(description="The run's id (run.json); null for an error before any run exists.")
+    seq: int = Field(ge=1, description="1, 2, 3, ... without gaps per run, continuing across resume.")
+    t: float = Field(description="Unix time the event was emitted.")
+
+
+class RunStart(BaseEvent):
+    event: Literal["run_start"] = "run_start"
+    run_dir: str
+    backend: str
+    device: str
+    resumed_from: str | None = Field(None, description="Checkpoint directory a resumed run continues from.")
+
+
+class Stage(BaseEvent):
+    event: Literal["stage"] = "stage"
+    name: str = Field(description="load_model, prepare_data, train, save_adapter, merge, export, eval.")
+    status: Literal["start", "end", "failed"]
+    seconds: float | None = Field(None, description="Duration (on end).")
+    exit_code: int | None = Field(None, description="On failure of a stage run as its own process.")
+    error: str | None = None
+
+
+class Data(BaseEvent):
+    event: Literal["data"] = "data"
+    format: str
+    chat_template: str
+    train_rows: int
+    eval_rows: int
+    truncated: int
+    dropped: int
+    train_tokens: int
+    trained_tokens: int
+
+
+class Step(BaseEvent):
+    event: Literal["step"] = "step"
+    step: int
+    max_steps: int
+    loss: float
+    lr: float | None = None
+    grad_norm: float | None = None
+    tokens_per_s: float | None = Field(None, description="Non-padding tokens per second since the previous step event.")
+    epoch: float | None = None
+    memory_bytes: int | None = Field(None, description="CUDA: max allocated so far; CPU: peak RSS so far.")
+    eta_s: float | None = Field(None, description="Estimated seconds to the last step.")
+
+
+class Eval(BaseEvent):
+    event: Literal["eval"] = "eval"
+    step: int
+    eval_loss: float
+
+
+class Checkpoint(BaseEvent):
+    event: Literal["checkpoint"] = "checkpoint"
+    step: int
+    path: str = Field(description="Relative to the run directory.")
+
+
+class Artifact(BaseEvent):
+    event: Literal["artifact"] = "artifact"
+    kind: str = Field(description="adapter, metrics, merged_shard, merge_report, gguf, modelfile, export_report.")
+    path: str = Field(description="Absolute path of the file.")
+    bytes: int
+    sha256: str
+
+
+class Warning(BaseEvent):  # noqa: A001  (the event's kind is its name)
+    event: Literal["warning"] = "warning"
+    message: str
+    source: str | None = Field(None, description="What warned: a hook, a plugin, the model loader, ...")
+
+
+class Error(BaseEvent):
+    event: Literal["error"] = "error"
+    kind: Literal["recipe", "data", "oom", "disk", "runtime"]
+    message: str
+    exit_code: int
+
+
+class Cancelled(BaseEvent):
+    event: Literal["cancelled"] = "cancelled"
+    step: int
+    reason: str = Field(description="SIGINT, SIGTERM, STOP file, cancel token or job.cancel().")
+    checkpoint: str | None = Field(None, description="Checkpoint saved on the way out (relative to the run dir).")
+
+
+class RunEnd(BaseEvent):
+    event: Literal["run_end"] = "run_end"
+    status: Literal["complete", "interrupted", "failed"]
+    error: str | None = None
+
+
+EVENT_TYPES: tuple[type[BaseEvent], ...] = (RunStart, Stage, Data, Step, Eval, Checkpoint, Artifact, Warning, Error,
+                                            Cancelled, RunEnd)
+KINDS = {cls.model_fields["event"].default: cls for cls in EVENT_TYPES}
+Event = Annotated[Union[RunStart, Stage, Data, Step, Eval, Checkpoint, Artifact, Warning, Error, Cancelled, RunEnd],
+                  Field(discriminator="event")]
+_ADAPTER: TypeAdapter = TypeAdapter(Event)
+
+
+def make_event(kind: str, /, **fields: Any) -> BaseEvent:
+    """Build and validate one event; a field or kind outside the schema is a programming error (raises)."""
+    try:
+        cls = KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown event kind {kind!r}; known: {', '.join(KINDS)}") from None
+    return cls(**fields)
+
+
+def parse_event(data: str | bytes | dict) -> BaseEvent:
+    """One event from a JSON line or a dict (what a host reads from events.jsonl or `--events`)."""
+    if isinstance(data, (str, bytes)):
+        data = json.loads(data)
+    return _ADAPTER.validate_python(data)
+
+
+def events_schema() -> dict:
+    """JSON Schema (draft 2020-12) of one event, generated from the models above."""
+    schema = _ADAPTER.json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "qlora-kit/events/v2",
+            "title": "qlora-kit event", **schema}
