@@ -77,8 +77,9 @@ def is_oom(exc: BaseException) -> bool:
             or any(marker in str(exc) for marker in OOM_MARKERS))
 
 
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0]
+def first_line(exc: BaseException, default: str = "") -> str:
+    """The first line of an exception's message (libraries put dumps and hints after it); `default` if empty."""
+    return (str(exc).strip().splitlines() or [default])[0]
 
 
 def error_for_kind(kind: str, message: str) -> QKError:

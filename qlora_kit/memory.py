@@ -31,24 +31,3 @@ def peak_rss_bytes() -> int:
 def current_rss_bytes() -> int | None:
     """Resident memory now (Linux; None elsewhere)."""
     return _status_bytes("VmRSS:")
-
-
-def return_large_frees_to_the_os() -> None:
-    """Keep tensor-sized allocations out of the malloc heap (glibc only; elsewhere a no-op).
-
-    glibc serves blocks above M_MMAP_THRESHOLD with mmap and returns them to the OS on free, but raises that
-    threshold (up to 32 MiB) every time such a block is freed. A streaming loop that allocates and frees one
-    tensor after another then gets later tensors from the heap, whose freed pages mostly stay in the process:
-    measured on a 409 MiB model, +73 MiB of peak RSS. Setting the threshold once pins it at 1 MiB.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = -3 in glibc's malloc.h
-    except (OSError, AttributeError):
-        pass

@@ -26,6 +26,12 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
                           text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
 
 
+def pinned_versions() -> dict[str, str]:
+    """name -> version, as requirements/constraints.txt pins them (what `make install` installs)."""
+    lines = (ROOT / "requirements" / "constraints.txt").read_text().splitlines()
+    return dict(line.split("==") for line in lines if "==" in line and not line.startswith("#"))
+
+
 def write_recipe(path: Path, **sections) -> Path:
     """A tiny-model recipe; keyword arguments replace or extend its sections."""
     recipe = {

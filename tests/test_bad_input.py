@@ -172,7 +172,7 @@ def test_data_check_reports_every_problem_kind_with_rows(tmp_path):
         assert line in out.splitlines(), line
     assert result.stderr.strip() == (f"qlora-kit: error: 6 row(s) with problems; training would stop at the first "
                                      f"({data}:2: bad JSON (Expecting property name enclosed in double quotes at "
-                                     "column 2))")
+                                     "column 2)); fix them, or set data.on_bad_rows: skip to drop them")
 
 
 def test_data_check_on_good_data_shows_stats_and_the_mask(tmp_path):
@@ -206,3 +206,86 @@ def test_hub_dataset_that_cannot_be_loaded(tmp_path, monkeypatch):
     assert result.stderr.strip().startswith("qlora-kit: error: data.path: cannot load Hub dataset "
                                             "'someone/does-not-exist' split 'train': ")
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def _latin1_dataset(tmp_path):
+    """Three good rows and, on line 2, one saved as latin-1 (é is the single byte 0xe9)."""
+    good = (json.dumps(GOOD) + "\n").encode()
+    bad = json.dumps({"messages": [{"role": "user", "content": "Café?"}, {"role": "assistant", "content": "Oui."}]},
+                     ensure_ascii=False).encode("latin-1") + b"\n"
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(good + bad + good + good)
+    return path, len(good) + bad.index(b"\xe9")
+
+
+def test_data_check_names_the_line_that_is_not_utf8(tmp_path):
+    data, offset = _latin1_dataset(tmp_path)
+    result = run_cli("data", "check", str(write_recipe(tmp_path / "r.yaml", data={"path": str(data)})))
+    assert result.returncode == 2
+    assert "rows: 4 read, 3 valid, 1 with problems" in result.stdout.splitlines()
+    problem = f"{data}:2: not valid UTF-8 (at byte offset {offset}); re-save the file as UTF-8"
+    assert "  not valid UTF-8 (bad_utf8): 1" in result.stdout.splitlines()
+    assert f"      {problem}" in result.stdout.splitlines()
+    assert problem in result.stderr and "data.on_bad_rows: skip" in result.stderr
+    skipping = run_cli("data", "check", str(tmp_path / "r.yaml"), "--set", "data.on_bad_rows=skip")
+    assert skipping.returncode == 0, skipping.stderr
+    assert "  data.on_bad_rows is skip: training drops these 1 row(s)" in skipping.stdout.splitlines()
+
+
+def test_train_stops_on_a_row_that_is_not_utf8(tmp_path):
+    data, offset = _latin1_dataset(tmp_path)
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(data)})
+    train_fails(tmp_path, recipe, f"{data}:2: not valid UTF-8 (at byte offset {offset}); re-save the file as UTF-8")
+
+
+def _model_copy(tmp_path, tiny_model_dir, **config_changes):
+    """The tiny model with config.json edited; None values remove a key."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(config_changes)
+    (model / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    return model
+
+
+def test_a_config_transformers_cannot_build_is_one_line_for_train_and_data_check(tmp_path, tiny_model_dir):
+    # A Llama checkpoint labelled Falcon: FalconConfig refuses Llama's head_dim (transformers 5.17 logs the whole
+    # config, then raises AttributeError).
+    model = _model_copy(tmp_path, tiny_model_dir, model_type="falcon", architectures=["FalconForCausalLM"])
+    expected = (f"model.name: {model}: transformers cannot build a config from config.json (model_type 'falcon', "
+                "FalconForCausalLM): AttributeError: property 'head_dim' of 'FalconConfig' object has no setter; "
+                "check that config.json belongs with these weights")
+    recipe = write_recipe(tmp_path / "r.yaml", model={"name": str(model), "backend": "hf"})
+    train_fails(tmp_path, recipe, expected)
+    result = run_cli("data", "check", str(recipe))
+    assert result.returncode == 2 and result.stderr.splitlines() == [f"qlora-kit: error: {expected}"]
+
+
+def test_weights_that_do_not_fit_the_config_or_are_cut_short_are_one_line(tmp_path, tiny_model_dir):
+    model = _model_copy(tmp_path, tiny_model_dir, intermediate_size=1024)
+    recipe = write_recipe(tmp_path / "r.yaml", model={"name": str(model), "backend": "hf"})
+    train_fails(tmp_path, recipe, f"model.name: {model / 'model.safetensors'}: model.layers.0.mlp.gate_proj.weight "
+                "has shape [512, 256] but config.json implies [1024, 256]; check that config.json belongs with these "
+                "weights")
+    (model / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    weights = model / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as fh:
+        fh.truncate(size - 1000)
+    train_fails(tmp_path, recipe, f"model.name: {weights}: truncated ({size - 1000:,} of {size:,} bytes); copy or "
+                "download it again")
+
+
+AUTO_MAP = {"AutoConfig": "configuration_custom.CustomConfig", "AutoModelForCausalLM": "modeling_custom.CustomLM"}
+
+
+def test_custom_model_code_without_a_built_in_class_is_refused(tmp_path, tiny_model_dir):
+    model = _model_copy(tmp_path, tiny_model_dir, model_type="custom-llama", auto_map=AUTO_MAP)
+    (model / "modeling_custom.py").write_text("raise SystemExit('remote code ran')\n")
+    recipe = write_recipe(tmp_path / "r.yaml", model={"name": str(model), "backend": "hf"})
+    train_fails(tmp_path, recipe, f"model.name: {model} needs the model code it ships (auto_map: AutoConfig: "
+                "configuration_custom.CustomConfig, AutoModelForCausalLM: modeling_custom.CustomLM) and transformers "
+                "has no built-in causal LM for model_type 'custom-llama'; set model.trust_remote_code: true only if "
+                "you trust that code")

@@ -126,3 +126,66 @@ def test_registries_refuse_duplicate_names():
         register(CHAT_TEMPLATES["chatml"])
     assert BACKENDS.choices() == "unsloth, hf" and FORMATS.choices() == "openai, sharegpt, alpaca, " \
                                                                          "prompt_completion, text"
+
+
+LATIN1 = '{"messages": [{"role": "user", "content": "Café?"}, {"role": "assistant", "content": "Oui."}]}'.encode(
+    "latin-1")  # é is the single byte 0xe9, not UTF-8
+
+
+def test_jsonl_row_that_is_not_utf8_is_a_problem_not_replaced_text(tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", [{"messages": CHAT}]).read_bytes()
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(good + LATIN1 + b"\n" + good)
+    examples = convert_rows(read_rows(str(path), "data.path"), "auto")
+    offset = len(good) + LATIN1.index(b"\xe9")
+    assert [(p.where, p.kind, p.detail) for p in examples.problems] == [
+        (f"{path}:2", "bad_utf8", f"not valid UTF-8 (at byte offset {offset}); re-save the file as UTF-8")]
+    assert [w for w, _ in examples.items] == [f"{path}:1", f"{path}:3"]
+    assert all("\ufffd" not in m["content"] for _, e in examples.items for m in e.messages)
+
+
+def test_json_and_csv_rows_that_are_not_utf8_name_their_line_and_byte(tmp_path):
+    json_path = tmp_path / "d.json"
+    json_path.write_bytes(b'[\n{"prompt": "a", "completion": "b"},\n{"prompt": "caf\xe9", "completion": "b"}\n]')
+    examples = convert_rows(read_rows(str(json_path), "data.path"), "auto")
+    assert len(examples.items) == 1 and [(p.where, p.kind, p.detail) for p in examples.problems] == [
+        (f"{json_path}[1]", "bad_utf8", "not valid UTF-8 (at line 3, byte offset 53); re-save the file as UTF-8")]
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_bytes(b"instruction,output\nSay hi,Hello.\nSay caf\xe9,Caf\xe9.\nBye,Bye.\n")
+    examples = convert_rows(read_rows(str(csv_path), "data.path"), "auto")
+    assert [w for w, _ in examples.items] == [f"{csv_path}:2", f"{csv_path}:4"]
+    assert [(p.where, p.detail) for p in examples.problems] == [
+        (f"{csv_path}:3", "not valid UTF-8 (at line 3, byte offset 40); re-save the file as UTF-8")]
+    csv_path.write_bytes(b"instructi\xf3n,output\nSay hi,Hello.\n")
+    with pytest.raises(DataError, match=r"d\.csv:1: not valid UTF-8 \(at byte offset 9\); .* \(in the header\)"):
+        read_rows(str(csv_path), "data.path")
+
+
+@pytest.mark.parametrize("suffix, body", [
+    (".jsonl", b'{"prompt": "a", "completion": "b"}\n'),
+    (".json", b'[{"prompt": "a", "completion": "b"}]'),
+    (".csv", b"prompt,completion\na,b\n"),
+])
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path, suffix, body):
+    path = tmp_path / f"bom{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + body)  # what Windows editors write at the start of a UTF-8 file
+    examples = convert_rows(read_rows(str(path), "data.path"), "auto")
+    assert examples.problems == [] and examples.format.name == "prompt_completion"
+    assert [e.messages for _, e in examples.items] == [[{"role": "user", "content": "a"},
+                                                         {"role": "assistant", "content": "b"}]]
+
+
+def test_on_bad_rows_skip_drops_the_rows_and_says_which(tmp_path, capsys):
+    from qlora_kit.data.prepare import load_examples
+    from qlora_kit.recipe.schema import DataSection
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": CHAT}, "{oops", {"messages": CHAT}, {"messages": CHAT}])
+    with pytest.raises(DataError, match=r"d\.jsonl:2: bad JSON"):
+        load_examples(DataSection(path=str(path)), seed=0)  # the default is on_bad_rows: error
+    notes: list[str] = []
+    train, _, _ = load_examples(DataSection(path=str(path), on_bad_rows="skip"), seed=0, notes=notes)
+    assert sorted(w for w, _ in train) == [f"{path}:1", f"{path}:3", f"{path}:4"]
+    expected = (f"data.on_bad_rows is skip: skipped 1 of 4 rows of {path}: {path}:2 (bad JSON (Expecting property "
+                "name enclosed in double quotes at column 2))")
+    assert notes == [expected]
+    assert capsys.readouterr().err == f"qlora-kit: warning: {expected}\n"

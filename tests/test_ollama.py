@@ -11,7 +11,7 @@ from qlora_kit.data.encode import IGNORE_INDEX, apply_chat_template_choice, enco
 from qlora_kit.data.formats import Example
 from qlora_kit.data.templates import CHAT_TEMPLATES
 from qlora_kit.export.ollama import (FALLBACK_TEMPLATE, OLLAMA_TEMPLATES, build_modelfile, identify_template,
-                                     ollama_template, render_go)
+                                     ollama_template, ollama_values, render_go)
 
 # bos/eos text as each family's tokenizer has it (ChatML templates use neither).
 SPECIAL = {"chatml": ("", ""), "llama-3": ("<|begin_of_text|>", "<|eot_id|>"), "alpaca": ("<s>", "</s>"),
@@ -192,3 +192,106 @@ def test_added_templates_train_the_assistant_turns(tiny_tokenizer, name, trained
         apply_chat_template_choice(tiny_tokenizer, name)
     enc = encode_example(tiny_tokenizer, Example(messages=LONG_CHAT))
     assert tiny_tokenizer.decode([t for t in enc.labels if t != IGNORE_INDEX]) == trained
+
+
+# Go's own text/template, as Ollama runs a Modelfile TEMPLATE (template/template.go parses with
+# Option("missingkey=zero") and executes on a struct with System and Messages{Role, Content}).
+GO_RENDER = """package main
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"text/template"
+)
+
+type Message struct {
+	Role    string `json:"Role"`
+	Content string `json:"Content"`
+}
+
+type Values struct {
+	System   string    `json:"System"`
+	Messages []Message `json:"Messages"`
+}
+
+type Case struct {
+	Template string `json:"template"`
+	Values   Values `json:"values"`
+}
+
+func main() {
+	var cases []Case
+	if err := json.NewDecoder(os.Stdin).Decode(&cases); err != nil {
+		panic(err)
+	}
+	out := []string{}
+	for _, c := range cases {
+		tmpl := template.Must(template.New("").Option("missingkey=zero").Parse(c.Template))
+		var b strings.Builder
+		if err := tmpl.Execute(&b, c.Values); err != nil {
+			panic(err)
+		}
+		out = append(out, b.String())
+	}
+	json.NewEncoder(os.Stdout).Encode(out)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def go_render(tmp_path_factory):
+    """Render [(template, values), ...] with Go's text/template; the helper is built here, in a temp dir."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("Go is not installed (Debian: apt-get install golang-go; .ci/run installs it)")
+    work = tmp_path_factory.mktemp("go-render")
+    (work / "main.go").write_text(GO_RENDER)
+    env = {**os.environ, "GOCACHE": os.environ.get("GOCACHE") or str(work / "cache"), "GOPATH": str(work / "gopath"),
+           "GO111MODULE": "off", "GOPROXY": "off", "GOFLAGS": ""}
+    subprocess.run([go, "build", "-o", str(work / "render"), str(work / "main.go")], check=True, env=env,
+                   capture_output=True, timeout=300)
+
+    def render(cases: list[tuple[str, dict]]) -> list[str]:
+        payload = json.dumps([{"template": t, "values": v} for t, v in cases])
+        done = subprocess.run([str(work / "render")], input=payload, capture_output=True, text=True, check=True,
+                              timeout=60)
+        return json.loads(done.stdout)
+
+    return render
+
+
+GO_CONVERSATIONS = {"system": CHAT, "no-system": CHAT[1:], "long": LONG_CHAT, "long-no-system": LONG_CHAT[1:],
+                    "one-turn": CHAT[1:2]}
+
+
+def test_go_text_template_renders_every_ollama_template_as_jinja_does(go_render):
+    cases, expected, labels = [], [], []
+    for name in CHAT_TEMPLATES:
+        bos, eos = SPECIAL[name]
+        go = ollama_template(name, eos or None)
+        for label, messages in GO_CONVERSATIONS.items():
+            want = jinja(name, messages, add_generation_prompt=messages[-1]["role"] == "user").removeprefix(bos)
+            ways = [(messages, None)]  # the system prompt as a message (Ollama's chat API) ...
+            if messages[0]["role"] == "system":  # ... or as the Modelfile's SYSTEM
+                ways.append((messages[1:], messages[0]["content"]))
+            for msgs, system in ways:
+                cases.append((go, ollama_values(msgs, system)))
+                expected.append(want)
+                labels.append(f"{name}/{label}/{'SYSTEM' if system else 'message'}")
+    rendered = go_render(cases)
+    assert len(rendered) == len(cases) == 5 * 7
+    mismatched = [(lbl, got, want) for lbl, got, want in zip(labels, rendered, expected) if got != want]
+    assert mismatched == []
+    # Our interpreter agrees with Go on every case too (it is what the faster tests above rely on).
+    assert [render_go(t, [{"role": m["Role"], "content": m["Content"]} for m in v["Messages"]], None)
+            for t, v in cases] == rendered
+    assert go_render([(FALLBACK_TEMPLATE, ollama_values(CHAT, None))]) == [render_go(FALLBACK_TEMPLATE, CHAT, None)]
+    # The comparison can fail: without its first trim marker, Go keeps a newline that Jinja does not write.
+    untrimmed = ollama_template("chatml").replace("{{- if .System }}", "\n{{ if .System }}", 1)
+    assert go_render([(untrimmed, ollama_values(CHAT, None))]) == ["\n" + jinja("chatml", CHAT)]

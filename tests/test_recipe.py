@@ -43,7 +43,7 @@ def test_all_problems_reported_at_once_with_paths_values_and_suggestions(tmp_pat
         "data.path: required but missing (Training data: a local .jsonl/.json/.csv/.parquet file, 'hf:ORG/NAME' "
         "for a Hub dataset, or 'builtin:tiny-chat' (the small chat dataset shipped with qlora-kit).)",
         "data.pth: unknown key (did you mean 'path'?); allowed here: path, split, format, chat_template, "
-        "system_prompt, train_on, eval_split, eval_path, packing, max_rows",
+        "system_prompt, train_on, eval_split, eval_path, packing, max_rows, on_bad_rows",
         "lora.r: 0: input should be greater than 0",
         "train.optimizer: 'adam' is not allowed; choose one of: auto, adamw_torch, adamw_8bit, paged_adamw_8bit, "
         "adafactor, sgd",

@@ -347,3 +347,45 @@ def test_demo_ends_with_an_eval_verdict_that_the_interval_supports(demo_run):
     assert verdict["text"].startswith("Fine-tuning beat ") and verdict["text"] in result.stderr
     predictions = [json.loads(line) for line in (run_dir / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 28 and all("Review" not in p["reference"] for p in predictions)
+
+
+def test_a_bom_file_trains_and_skipped_rows_are_reported(tmp_path):
+    # A UTF-8 byte-order mark (what Windows editors write) and, on line 3, a row saved as latin-1: with
+    # data.on_bad_rows: skip the run drops exactly that row and says so on stderr and in events.jsonl.
+    good = [json.dumps({"messages": [{"role": "user", "content": f"Say {i}"},
+                                     {"role": "assistant", "content": f"{i}."}]}).encode() for i in range(8)]
+    latin1 = '{"messages": [{"role": "user", "content": "Café?"}, {"role": "assistant", "content": "Oui."}]}'
+    data = tmp_path / "bom.jsonl"
+    data.write_bytes(b"\xef\xbb\xbf" + b"\n".join(good[:2] + [latin1.encode("latin-1")] + good[2:]) + b"\n")
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(data), "on_bad_rows": "skip"},
+                          train={"max_steps": 2, "batch_size": 4})
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    offset = 3 + len(good[0]) + len(good[1]) + 2 + latin1.encode("latin-1").index(b"\xe9")
+    note = (f"data.on_bad_rows is skip: skipped 1 of 9 rows of {data}: {data}:3 (not valid UTF-8 (at byte offset "
+            f"{offset}); re-save the file as UTF-8)")
+    assert f"qlora-kit: warning: {note}" in result.stderr.splitlines()
+    run_dir = tmp_path / "runs" / "r"
+    assert [e["message"] for e in read_events(run_dir, "warning")] == [note]
+    assert read_events(run_dir, "data")[0]["train_rows"] == 8
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+
+
+def test_custom_model_code_is_not_run_and_the_built_in_class_is_said(tmp_path, tiny_model_dir):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_custom.CustomConfig",
+                          "AutoModelForCausalLM": "modeling_custom.CustomLM"}
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "modeling_custom.py").write_text("raise SystemExit('remote code ran')\n")
+    recipe = write_recipe(tmp_path / "r.yaml", model={"name": str(model)}, train={"max_steps": 1})
+    result = run_cli("train", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    note = (f"model.name: {model} ships its own model code (auto_map: AutoConfig: configuration_custom.CustomConfig, "
+            "AutoModelForCausalLM: modeling_custom.CustomLM); model.trust_remote_code is false, so transformers' "
+            "built-in LlamaForCausalLM is used instead (set model.trust_remote_code: true only if you trust that code)")
+    assert [line for line in result.stderr.splitlines() if "warning" in line] == [f"qlora-kit: warning: {note}"]
+    assert [e["message"] for e in read_events(tmp_path / "runs" / "r", "warning")] == [note]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 STARTED = time.perf_counter()  # "time to first step" counts from here: process start, imports and load included
 
-from qlora_kit.errors import EXIT_OOM, is_oom
+from qlora_kit.errors import EXIT_OOM, first_line, is_oom
 
 
 def main(argv: list[str]) -> int:
@@ -32,10 +32,10 @@ def main(argv: list[str]) -> int:
         result.update(run_cell(spec))
         result["status"] = "ok"
     except MemoryError as exc:
-        result.update(status="oom", error=_first_line(exc) or "MemoryError")
+        result.update(status="oom", error=first_line(exc, "MemoryError"))
         code = EXIT_OOM
     except Exception as exc:  # noqa: BLE001  (a cell always reports; the sweep goes on)
-        text = f"{type(exc).__name__}: {_first_line(exc)}"
+        text = f"{type(exc).__name__}: {first_line(exc)}"
         oom = is_oom(exc)
         result.update(status="oom" if oom else "error", error=text)
         code = EXIT_OOM if oom else 1
@@ -209,10 +209,6 @@ def make_timer(steps: int, profile_last: bool, cuda: bool):
                 self.losses.append(round(float(logs["loss"]), 6))
 
     return StepTimer()
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0]
 
 
 if __name__ == "__main__":

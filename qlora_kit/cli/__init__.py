@@ -14,7 +14,8 @@ import sys
 import traceback
 
 from qlora_kit import __version__
-from qlora_kit.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, QKError, RecipeError
+from qlora_kit.compat import quiet_libraries
+from qlora_kit.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, QKError, RecipeError, first_line
 
 # Each module exposes register(subparsers, common) and sets `func` on its parser.
 _SUBCOMMANDS = ("train", "validate", "data", "merge", "export", "eval", "chat", "serve", "server", "bench", "plan",
@@ -58,28 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # anything unexpected: still one line, with the way to get more
         if debug:
             traceback.print_exc()
-        first = (str(exc).strip().splitlines() or [""])[0]
-        print(f"qlora-kit: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"qlora-kit: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
         return EXIT_RUNTIME
-
-
-def quiet_libraries() -> None:
-    """Library chatter (deprecation warnings, bitsandbytes' note that the optional `kernels` package is absent,
-    and progress bars when output goes to a log) buries our own progress and one-line errors; --debug keeps it.
-    The libraries read these variables when imported, which is why this runs before any command does."""
-    import logging
-    import os
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if not sys.stderr.isatty():
-        # In logs, progress bars are noise; on a terminal they are how a multi-GB Hub download shows it is alive.
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings precede our one-line error
 
 
 def _report(exc: QKError, debug: bool) -> None:

@@ -35,9 +35,10 @@ def run(args) -> int:
         print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
     else:
         print(render_text(report, color=sys.stdout.isatty()))
-    if report.problems:
+    if report.problems and recipe.data.on_bad_rows == "error":
         n = sum(e["count"] for e in report.problems.values())
-        raise DataError(f"{n} row(s) with problems; training would stop at the first ({_first(report)})")
+        raise DataError(f"{n} row(s) with problems; training would stop at the first ({_first(report)}); fix them, "
+                        "or set data.on_bad_rows: skip to drop them")
     if report.total_trained_tokens == 0:
         raise DataError("no token would be trained: every row is masked out or truncated away "
                         "(check data.train_on, the chat template, and model.max_seq_length)")
@@ -52,8 +53,11 @@ def _first(report) -> str:
 def _load_tokenizer(recipe):
     from transformers import AutoTokenizer
 
+    from qlora_kit.model.check import check_model, loading
     from qlora_kit.model.resolve import resolve_model_path
 
     m = recipe.model
-    return AutoTokenizer.from_pretrained(resolve_model_path(m.name), trust_remote_code=m.trust_remote_code,
-                                         revision=m.revision)
+    check_model(m)  # a config transformers cannot load: one line, exit 2
+    with loading(m.name):
+        return AutoTokenizer.from_pretrained(resolve_model_path(m.name), trust_remote_code=m.trust_remote_code,
+                                             revision=m.revision)

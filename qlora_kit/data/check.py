@@ -49,10 +49,11 @@ class CheckReport:
     max_steps: int | None = None
     preview: list[tuple[str, bool]] = field(default_factory=list)  # (text piece, trained?)
     preview_row: str = ""
+    on_bad_rows: str = "error"
 
     @property
     def ok(self) -> bool:
-        return not self.problems and self.total_trained_tokens > 0
+        return (not self.problems or self.on_bad_rows == "skip") and self.total_trained_tokens > 0
 
 
 def check(recipe: Recipe, tokenizer) -> CheckReport:
@@ -64,7 +65,7 @@ def check(recipe: Recipe, tokenizer) -> CheckReport:
     report = CheckReport(sources=[c.origin for c in converted], format=first.format.name,
                          format_detected=first.detected, rows=sum(c.total_rows for c in converted),
                          valid=sum(len(c.items) for c in converted), max_seq_length=recipe.model.max_seq_length,
-                         epochs=recipe.train.epochs, max_steps=recipe.train.max_steps)
+                         epochs=recipe.train.epochs, max_steps=recipe.train.max_steps, on_bad_rows=d.on_bad_rows)
     for c in converted:
         for p in c.problems:
             entry = report.problems.setdefault(p.kind, {"label": PROBLEM_KINDS[p.kind], "count": 0, "first": []})
@@ -115,6 +116,8 @@ def render_text(r: CheckReport, color: bool = False) -> str:
     for kind, e in r.problems.items():
         out.append(f"  {e['label']} ({kind}): {e['count']}")
         out.extend(f"      {line}" for line in e["first"])
+    if r.problems and r.on_bad_rows == "skip":
+        out.append(f"  data.on_bad_rows is skip: training drops these {r.rows - r.valid} row(s)")
     mpe, tpe, tte = r.messages_per_example, r.tokens_per_example, r.trained_tokens_per_example
     out += [
         f"examples missing a system message: {r.missing_system}",

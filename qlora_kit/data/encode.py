@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from qlora_kit.data.formats import Example
 from qlora_kit.data.templates import CHAT_TEMPLATES, get_template
 from qlora_kit.errors import DataError
+from qlora_kit.messages import QKWarning
 
 IGNORE_INDEX = -100
 
@@ -54,7 +55,8 @@ def apply_chat_template_choice(tokenizer, name: str) -> str:
     split = [t for t in template.special_tokens if len(tokenizer.encode(t, add_special_tokens=False)) != 1]
     if split:
         # Still trains correctly (the markers are just several tokens), but costs tokens and is unusual.
-        warnings.warn(f"chat template {name!r}: {', '.join(split)} are not single tokens in this tokenizer")
+        warnings.warn(f"chat template {name!r}: {', '.join(split)} are not single tokens in this tokenizer",
+                      QKWarning, stacklevel=2)
     tokenizer.chat_template = template.jinja
     return name
 

@@ -24,6 +24,7 @@ SHAREGPT_ROLES = {
 # Problem kinds, with the words `data check` prints for them.
 PROBLEM_KINDS = {
     "bad_json": "bad JSON line",
+    "bad_utf8": "not valid UTF-8",
     "empty_row": "empty row",
     "wrong_columns": "missing or wrong columns for the format",
     "no_messages": "no messages",

@@ -13,6 +13,7 @@ from qlora_kit.data.encode import Encoded, encode_example, pack, truncate
 from qlora_kit.data.formats import Example, Format, RowProblem, convert_row, detect_format, get_format
 from qlora_kit.data.sources import Rows, read_rows
 from qlora_kit.errors import DataError
+from qlora_kit.messages import warn
 from qlora_kit.recipe.schema import DataSection
 
 
@@ -48,7 +49,7 @@ def convert_rows(rows: Rows, format_name: str) -> Examples:
     out = Examples(rows.origin, fmt, detected, total_rows=len(rows.rows))
     for row in rows.rows:
         if row.problem is not None:
-            out.problems.append(Problem(row.where, "bad_json", row.problem))
+            out.problems.append(Problem(row.where, row.kind, row.problem))
             continue
         try:
             out.items.append((row.where, convert_row(fmt, row.value)))
@@ -63,15 +64,18 @@ def add_system_prompt(example: Example, system_prompt: str | None) -> Example:
     return Example(messages=[{"role": "system", "content": system_prompt}] + example.messages)
 
 
-def load_examples(cfg: DataSection, seed: int) -> tuple[list[tuple[str, Example]], list[tuple[str, Example]], str]:
-    """Read and validate rows; return (train, eval, format name). Raises DataError on the first bad row."""
-    train = _strict(convert_rows(read_rows(cfg.path, "data.path", cfg.split), cfg.format))
+def load_examples(cfg: DataSection, seed: int, notes: list[str] | None = None
+                  ) -> tuple[list[tuple[str, Example]], list[tuple[str, Example]], str]:
+    """Read and validate rows; return (train, eval, format name). Raises DataError on the first bad row, unless
+    data.on_bad_rows is skip: then such rows are dropped, and said so on stderr and in `notes` (run events)."""
+    train = _strict(convert_rows(read_rows(cfg.path, "data.path", cfg.split), cfg.format), cfg.on_bad_rows, notes)
     items = [(w, add_system_prompt(e, cfg.system_prompt)) for w, e in train.items]
     random.Random(seed).shuffle(items)
     if cfg.max_rows:
         items = items[: cfg.max_rows]
     if cfg.eval_path:
-        ev = _strict(convert_rows(read_rows(cfg.eval_path, "data.eval_path", cfg.split), cfg.format))
+        ev = _strict(convert_rows(read_rows(cfg.eval_path, "data.eval_path", cfg.split), cfg.format),
+                     cfg.on_bad_rows, notes)
         eval_items = [(w, add_system_prompt(e, cfg.system_prompt)) for w, e in ev.items]
     elif cfg.eval_split > 0:
         n_eval = max(1, round(len(items) * cfg.eval_split))
@@ -83,8 +87,13 @@ def load_examples(cfg: DataSection, seed: int) -> tuple[list[tuple[str, Example]
     return items, eval_items, train.format.name
 
 
-def _strict(examples: Examples) -> Examples:
-    if examples.problems:
+def _strict(examples: Examples, on_bad_rows: str = "error", notes: list[str] | None = None) -> Examples:
+    if examples.problems and on_bad_rows == "skip":
+        message = skipped_rows_note(examples)
+        warn(message)
+        if notes is not None:
+            notes.append(message)
+    elif examples.problems:
         p = examples.problems[0]
         more = f" (and {len(examples.problems) - 1} more; run `qlora-kit data check` to list them)" \
             if len(examples.problems) > 1 else ""
@@ -92,6 +101,14 @@ def _strict(examples: Examples) -> Examples:
     if not examples.items:
         raise DataError(f"{examples.origin}: no rows")
     return examples
+
+
+def skipped_rows_note(examples: Examples, listed: int = 10) -> str:
+    """'data.on_bad_rows is skip: skipped N of M rows of FILE: where (detail), ...' naming the first `listed`."""
+    shown = ", ".join(f"{p.where} ({p.detail})" for p in examples.problems[:listed])
+    more = f" and {len(examples.problems) - listed} more" if len(examples.problems) > listed else ""
+    return (f"data.on_bad_rows is skip: skipped {len(examples.problems)} of {examples.total_rows} rows of "
+            f"{examples.origin}: {shown}{more}")
 
 
 @dataclass

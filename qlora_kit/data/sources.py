@@ -2,16 +2,23 @@
 
 Rows are read as plain dicts. Local JSONL is parsed line by line here (not through `datasets`) so a broken line
 is reported with its line number, and `data check` can count every problem instead of stopping at the first.
+
+Text is never changed silently: bytes that are not UTF-8 make their row a problem (file:line and byte offset),
+like broken JSON, instead of being replaced by U+FFFD. A UTF-8 byte-order mark (Windows editors write one) is
+dropped, as Python's utf-8-sig codec does.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qlora_kit.errors import DataError
+from qlora_kit.errors import DataError, first_line
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -31,6 +38,7 @@ class Row:
     where: str  # "file.jsonl:12" or "hf:org/name[3]": names the row in every message about it
     value: object  # the parsed row (normally a dict); None for a line that was not valid JSON
     problem: str | None = None  # set when the row could not even be parsed
+    kind: str = "bad_json"  # the problem's kind (data.formats.PROBLEM_KINDS): bad_json or bad_utf8
 
 
 @dataclass
@@ -77,13 +85,73 @@ def read_rows(spec: str, field_name: str, split: str = "train") -> Rows:
     return rows
 
 
+# One lone surrogate per byte that is not UTF-8, as the surrogateescape error handler decodes it.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+NEWLINE = b"\n"
+
+
+def not_utf8(offset: int, data: bytes | None = None) -> str:
+    """The problem text for a byte that is not UTF-8; with the file's bytes, its line too (for .json rows)."""
+    where = f"byte offset {offset}"
+    if data is not None:
+        where = f"line {data.count(NEWLINE, 0, offset) + 1}, {where}"
+    return f"not valid UTF-8 (at {where}); re-save the file as UTF-8"
+
+
+def _decode(data: bytes) -> tuple[str, list[int]]:
+    """Text with a leading BOM dropped, and the file offsets of the bytes that are not UTF-8.
+
+    surrogateescape turns each such byte into one lone surrogate (U+DC80..U+DCFF), so the rows holding them can
+    be found after parsing and matched, in file order, with these offsets."""
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    text = data[start:].decode("utf-8", errors="surrogateescape")
+    bad, pos, last = [], start, 0
+    for m in _ESCAPED_BYTE.finditer(text):
+        pos += len(text[last:m.start()].encode("utf-8", errors="surrogateescape"))
+        bad.append(pos)
+        last = m.start()
+    return text, bad
+
+
+def _escaped_bytes(value: object) -> int:
+    """How many undecodable bytes (lone surrogates from `_decode`) a parsed row holds, keys included."""
+    if isinstance(value, str):
+        return len(_ESCAPED_BYTE.findall(value))
+    if isinstance(value, dict):
+        return sum(_escaped_bytes(k) + _escaped_bytes(v) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(_escaped_bytes(v) for v in value)
+    return 0
+
+
+def _mark_bad_bytes(rows: list[Row], bad: list[int], data: bytes, label: str) -> None:
+    """Turn rows holding undecodable bytes into bad_utf8 problems, naming the first such byte of each."""
+    i = 0
+    for row in rows:
+        n = _escaped_bytes(row.value)
+        if n:
+            row.value, row.kind = None, "bad_utf8"
+            row.problem = not_utf8(bad[i], data)
+            i += n
+    if i != len(bad):  # a bad byte outside every row (a key of the {"data": ...} wrapper, a CSV header)
+        raise DataError(f"{label}: {not_utf8(bad[i], data)}")
+
+
 def _read_jsonl(path: Path, label: str) -> Rows:
     out = Rows(label)
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    offset = 0
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            start = len(codecs.BOM_UTF8) if lineno == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+            line_offset, offset = offset, offset + len(raw)
+            where = f"{label}:{lineno}"
+            try:
+                line = raw[start:].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                out.rows.append(Row(where, None, not_utf8(line_offset + start + exc.start), "bad_utf8"))
+                continue
             if not line.strip():
                 continue  # blank lines are not rows (a trailing newline is common)
-            where = f"{label}:{lineno}"
             try:
                 out.rows.append(Row(where, json.loads(line.rstrip("\r\n"))))
             except json.JSONDecodeError as exc:
@@ -92,9 +160,13 @@ def _read_jsonl(path: Path, label: str) -> Rows:
 
 
 def _read_json(path: Path, label: str) -> Rows:
+    raw = path.read_bytes()
+    text, bad = _decode(raw)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
+        if bad:  # the undecodable byte is what broke the JSON: say that
+            raise DataError(f"{label}: {not_utf8(bad[0], raw)}") from None
         raise DataError(f"{label}:{exc.lineno}: bad JSON ({exc.msg}); a .json file must hold one list of rows "
                         "(use .jsonl for one row per line)") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -102,14 +174,21 @@ def _read_json(path: Path, label: str) -> Rows:
     if not isinstance(data, list):
         raise DataError(f"{label}: a .json dataset must be a list of rows (or {{\"data\": [...]}}), "
                         f"not a {type(data).__name__}")
-    return Rows(label, [Row(f"{label}[{i}]", row) for i, row in enumerate(data)])
+    rows = [Row(f"{label}[{i}]", row) for i, row in enumerate(data)]
+    _mark_bad_bytes(rows, bad, raw, label)
+    return Rows(label, rows)
 
 
 def _read_csv(path: Path, label: str) -> Rows:
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        # Line numbers count the header as line 1, as an editor shows them.
-        return Rows(label, [Row(f"{label}:{i + 2}", dict(row)) for i, row in enumerate(reader)])
+    raw = path.read_bytes()
+    text, bad = _decode(raw)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # Line numbers count the header as line 1, as an editor shows them.
+    rows = [Row(f"{label}:{i + 2}", dict(row)) for i, row in enumerate(reader)]
+    if bad and _escaped_bytes(reader.fieldnames or []):
+        raise DataError(f"{label}:1: {not_utf8(bad[0])} (in the header)")
+    _mark_bad_bytes(rows, bad, raw, label)
+    return Rows(label, rows)
 
 
 def _read_parquet(path: Path, label: str) -> Rows:
@@ -126,10 +205,12 @@ def _read_hub(name: str, split: str, field_name: str) -> Rows:
     # The user asked for a Hub dataset by name: this is the one place data may come over the network.
     import datasets
 
-    datasets.disable_progress_bars()
+    from qlora_kit.compat import no_datasets_progress_bars
+
+    no_datasets_progress_bars()
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{field_name}: cannot load Hub dataset {name!r} split {split!r}: {first}") from None
+        raise DataError(f"{field_name}: cannot load Hub dataset {name!r} split {split!r}: "
+                        f"{first_line(exc, type(exc).__name__)}") from None
     return Rows(f"hf:{name}", [Row(f"hf:{name}[{i}]", row) for i, row in enumerate(ds)])

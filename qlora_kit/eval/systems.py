@@ -51,9 +51,11 @@ class HFSystem:
     def nll(self, prompt: list[int], answer: list[int]) -> float:
         import torch
 
+        from qlora_kit.logits import log_probs
+
         with torch.no_grad(), self._ctx():
-            logits = self.model(input_ids=torch.tensor([prompt + answer])).logits[0].float()
-        return _nll(logits.log_softmax(-1).numpy(), prompt, answer)
+            logits = self.model(input_ids=torch.tensor([prompt + answer])).logits[0]
+        return _nll(log_probs(logits), prompt, answer)
 
     def close(self) -> None:
         del self.model
@@ -86,9 +88,9 @@ class GGUFSystem:
             self.llm.reset()
             self.llm.eval(prompt + answer)
             scores = np.array(self.llm.scores[: len(prompt) + len(answer)], dtype=np.float32)
-        shifted = scores - scores.max(-1, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-        return _nll(logp, prompt, answer)
+        from qlora_kit.logits import log_probs
+
+        return _nll(log_probs(scores), prompt, answer)
 
     def close(self) -> None:
         self.llm.close()

@@ -17,7 +17,7 @@ from qlora_kit.errors import StageError, UsageError
 from qlora_kit.export.archs import ARCHS, common_kv, permute_for_llama_cpp
 from qlora_kit.export.quants import NEEDS_IMATRIX, QUANT_TYPES, QuantType, get_quant_type  # noqa: F401
 from qlora_kit.export.vocab import add_vocab
-from qlora_kit.memory import return_large_frees_to_the_os
+from qlora_kit.compat import return_large_frees_to_the_os
 from qlora_kit.merge.checkpoint import Checkpoint, row_blocks
 
 

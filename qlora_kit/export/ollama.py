@@ -281,6 +281,20 @@ def _run(nodes: list, dot, scopes: list[dict], out: list[str]) -> None:
                 _run(node[1][0][1], item, [*scopes, {}], out)
 
 
+def ollama_values(messages: list[dict], system: str | None) -> dict:
+    """The data Ollama executes a chat TEMPLATE with: {"System": ..., "Messages": [{"Role", "Content"}, ...]}."""
+    # Ollama's server: the Modelfile SYSTEM is prepended when the request starts without a system message.
+    if system and not (messages and messages[0]["role"] == "system"):
+        messages = [{"role": "system", "content": system}, *messages]
+    collated: list[dict] = []
+    for message in messages:  # Ollama's collate: merge consecutive same-role messages (tool results excepted)
+        if collated and collated[-1]["Role"] == message["role"] != "tool":
+            collated[-1]["Content"] += "\n\n" + message["content"]
+        else:
+            collated.append({"Role": message["role"], "Content": message["content"]})
+    return {"System": "\n\n".join(m["content"] for m in messages if m["role"] == "system"), "Messages": collated}
+
+
 def render_go(template: str, messages: list[dict], system: str | None) -> str:
     """Render a Go chat template as Ollama would; `system` is the Modelfile's SYSTEM (used when no message is)."""
     items: list = []
@@ -296,16 +310,7 @@ def render_go(template: str, messages: list[dict], system: str | None) -> str:
     if "{{" in tail:
         raise ValueError("unclosed {{ in Go template")
     nodes = _parse(items + ([tail] if tail else []))
-    # Ollama's server: the Modelfile SYSTEM is prepended when the request starts without a system message.
-    if system and not (messages and messages[0]["role"] == "system"):
-        messages = [{"role": "system", "content": system}, *messages]
-    collated: list[dict] = []
-    for message in messages:  # Ollama's collate: merge consecutive same-role messages (tool results excepted)
-        if collated and collated[-1]["Role"] == message["role"] != "tool":
-            collated[-1]["Content"] += "\n\n" + message["content"]
-        else:
-            collated.append({"Role": message["role"], "Content": message["content"]})
-    data = {"System": "\n\n".join(m["content"] for m in messages if m["role"] == "system"), "Messages": collated}
+    data = ollama_values(messages, system)
     out: list[str] = []
     _run(nodes, data, [{"$": data}], out)
     return "".join(out)

@@ -221,7 +221,7 @@ def _quant_of(path: Path) -> str:
 
 def _held_out(model_dir: Path, run_dir: Path | None, tokenizer, n: int):
     if run_dir is not None:
-        from qlora_kit.merge.run import held_out_rows
+        from qlora_kit.data.held_out import held_out_rows
         from qlora_kit.recipe import load_recipe
 
         source, rows = held_out_rows(load_recipe(run_dir / "recipe.yaml"), tokenizer, n)

@@ -128,17 +128,14 @@ def hf_logits(model, rows: list[list[int]]) -> list[np.ndarray]:
 
 
 def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:
-    """Per-position agreement of two logit sets (rows x positions x vocab), summarised; `positions` keeps what the
-    fair quantized check needs (HF's top1-top2 margin, the logits' spread, whether top-1 agrees)."""
-    max_diff, kl, agree, count, rel, corr = 0.0, 0.0, 0, 0, [], []
-    margins, spreads, agrees = [], [], []
+    """Per-position agreement of two logit sets (rows x positions x vocab), summarised: the shared comparison
+    (qlora_kit.logits) plus what the fair quantized check needs: relative error and correlation of the centred
+    logits, and per position HF's top1-top2 margin, the logits' spread and whether top-1 agrees (`positions`)."""
+    from qlora_kit.logits import compare_logits
+
+    out = compare_logits(reference, candidate)
+    rel, corr, margins, spreads, agrees = [], [], [], [], []
     for ref, cand in zip(reference, candidate):
-        max_diff = max(max_diff, float(np.abs(ref - cand).max()))
-        logp, logq = _log_softmax(ref), _log_softmax(cand)
-        kl += float((np.exp(logp) * (logp - logq)).sum())
-        same = ref.argmax(-1) == cand.argmax(-1)
-        agree += int(same.sum())
-        count += ref.shape[0]
         centred_ref = ref - ref.mean(-1, keepdims=True)
         centred_cand = cand - cand.mean(-1, keepdims=True)
         spread = np.sqrt((centred_ref ** 2).mean(-1))
@@ -149,10 +146,8 @@ def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:
         top2 = np.sort(ref, -1)[:, -2:]
         margins.extend((top2[:, 1] - top2[:, 0]).tolist())
         spreads.extend(spread.tolist())
-        agrees.extend(same.tolist())
-    n = max(count, 1)
-    return {"max_abs_logit_diff": max_diff, "mean_kl": max(0.0, kl / n), "top1_agreement": agree / n,
-            "tokens": count, "rel_rms_error": float(np.mean(rel)) if rel else 0.0,
+        agrees.extend((ref.argmax(-1) == cand.argmax(-1)).tolist())
+    return {**out, "rel_rms_error": float(np.mean(rel)) if rel else 0.0,
             "max_rel_rms_error": float(np.max(rel)) if rel else 0.0,
             "min_logit_correlation": float(np.min(corr)) if corr else 1.0,
             "positions": {"margin": margins, "spread": spreads, "top1_agrees": agrees}}
@@ -195,7 +190,3 @@ def judge(quant: str, tokens: dict, logits: dict) -> tuple[bool, str]:
     return True, f"relative logit error {rel:.4g} (within the {quant} limit {limit}), {top1}, max |diff| " \
                  f"{logits['max_abs_logit_diff']:.3g}"
 
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from qlora_kit.data.encode import IGNORE_INDEX, Encoded
-from qlora_kit.model.backends import exact_nf4_on_cpu
+from qlora_kit.data.encode import Encoded
+from qlora_kit.logits import compare_logits
+from qlora_kit.compat import exact_nf4_on_cpu
 
 
 @dataclass
@@ -53,21 +54,4 @@ def logits_of(model, rows: list[Encoded]) -> list[torch.Tensor]:
 
 
 def compare(reference: list[torch.Tensor], candidate: list[torch.Tensor], rows: list[Encoded]) -> Comparison:
-    max_diff, kl_sum, agree, count = 0.0, 0.0, 0, 0
-    loss_ref, loss_cand, loss_n = 0.0, 0.0, 0
-    for ref, cand, row in zip(reference, candidate, rows):
-        max_diff = max(max_diff, (ref - cand).abs().max().item())
-        logp, logq = ref.log_softmax(-1), cand.log_softmax(-1)
-        kl_sum += (logp.exp() * (logp - logq)).sum(-1).sum().item()
-        agree += (ref.argmax(-1) == cand.argmax(-1)).sum().item()
-        count += ref.shape[0]
-        labels = torch.tensor(row.labels[1:])
-        mask = labels != IGNORE_INDEX
-        if mask.any():
-            targets = labels[mask]
-            loss_ref -= logp[:-1][mask].gather(-1, targets[:, None]).sum().item()
-            loss_cand -= logq[:-1][mask].gather(-1, targets[:, None]).sum().item()
-            loss_n += int(mask.sum())
-    # KL is >= 0; tiny negative sums are float rounding of identical distributions.
-    return Comparison(max_diff, max(0.0, kl_sum / max(count, 1)), agree / max(count, 1), loss_ref / max(loss_n, 1),
-                      loss_cand / max(loss_n, 1), count)
+    return Comparison(**compare_logits(reference, candidate, [r.labels for r in rows]))

@@ -20,8 +20,6 @@ from qlora_kit.train.rundir import RunDir, atomic_write_json
 
 # Top-1 agreement below this means the merge is wrong (a missing scale, a transposed delta), not float noise.
 MIN_TOP1 = 0.95
-FALLBACK_TEXTS = ("The quick brown fox jumps over the lazy dog.", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10",
-                  "Hello! How can I help you today?")
 
 
 def merge_run(run_dir: str | Path, options: MergeOptions, out: str | Path | None = None,
@@ -96,26 +94,10 @@ def base_model_dir(name: str, revision: str | None) -> str:
                          f"download it (`hf download {name}`) and run merge again") from None
 
 
-def held_out_rows(recipe, tokenizer, n: int):
-    """The run's eval rows (same split and seed as training), else its first training rows, else fixed texts."""
-    from qlora_kit.data.encode import apply_chat_template_choice
-    from qlora_kit.data.formats import Example
-    from qlora_kit.data.prepare import encode_split, load_examples
-
-    try:
-        train_items, eval_items, _ = load_examples(recipe.data, recipe.train.seed)
-        source, items = ("eval split", eval_items) if eval_items else ("training rows", train_items)
-        apply_chat_template_choice(tokenizer, "auto")
-    except QKError:
-        source, items = "fixed texts (the run's data is no longer readable)", [
-            (f"text {i}", Example(text=t)) for i, t in enumerate(FALLBACK_TEXTS)]
-    split = encode_split(tokenizer, items[:n], recipe.data.train_on, recipe.model.max_seq_length)
-    return source, split.rows
-
-
 def fidelity_report(recipe, run, ckpt, adapter, merged_dir, options, train_dtype, out_dtype) -> dict:
     from transformers import AutoTokenizer
 
+    from qlora_kit.data.held_out import held_out_rows
     from qlora_kit.merge import fidelity as fid
 
     source, rows = held_out_rows(recipe, AutoTokenizer.from_pretrained(run.adapter), options.samples)

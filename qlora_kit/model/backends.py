@@ -10,34 +10,22 @@ process that runs the `hf` baseline: `prepare()` is called before anything impor
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
+from qlora_kit.compat import exact_nf4_on_cpu, unsloth_cpu_fp32
 from qlora_kit.errors import UsageError
+from qlora_kit.model.check import loading
 from qlora_kit.registry import Registry
 from qlora_kit.recipe.schema import LoraSection, ModelSection
+
+if TYPE_CHECKING:
+    from qlora_kit.train.auto import Runtime
 
 # Module names never adapted by 'all-linear': the output head (and embeddings, which are not Linear anyway).
 EXCLUDED_LINEAR = {"lm_head", "embed_out", "output"}
 # Named explicitly in target_modules, these are trained in full (not with LoRA), as Unsloth does.
 FULLY_TRAINED = {"embed_tokens", "lm_head"}
-
-
-@dataclass
-class Runtime:
-    """Device-dependent choices, resolved from the recipe's "auto" values (see qlora_kit.train.auto)."""
-
-    device: str  # "cpu" | "cuda"
-    dtype: str  # "float32" | "bfloat16" | "float16"
-    gradient_checkpointing: bool
-    seed: int
-
-    @property
-    def torch_dtype(self):
-        import torch
-
-        return getattr(torch, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -85,17 +73,6 @@ def target_modules(model, lora: LoraSection) -> list[str]:
     return list(lora.target_modules)
 
 
-def exact_nf4_on_cpu(model) -> None:
-    """Keep bitsandbytes 0.50's CPU fast path off: on CPUs with AVX512-BF16, a Linear4bit's first forward without
-    gradients (evaluation) repacks its weight in place for a bf16 inference kernel (absmax rounded to bf16, ~5e-3
-    error per layer) and never unpacks it. Training through the repacked weight then differs from training through
-    the weights the run loaded: an eval in mid-run changed every later step of the hf backend. Unsloth's CPU
-    loader turns it off the same way (unsloth_zoo.cpu.loader); the merge's fidelity reference needs it off too."""
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
-
 def quantization_summary(model) -> dict:
     """What the loaded base actually is (recorded in run.json): 4-bit layer count, quant type, double quant."""
     try:
@@ -113,12 +90,7 @@ def quantization_summary(model) -> dict:
 # --- unsloth -------------------------------------------------------------------------------------------------
 
 def _prepare_unsloth(cfg: ModelSection) -> None:
-    if cfg.dtype in ("auto", "float32"):
-        # On CPU we train in fp32 (train.auto). Unsloth's CPU backend otherwise checks bitsandbytes 4-bit with a
-        # bf16 forward + backward on CPUs with native bf16, paging in bf16 kernels an fp32 run never uses: ~4 MiB
-        # of peak RSS, measured. Only its CPU backend reads this; losses and adapters stay bit-identical. A user's
-        # own setting wins, and a bf16 recipe leaves it alone.
-        os.environ.setdefault("UNSLOTH_CPU_BF16", "0")
+    unsloth_cpu_fp32(cfg.dtype)
     try:
         import unsloth  # noqa: F401  (must precede transformers/trl/peft: it patches them)
     except ImportError as exc:
@@ -129,10 +101,11 @@ def _prepare_unsloth(cfg: ModelSection) -> None:
 def _load_unsloth(path: str, cfg: ModelSection, lora: LoraSection, rt: Runtime):
     from unsloth import FastLanguageModel
 
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=path, max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit, dtype=rt.torch_dtype,
-        trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
-    )
+    with loading(path):
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=path, max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit, dtype=rt.torch_dtype,
+            trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+        )
     model = FastLanguageModel.get_peft_model(
         model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
         target_modules=target_modules(model, lora), use_rslora=lora.rslora, random_state=rt.seed,
@@ -156,11 +129,13 @@ def _load_hf(path: str, cfg: ModelSection, lora: LoraSection, rt: Runtime):
     if cfg.load_in_4bit:
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=rt.torch_dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=quant, dtype=rt.torch_dtype, device_map={"": rt.device},
-        trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
-    )
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    with loading(path):
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quant, dtype=rt.torch_dtype, device_map={"": rt.device},
+            trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code,
+                                                  revision=cfg.revision)
     if cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=rt.gradient_checkpointing)
         exact_nf4_on_cpu(model)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from qlora_kit.model.backends import FULLY_TRAINED
 from qlora_kit.plan.shape import ModelShape
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -26,7 +27,6 @@ NF4_BLOCK = 64
 NESTED_BLOCK = 256
 # Per Linear4bit: NF4 code (16 fp32), nested code (256 fp32), nested offset (one fp32).
 NF4_TABLES = 16 * 4 + 256 * 4 + 4
-FULLY_TRAINED = {"embed_tokens", "lm_head"}
 BNB_8BIT_MIN = 4096  # bitsandbytes keeps 32-bit Adam states for smaller tensors (min_8bit_size)
 BNB_8BIT_BLOCK = 256
 # A CUDA process holds its context and kernels (~0.4-0.6 GiB on recent GPUs) outside max_memory_allocated, and

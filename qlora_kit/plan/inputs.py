@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from qlora_kit.plan.estimate import PlanInput, resolve_targets
 from qlora_kit.plan.shape import ModelShape
-from qlora_kit.train.auto import AUTO
+from qlora_kit.train.auto import AUTO, auto_dtype
 
 
 def plan_input_for(recipe, shape: ModelShape, backend: str, device: str, seq_len: int, batch_size: int | None = None,
@@ -17,8 +17,8 @@ def plan_input_for(recipe, shape: ModelShape, backend: str, device: str, seq_len
         return AUTO[key][0 if gpu else 1] if value == "auto" else value
 
     dtype = recipe.model.dtype
-    if dtype == "auto":  # as train.auto.pick_dtype decides on a real device
-        dtype = ("bfloat16" if bf16 else "float16") if gpu else "float32"
+    if dtype == "auto":
+        dtype = auto_dtype(device, bf16)
     return PlanInput(
         backend=backend, device=device, dtype=dtype, batch_size=batch_size or pick("batch_size"), seq_len=seq_len,
         lora_r=recipe.lora.r, target_modules=resolve_targets(shape, recipe.lora.target_modules),

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from qlora_kit.errors import UsageError
+from qlora_kit.errors import UsageError, first_line
 from qlora_kit.registry import Registry
 
 
@@ -147,8 +147,8 @@ def _hub_config(name: str, revision: str | None) -> str:
 
         return hf_hub_download(name, "config.json", revision=revision)
     except Exception as exc:  # offline, gated, unknown repo: all end the same way for the user
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UsageError(f"model.name: could not fetch config.json of {name} from the Hub ({first}); "
+        raise UsageError(f"model.name: could not fetch config.json of {name} from the Hub "
+                         f"({first_line(exc, type(exc).__name__)}); "
                          "point model.name at a local model directory") from None
 
 

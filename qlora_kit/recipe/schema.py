@@ -75,6 +75,9 @@ class DataSection(Section):
     eval_path: str | None = Field(None, description="Separate evaluation file (same sources as path).")
     packing: bool = Field(False, description="Concatenate short rows into max_seq_length blocks (faster on short rows).")
     max_rows: int | None = Field(None, gt=0, description="Use at most this many rows (after shuffling with train.seed).")
+    on_bad_rows: Literal["error", "skip"] = Field(
+        "error", description="error: a row that cannot be read or converted (bad JSON, not UTF-8, wrong columns) "
+        "stops training. skip: drop such rows on purpose; the count and their lines are reported.")
 
     @model_validator(mode="after")
     def _one_eval_source(self) -> "DataSection":

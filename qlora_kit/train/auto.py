@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from qlora_kit.errors import UsageError
-from qlora_kit.model.backends import Runtime
 from qlora_kit.recipe.schema import Recipe
 
 # (GPU, CPU) defaults. GPU: small micro-batches accumulated, 8-bit AdamW and checkpointing to save VRAM.
@@ -14,6 +15,22 @@ AUTO = {
     "optimizer": ("adamw_8bit", "adamw_torch"),
     "gradient_checkpointing": (True, False),
 }
+
+
+@dataclass
+class Runtime:
+    """Device-dependent choices, resolved from the recipe's "auto" values by `resolve` below."""
+
+    device: str  # "cpu" | "cuda"
+    dtype: str  # "float32" | "bfloat16" | "float16"
+    gradient_checkpointing: bool
+    seed: int
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
 
 
 def detect_device(requested: str) -> str:
@@ -27,14 +44,20 @@ def detect_device(requested: str) -> str:
     return requested
 
 
-def pick_dtype(requested: str, device: str) -> str:
-    import torch
+def auto_dtype(device: str, bf16: bool) -> str:
+    """model.dtype auto: bfloat16 on GPUs that support it, else float16; float32 on CPU (bf16 matmuls are slow on
+    most CPUs, and fp32 keeps CPU runs comparable across machines). `plan` applies it to GPUs it only knows of."""
+    if device == "cuda":
+        return "bfloat16" if bf16 else "float16"
+    return "float32"
 
+
+def pick_dtype(requested: str, device: str) -> str:
     if requested != "auto":
         return requested
-    if device == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "float32"  # bf16 matmuls are slow on most CPUs, and fp32 keeps CPU runs comparable across machines
+    import torch
+
+    return auto_dtype(device, device == "cuda" and torch.cuda.is_bf16_supported())
 
 
 def resolve(recipe: Recipe) -> tuple[Recipe, Runtime]:

@@ -44,13 +44,17 @@ def train_recipe(recipe: Recipe, source: str, log: EventLog, cancel: CancelToken
     check_paths(recipe, source)
     run = RunDir(Path(recipe.output.dir).absolute() / recipe.output.name)
     run.check_start(resume, overwrite)
-    train_items, eval_items, fmt = load_examples(recipe.data, recipe.train.seed)
+    data_notes: list[str] = []  # rows dropped by data.on_bad_rows: skip, recorded as warning events
+    train_items, eval_items, fmt = load_examples(recipe.data, recipe.train.seed, data_notes)
     _check_loggers(recipe)
 
     from qlora_kit.model.backends import get_backend
 
     backend = get_backend(recipe.model.backend)
     backend.prepare(recipe.model)  # before transformers is imported anywhere (Unsloth patches it)
+    from qlora_kit.model.check import check_model
+
+    model_notes = check_model(recipe.model)  # a config transformers cannot load: one line, before the run dir
     from qlora_kit.train.auto import resolve
 
     resolved, rt = resolve(recipe)
@@ -65,6 +69,9 @@ def train_recipe(recipe: Recipe, source: str, log: EventLog, cancel: CancelToken
              resumed_from=str(checkpoint) if checkpoint else None)
     for message in warnings:
         log.emit("warning", message=message, source="plugins")
+    for source, notes in (("data", data_notes), ("model", model_notes)):
+        for message in notes:
+            log.emit("warning", message=message, source=source)
     try:
         done = _train(run, resolved, rt, backend, train_items, eval_items, fmt, checkpoint, t0, cancel, console,
                       resume_hint)

@@ -3,9 +3,11 @@ so TRL's own dataset preparation is skipped: what `data check` previews is exact
 
 from __future__ import annotations
 
+from qlora_kit.compat import (plain_loss_sft_trainer, remove_printer_callback, restore_trainable_dtypes,
+                              trainable_dtypes)
 from qlora_kit.data.encode import Encoded
-from qlora_kit.model.backends import Runtime
 from qlora_kit.recipe.schema import Recipe
+from qlora_kit.train.auto import Runtime
 
 
 def to_dataset(rows: list[Encoded]):
@@ -66,42 +68,14 @@ def build_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eva
 
     cls = SFTTrainer
     if recipe.model.backend == "hf" and rt.device == "cpu":
-        cls = _plain_loss_trainer()
-    from transformers.trainer_callback import PrinterCallback
-
-    adapter_dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+        cls = plain_loss_sft_trainer()
+    adapter_dtypes = trainable_dtypes(model)
     trainer = cls(
         model=model, processing_class=tokenizer, args=sft_config(recipe, rt, output_dir, bool(eval_rows), save),
         train_dataset=to_dataset(train_rows), eval_dataset=to_dataset(eval_rows) if eval_rows else None,
         callbacks=callbacks,
     )
-    trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; our Progress callback reports instead
-    _restore_adapter_dtypes(model, adapter_dtypes)
+    remove_printer_callback(trainer)  # raw log dicts on stdout; our Progress callback reports instead
+    restore_trainable_dtypes(model, adapter_dtypes)  # TRL casts LoRA weights of a quantized model to bf16
     return trainer
 
-
-def _restore_adapter_dtypes(model, dtypes: dict) -> None:
-    """Undo TRL's blanket cast of a quantized model's LoRA weights to bfloat16 (SFTTrainer.__init__, TRL 1.15).
-
-    Why: the backend made the adapter weights fp32 on purpose (master weights; compute still runs in the model's
-    dtype), and the cast made fresh runs train bf16 weights with bf16 Adam moments while a resumed run reloads
-    them as fp32, so resumed runs diverged from uninterrupted ones. The optimizer does not exist yet here.
-    """
-    for name, param in model.named_parameters():
-        if name in dtypes and param.dtype != dtypes[name]:
-            param.data = param.data.to(dtypes[name])
-
-
-def _plain_loss_trainer():
-    """TRL 1.15 computes the SFT loss through a Triton kernel (fused LM head) with no CPU path: on CPU tensors it
-    fails, with or without Triton installed. On CPU the hf backend therefore uses the model's own causal-LM loss
-    (what `transformers.Trainer` computes). Unsloth replaces the loss itself, so it needs no such change."""
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    class PlainLossSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-
-    return PlainLossSFTTrainer

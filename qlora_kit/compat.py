@@ -1,0 +1,159 @@
+"""Every workaround for a library's behaviour, and every process-wide setting, in one place.
+
+Each function says what it works around, why, and the versions it was verified against (`VERIFIED`, the pins of
+requirements/constraints.txt). tests/test_compat.py checks, for each one, that the library still behaves the way
+that made the workaround necessary and that the workaround still undoes it: a pinned upgrade that changes either
+fails there, not silently in a training run. Nothing here runs on import; callers apply each one explicitly.
+Heavy libraries are imported inside the functions (`import qlora_kit.compat` stays cheap, for the CLI).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+# The versions each workaround was verified against (tests/test_compat.py compares them with the pins).
+VERIFIED = {"bitsandbytes": "0.50.2", "transformers": "5.17.0", "trl": "1.15.0", "datasets": "4.8.5",
+            "unsloth_zoo": "2026.10.9", "glibc": "2.36"}
+
+# Libraries whose warnings are noise for a qlora-kit user (deprecations aimed at library authors, notes about
+# optional packages). Their loggers are quietened too where they log instead of warn.
+LIBRARY_MODULES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "huggingface_hub",
+                   "unsloth", "unsloth_zoo", "tokenizers", "safetensors", "gguf", "llama_cpp", "pyarrow", "triton",
+                   "torchao", "xformers", "matplotlib", "pydantic", "jinja2", "tqdm", "multiprocess", "numpy")
+LIBRARY_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter without hiding qlora-kit's own warnings. Verified: transformers 5.17.0, datasets 4.8.5.
+
+    Deprecation warnings, bitsandbytes' note that the optional `kernels` package is absent, and progress bars when
+    output goes to a log bury our own progress and one-line errors; --debug keeps them (this is then not called).
+    Warnings are ignored by category (deprecations, whoever raises them) and by the module that raises them (the
+    libraries above), never globally: a `qlora_kit.*` warning, or one raised as `QKWarning`, still shows. The
+    libraries read the variables below when imported, which is why this runs before any command does.
+    """
+    from qlora_kit.messages import QKWarning
+
+    for category in LIBRARY_CATEGORIES:
+        warnings.filterwarnings("ignore", category=category)
+    pattern = "|".join(LIBRARY_MODULES)
+    warnings.filterwarnings("ignore", module=rf"^({pattern})(\.|$)")
+    warnings.filterwarnings("default", category=QKWarning)  # inserted first: wins over the lines above
+    warnings.formatwarning = _format_warning
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not sys.stderr.isatty():
+        # In logs, progress bars are noise; on a terminal they are how a multi-GB Hub download shows it is alive.
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings precede our one-line error
+
+
+def _format_warning(message, category, filename, lineno, line=None, _python=warnings.formatwarning) -> str:
+    """Ours as `qlora-kit: warning: ...`, like the one-line errors; anything else as Python prints it."""
+    from qlora_kit.messages import QKWarning
+
+    if issubclass(category, QKWarning):
+        return f"qlora-kit: warning: {message}\n"
+    return _python(message, category, filename, lineno, line)
+
+
+def no_datasets_progress_bars() -> None:
+    """`datasets` draws a bar for every split it generates and every map, even for a 74-row local file: one per
+    call, unreadable in a log. Verified: datasets 4.8.5 (an explicit HF_DATASETS_DISABLE_PROGRESS_BARS=0 wins)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+
+
+def exact_nf4_on_cpu(model) -> None:
+    """Keep bitsandbytes' CPU fast path off. Verified: bitsandbytes 0.50.2.
+
+    On CPUs with AVX512-BF16, a Linear4bit's first forward without gradients (evaluation) repacks its weight in
+    place for a bf16 inference kernel (absmax rounded to bf16, ~5e-3 error per layer) and never unpacks it.
+    Training through the repacked weight then differs from training through the weights the run loaded: an eval in
+    mid-run changed every later step of the hf backend. Unsloth's CPU loader turns it off the same way
+    (unsloth_zoo.cpu.loader); the merge's fidelity reference needs it off too."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def unsloth_cpu_fp32(model_dtype: str) -> None:
+    """Tell Unsloth's CPU backend not to probe bf16 when the run is fp32. Verified: unsloth_zoo 2026.10.9.
+
+    On CPU we train in fp32 (train.auto). Unsloth's CPU backend otherwise checks bitsandbytes 4-bit with a bf16
+    forward + backward on CPUs with native bf16 (unsloth_zoo.cpu.runtime.cpu_bf16_supported), paging in bf16
+    kernels an fp32 run never uses: ~4 MiB of peak RSS, measured. Only its CPU backend reads this; losses and
+    adapters stay bit-identical. A user's own setting wins, and a bf16 recipe leaves it alone. Must run before
+    `import unsloth`."""
+    if model_dtype in ("auto", "float32"):
+        os.environ.setdefault("UNSLOTH_CPU_BF16", "0")
+
+
+def remove_printer_callback(trainer) -> None:
+    """transformers' Trainer prints raw log dicts to stdout when tqdm is disabled (PrinterCallback, added in
+    Trainer.__init__); our Progress callback reports instead. Verified: transformers 5.17.0."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
+def trainable_dtypes(model) -> dict:
+    """The dtypes of the trainable parameters, to hand to `restore_trainable_dtypes` after building the trainer."""
+    return {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+
+
+def restore_trainable_dtypes(model, dtypes: dict) -> None:
+    """Undo TRL's blanket cast of a quantized model's LoRA weights to bfloat16 (SFTTrainer.__init__).
+    Verified: trl 1.15.0.
+
+    Why: the backend made the adapter weights fp32 on purpose (master weights; compute still runs in the model's
+    dtype), and the cast made fresh runs train bf16 weights with bf16 Adam moments while a resumed run reloads
+    them as fp32, so resumed runs diverged from uninterrupted ones. The optimizer does not exist yet here.
+    """
+    for name, param in model.named_parameters():
+        if name in dtypes and param.dtype != dtypes[name]:
+            param.data = param.data.to(dtypes[name])
+
+
+def plain_loss_sft_trainer():
+    """SFTTrainer with the model's own causal-LM loss. Verified: trl 1.15.0.
+
+    TRL computes the SFT loss through a Triton kernel (fused LM head) with no CPU path: on CPU tensors it fails,
+    with or without Triton installed. On CPU the hf backend therefore uses the model's own causal-LM loss (what
+    `transformers.Trainer` computes). Unsloth replaces the loss itself, so it needs no such change."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class PlainLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return PlainLossSFTTrainer
+
+
+def return_large_frees_to_the_os() -> None:
+    """Keep tensor-sized allocations out of the malloc heap (glibc only; elsewhere a no-op). Verified: glibc 2.36.
+
+    glibc serves blocks above M_MMAP_THRESHOLD with mmap and returns them to the OS on free, but raises that
+    threshold (up to 32 MiB) every time such a block is freed. A streaming loop that allocates and frees one
+    tensor after another then gets later tensors from the heap, whose freed pages mostly stay in the process:
+    measured on a 409 MiB model, +73 MiB of peak RSS. Setting the threshold once pins it at 1 MiB.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
