@@ -111,7 +111,8 @@ def _large_vocab_llama(root, tiny_model_dir, vocab: int):
     out = root / f"llama-{vocab}"
     model.to(torch.bfloat16).save_pretrained(out)
     for name in TOKENIZER_FILES:
-        shutil.copy2(tiny_model_dir / name, out / name)
+        if (tiny_model_dir / name).is_file():  # the built-in model has no chat_template.jinja of its own
+            shutil.copy2(tiny_model_dir / name, out / name)
     return out
 
 

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from qlora_kit.errors import QKError, StageError, UsageError
+from qlora_kit.errors import QKError, StageError, UsageError, first_line
 
 # Texts the saved tokenizer must treat exactly like the GGUF-built one: digits, whitespace runs, punctuation,
 # accents, CJK, emoji, chat markup.
@@ -51,8 +51,8 @@ def dequantize(src: Path, out: Path, dtype_name: str, name: str, chat_template: 
         tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=dtype)
     except (ValueError, KeyError, NotImplementedError) as exc:  # transformers' ways of saying "not this file"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UsageError(f"model.name: {name}: transformers cannot load this GGUF ({arch}): {first}") from None
+        raise UsageError(f"model.name: {name}: transformers cannot load this GGUF ({arch}): "
+                         f"{first_line(exc, type(exc).__name__)}") from None
     set_special_tokens(tokenizer, facts["special_ids"])
     config = loaded.config
     if hasattr(config, "quantization_config"):
