@@ -33,7 +33,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/qlora-kit train recipes/tiny-demo.yaml --overwrite
-	$(BIN)/qlora-kit chat runs/tiny-demo/gguf/tiny-demo-q4_k_m.gguf --prompt "What is the capital of Peru?"
+	$(BIN)/qlora-kit chat runs/tiny-demo/gguf/tiny-demo-q4_k_m.gguf --prompt "Is this review positive or negative? The trip to Lima was fun."
 	@# The demo ends with the eval verdict: did fine-tuning beat prompting on held-out rows?
 	@$(BIN)/python -c "import json; print(json.load(open('runs/tiny-demo/eval/report.json'))['verdict']['text'])"
 

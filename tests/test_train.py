@@ -285,11 +285,12 @@ def test_demo_exports_verified_gguf_that_answers_through_llama_cpp(demo_run):
     modelfile = (run_dir / "gguf" / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./tiny-demo-q4_k_m.gguf\nTEMPLATE \"\"\"")
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
-    # What `make demo` ends with: the fine-tuned answer, from the 4-bit GGUF, through llama.cpp.
-    result = run_cli("chat", str(run_dir / "gguf" / "tiny-demo-q4_k_m.gguf"), "--prompt",
-                     "What is the capital of Peru?")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "Lima" in result.stdout
+    # What `make demo` asks: a review of a place no training row mentions, answered by the 4-bit GGUF in llama.cpp.
+    for prompt, answer in (("The trip to Lima was fun.", "positive"), ("The trip to Athens was boring.", "negative")):
+        result = run_cli("chat", str(run_dir / "gguf" / "tiny-demo-q4_k_m.gguf"), "--prompt",
+                         f"Is this review positive or negative? {prompt}")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip() == answer
 
 
 @pytest.mark.parametrize("backend", ["hf", "unsloth"])

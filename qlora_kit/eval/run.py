@@ -62,12 +62,7 @@ def _evaluate(run_dir: Path, options: EvalOptions, out) -> tuple[Path, list[str]
     from qlora_kit.train.rundir import RunDir
 
     run = RunDir(run_dir)
-    if not run.root.is_dir():
-        raise UsageError(f"{run.root}: no such run directory")
-    status = run.read_status()
-    if status.get("status") != "complete":
-        raise UsageError(f"{run.root}: the run never finished (status: {status.get('status', 'unknown')}); eval "
-                         "needs a complete run; continue it with `qlora-kit train RECIPE --resume`")
+    status = run.require_complete("eval")
     systems = parse_systems(options.systems) if options.systems else default_systems(run.root)
     paths = {s: gguf_path(run.root, s.split(":", 1)[1]) for s in systems if s.startswith("gguf:")}
     if "merged" in systems:

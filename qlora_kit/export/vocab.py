@@ -87,7 +87,9 @@ def bpe_candidates(model_dir: Path, data: dict) -> list[VocabPlan]:
         return []
     identified = identify_pre_tokenizer(data.get("pre_tokenizer"))
     order = ([identified] if identified else []) + [p for p in GPT2_PRE_TOKENIZERS if p != identified]
-    return [VocabPlan("gpt2", pre, list(tokens), list(types), "tokenizer.json (byte-level BPE)", merges=merges)
+    # The candidates differ only in the pre-tokenizer: they share one token list (a 150k vocabulary padded to the
+    # embedding is tens of MB per copy; VocabPlan.fit pads and trims in place, the same for all of them).
+    return [VocabPlan("gpt2", pre, tokens, types, "tokenizer.json (byte-level BPE)", merges=merges)
             for pre in order]
 
 
@@ -108,8 +110,8 @@ def candidates(model_dir: Path, data: dict | None, space_prefix_hint: bool) -> l
         plans = bpe + ([spm] if spm else []) if _is_byte_level(data) else ([spm] if spm else []) + bpe
     spm_plans = [p for p in plans if p.model == "llama"]
     for plan in spm_plans:  # the other space-prefix setting, after everything else
-        other = VocabPlan(plan.model, plan.pre, list(plan.tokens), list(plan.types), plan.source,
-                          scores=list(plan.scores), add_space_prefix=not plan.add_space_prefix)
+        other = VocabPlan(plan.model, plan.pre, plan.tokens, plan.types, plan.source,  # shared, as above
+                          scores=plan.scores, add_space_prefix=not plan.add_space_prefix)
         plans.append(other)
     if spm_plans and not space_prefix_hint:  # the architecture says no prefix (Gemma): try that first
         plans.sort(key=lambda p: p.model == "llama" and p.add_space_prefix is not False)

@@ -37,12 +37,7 @@ def merge_run(run_dir: str | Path, options: MergeOptions, out: str | Path | None
 
 def _merge_run(run_dir: str | Path, options: MergeOptions, out: str | Path | None, overwrite: bool) -> Path:
     run = RunDir(Path(run_dir))
-    if not run.root.is_dir():
-        raise UsageError(f"{run.root}: no such run directory")
-    status = run.read_status()
-    if status.get("status") != "complete":
-        raise UsageError(f"{run.root}: the run never finished (status: {status.get('status', 'unknown')}); merge "
-                         "needs a complete run; continue it with `qlora-kit train RECIPE --resume`")
+    status = run.require_complete("merge")
     from qlora_kit.recipe import load_recipe
 
     recipe = load_recipe(run.recipe)

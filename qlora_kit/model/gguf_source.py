@@ -176,8 +176,18 @@ def choose_template(found: ollama_store.OllamaModel | None, gguf_template: str |
     return ollama_name, f"built-in {ollama_name} (from the Ollama template layer)"
 
 
+_RESOLVED: dict[str, tuple[Path, GgufSource]] = {}  # per process: the model check and the load both ask
+
+
 def resolve(name: str) -> tuple[Path, GgufSource]:
-    """model.name -> (cached HF directory, facts to record in the run directory)."""
+    """model.name -> (cached HF directory, facts to record in the run directory). Once per name and process: the
+    file is hashed and the quantization warning said once."""
+    if name not in _RESOLVED:
+        _RESOLVED[name] = _resolve(name)
+    return _RESOLVED[name]
+
+
+def _resolve(name: str) -> tuple[Path, GgufSource]:
     path, found = locate(name)
     check_magic(path, name)
     sha = ollama_store.verify_blob(found, name) if found else ollama_store.sha256_file(path)

@@ -55,6 +55,16 @@ class RunDir:
         except (OSError, json.JSONDecodeError):
             return {}
 
+    def require_complete(self, command: str) -> dict:
+        """run.json of a finished run, for the stages that start from one (merge, eval); else a one-line error."""
+        if not self.root.is_dir():
+            raise UsageError(f"{self.root}: no such run directory")
+        status = self.read_status()
+        if status.get("status") != "complete":
+            raise UsageError(f"{self.root}: the run never finished (status: {status.get('status', 'unknown')}); "
+                             f"{command} needs a complete run; continue it with `qlora-kit train RECIPE --resume`")
+        return status
+
     @property
     def status(self) -> str | None:
         return self.read_status().get("status")

@@ -69,9 +69,9 @@ def train_recipe(recipe: Recipe, source: str, log: EventLog, cancel: CancelToken
              resumed_from=str(checkpoint) if checkpoint else None)
     for message in warnings:
         log.emit("warning", message=message, source="plugins")
-    for source, notes in (("data", data_notes), ("model", model_notes)):
+    for origin, notes in (("data", data_notes), ("model", model_notes)):
         for message in notes:
-            log.emit("warning", message=message, source=source)
+            log.emit("warning", message=message, source=origin)
     try:
         done = _train(run, resolved, rt, backend, train_items, eval_items, fmt, checkpoint, t0, cancel, console,
                       resume_hint)
