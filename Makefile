@@ -44,9 +44,13 @@ real-demo: install
 	$(BIN)/qlora-kit train recipes/smollm2-135m.yaml --overwrite
 	@answer="$$($(BIN)/qlora-kit chat runs/smollm2-135m/gguf/smollm2-135m-q4_k_m.gguf --prompt "$(REAL_PROMPT)")"; \
 	  echo "$(REAL_PROMPT) -> $$answer (expected $(REAL_ANSWER))"; test "$$answer" = "$(REAL_ANSWER)"
+	@$(BIN)/python -c "import json; print(json.load(open('runs/smollm2-135m/eval/report.json'))['verdict']['text'])"
 
+# The suite is mostly single-threaded subprocesses (imports, tokenizers, llama.cpp): one worker per core, each test
+# file on one worker so its module-scoped training runs happen once.
+TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Unit tests only (no training runs): seconds.
 test-fast: install

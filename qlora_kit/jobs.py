@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +97,9 @@ class Job:
         code = self._proc.wait(timeout)
         self._reader.join()
         if code in (0, EXIT_INTERRUPTED, EXIT_TERMINATED):
+            # The scratch dir (the recipe copy, and the log unless the host named one) is kept only for a failure,
+            # whose message points into it.
+            shutil.rmtree(self._tmp, ignore_errors=True)
             return train_result(self.run_dir, exit_code=code)
         errors = [e for e in self.history if e.event == "error"]
         if errors:

@@ -38,7 +38,7 @@ def test_real_model_learns_the_task_and_answers_held_out_prompts_from_its_gguf(t
     source = smollm2_gguf()
     done = run_cli("train", "recipes/smollm2-135m.yaml", "--set", f"output.dir={tmp_path}",
                    "--set", "export.quant=[q8_0]", "--set", "merge.samples=4", "--set", "export.samples=2",
-                   timeout=3000)
+                   "--set", "eval.systems=[base,gguf:q8_0]", "--set", "eval.samples=8", timeout=3000)
     assert done.returncode == 0, done.stderr[-4000:]
     run = tmp_path / "smollm2-135m"
     warnings = [line for line in done.stderr.splitlines() if "below Q8_0" in line]
@@ -53,6 +53,13 @@ def test_real_model_learns_the_task_and_answers_held_out_prompts_from_its_gguf(t
     assert metrics["first_loss"] > 0.5 and metrics["final_loss"] < metrics["first_loss"] / 5, metrics
     assert (run / "merged" / "merge_report.json").is_file()
     assert (run / "gguf" / "Modelfile").is_file()
+    # Export verified the Q8_0 file against the merged model through llama.cpp (the recipe keeps the default).
+    q8 = json.loads((run / "gguf" / "export_report.json").read_text())["exports"]["q8_0"]["verification"]
+    assert q8["passed"] and q8["tokens"]["equal"] == q8["tokens"]["texts"], q8["summary"]
+    # The verdict on held-out rows: the tuned Q8_0 file beats zero-shot prompting of its base (which scores 0%).
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert report["rows"] == 8 and report["verdict"]["outcome"] == "better", report["verdict"]["text"]
+    assert report["results"]["base"]["exact_match"] <= 0.25 < 0.75 <= report["results"]["gguf:q8_0"]["exact_match"]
 
     # The cached tokenizer splits text exactly as llama.cpp splits it with the original GGUF's own vocabulary
     # (pre-tokenizer 'smollm'), so the model is trained on the tokens it was pretrained on; and as llama.cpp does

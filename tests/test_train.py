@@ -293,6 +293,24 @@ def test_demo_exports_verified_gguf_that_answers_through_llama_cpp(demo_run):
         assert result.stdout.strip() == answer
 
 
+
+def test_q8_0_alone_refuses_llama_q_k_without_the_un_permute_on_a_trained_model(demo_run, tmp_path, monkeypatch):
+    """The classic converter bug at Q8_0, with no F32/BF16/K-quant intermediate to catch it. A random model's
+    attention carries little position information (the bug moved its logits only 0.024-0.047, inside Q8_0 noise);
+    a trained one's does: measured 0.25 here (correct: 0.02; SmolLM2-135M: 0.79 vs 0.07)."""
+    import dataclasses
+
+    from qlora_kit.errors import StageError
+    from qlora_kit.export import archs
+    from qlora_kit.export.run import ExportOptions, export
+
+    run_dir, _ = demo_run
+    monkeypatch.setitem(archs.ARCHS, "LlamaForCausalLM",
+                        dataclasses.replace(archs.ARCHS["LlamaForCausalLM"], permute_qk=False))
+    with pytest.raises(StageError, match=r"verification failed for q8_0: relative logit error 0\.[1-9]\d* \(outside"):
+        export(run_dir, ExportOptions(quants=["q8_0"]), tmp_path / "gguf")
+    assert not list((tmp_path / "gguf").glob("*.gguf*"))
+
 @pytest.mark.parametrize("backend", ["hf", "unsloth"])
 def test_evaluating_during_training_does_not_change_training(tmp_path, backend):
     """bitsandbytes 0.50 repacks a 4-bit weight in place for its bf16 CPU kernel on the first no-grad forward and

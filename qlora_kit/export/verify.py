@@ -27,13 +27,17 @@ TOKEN_TEXTS = (
     "it's they're we've I'm you'll he'd CAPS MiXeD",
 )
 F32_MAX_ABS_DIFF = 1e-2
-# Per-type limit on the mean relative logit error. Measured (llama-cpp-python 0.3.36, CPU) on correct exports of
-# tiny random Llama/Qwen2/Qwen3/Gemma2/Gemma3 models, peaked and flat: worst mean relative error f16 0.0016,
-# bf16 0.0134, q8_0 0.042, q6_k 0.114, q4_k_m 0.317, q4_0 0.375, q2_k 0.43 (all Gemma 3 or Gemma 2, the most
-# sensitive); limits are about 1.4x those. Llama without the Q/K un-permute measured 0.024-0.047 at every type
-# and Gemma without the +1 on norms 0.59, so f32/f16/bf16 refuse both and quantized types refuse the Gemma one.
-REL_ERROR_LIMITS = {"f32": 1e-3, "f16": 0.006, "bf16": 0.02, "q8_0": 0.06, "q6_k": 0.16, "q5_k_m": 0.25,
-                    "q4_k_m": 0.45, "q4_0": 0.5, "q3_k_m": 0.6, "q2_k": 0.8}
+# Per-type limit on the mean relative logit error, about 1.4x the worst correct export measured (llama-cpp-python
+# 0.3.36, CPU). Tiny random Llama/Qwen2/Qwen3/Gemma2/Gemma3 models, peaked and flat: f16 0.0016, bf16 0.0134, q8_0
+# 0.042, q6_k 0.114, q4_k_m 0.317, q4_0 0.375, q2_k 0.43 (Gemma the most sensitive). A real model, SmolLM2-135M
+# fine-tuned on the date task (30 layers, BF16 from a Q4_1 GGUF, its held-out rows): bf16 0.0099, q8_0 0.0707 (the
+# same 0.058 on fixed texts for llama.cpp's own Q8_0 quantizer and ours), q6_k 0.102, q5_k_m 0.227, q4_k_m 0.261,
+# q3_k_m 0.442, q4_0 0.568, q2_k 0.629. Broken conversions: Llama without the Q/K un-permute 0.25 at q8_0 on the
+# trained demo model and 0.79 on SmolLM2 (0.024-0.047 on random models, whose attention carries little position
+# information: there only f32/f16/bf16, and K-quants through their intermediate, refuse it); Gemma without the +1
+# on norms 0.59.
+REL_ERROR_LIMITS = {"f32": 1e-3, "f16": 0.006, "bf16": 0.02, "q8_0": 0.1, "q6_k": 0.16, "q5_k_m": 0.32,
+                    "q4_k_m": 0.45, "q4_0": 0.8, "q3_k_m": 0.65, "q2_k": 0.9}
 # A position counts for top-1 when HF's top1-top2 margin > this x the type's limit x the logits' spread. The error
 # concentrates on the large (top) logits of a trained model: on the trained demo model, flips were measured at
 # margins up to 9.4x the mean relative error (q8_0), i.e. up to 4.6x the type's limit (q4_0); 6 leaves room.
