@@ -194,6 +194,32 @@ def test_not_enough_memory_is_refused_before_writing(tiny_model_dir, tmp_path, m
     assert not list((tmp_path / "gguf2").iterdir())
 
 
+def test_no_hf_tokenizer_is_alive_while_the_files_are_written(tiny_model_dir, tmp_path, monkeypatch):
+    """The verifier keeps the HF tokenizer's ids, not the tokenizer (hundreds of MiB for a 150k vocabulary): when
+    the conversion starts, no transformers tokenizer object is alive in the process."""
+    import gc
+
+    from transformers import PreTrainedTokenizerBase
+
+    from qlora_kit.export import run
+    from qlora_kit.export.run import ExportOptions, export
+
+    alive = []
+    write_gguf = run.write_gguf
+
+    def counting_write(*args, **kwargs):
+        gc.collect()
+        alive.append(sum(issubclass(type(o), PreTrainedTokenizerBase) for o in gc.get_objects()))
+        return write_gguf(*args, **kwargs)
+
+    monkeypatch.setattr(run, "write_gguf", counting_write)
+    out = export(tiny_model_dir, ExportOptions(quants=["f16", "q8_0"]), tmp_path / "gguf")
+    report = json.loads((out / "export_report.json").read_text())
+    assert alive == [0, 0]
+    assert all(e["verification"]["passed"] and e["verification"]["tokens"]["equal"] >= 12
+               for e in report["exports"].values())
+
+
 
 @pytest.mark.parametrize("base, train_dtype, out_dtype", [("dequantized", torch.bfloat16, torch.bfloat16),
                                                           ("original", torch.float32, torch.float32)])

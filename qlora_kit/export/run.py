@@ -157,25 +157,29 @@ def _numel(shape) -> int:
 
 class _Verifier:
     """What the checks need from the HF side, all computed before the first GGUF is written: the probe rows, the
-    HF tokenizer (the token check compares its ids with llama.cpp's), and the reference logits, streamed layer by
-    layer from the shards (qlora_kit/export/reference.py), so the model is never held whole."""
+    HF tokenizer's ids for the token check (the tokenizer itself is released before conversion), and the reference
+    logits, streamed layer by layer from the shards (qlora_kit/export/reference.py), so the model is never held
+    whole."""
 
     def __init__(self, model_dir: Path, run_dir: Path | None, samples: int):
         from qlora_kit.export.reference import reference_logits
         from qlora_kit.export.resources import require, verification_bytes
+        from qlora_kit.export.verify import TokenExpectations
         from qlora_kit.export.vocab import effective_tokenizer_json, load_hf_tokenizer
         from qlora_kit.merge.checkpoint import Checkpoint
 
-        self.tokenizer = load_hf_tokenizer(model_dir)
-        self.tokenizer_json = effective_tokenizer_json(self.tokenizer, model_dir / "tokenizer.json")
-        self.rows, self.rows_from = _held_out(model_dir, run_dir, self.tokenizer, samples)
+        tokenizer = load_hf_tokenizer(model_dir)
+        self.rows, self.rows_from = _held_out(model_dir, run_dir, tokenizer, samples)
         chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 + 30?"},
                 {"role": "assistant", "content": "42."}]
         try:
-            self.chat_sample = self.tokenizer.apply_chat_template(chat, tokenize=False) \
-                if self.tokenizer.chat_template else "no chat template"
+            chat_sample = tokenizer.apply_chat_template(chat, tokenize=False) \
+                if tokenizer.chat_template else "no chat template"
         except Exception:  # noqa: BLE001 - templates that refuse a system turn (Gemma, Mistral): without it
-            self.chat_sample = self.tokenizer.apply_chat_template(chat[1:], tokenize=False)
+            chat_sample = tokenizer.apply_chat_template(chat[1:], tokenize=False)
+        self.tokens = TokenExpectations.of(tokenizer, chat_sample,
+                                           effective_tokenizer_json(tokenizer, model_dir / "tokenizer.json"))
+        del tokenizer
         require(verification_bytes(Checkpoint(model_dir), self.rows), "verification")
         # The one place the reference logits are computed: streamed layer by layer from the shards.
         self.reference = reference_logits(model_dir, self.rows)
@@ -183,7 +187,7 @@ class _Verifier:
     def check(self, quant: str, path: Path) -> dict:
         from qlora_kit.export.verify import check_tokens, compare, decisive_top1, gguf_logits, judge
 
-        tokens = check_tokens(path, self.tokenizer, self.chat_sample, self.tokenizer_json)
+        tokens = check_tokens(path, self.tokens)
         candidate = gguf_logits(path, self.rows)
         if candidate[0].shape[-1] != self.reference[0].shape[-1]:
             raise UsageError(f"{path.name}: {candidate[0].shape[-1]} logits per position, the HF model has "

@@ -106,7 +106,11 @@ def spm_space_rule(data: dict | None) -> str:
     return "never"
 
 
-def known_spm_difference(plan: VocabPlan, rule: str, hf_tokenizer):
+def added_texts(hf_tokenizer) -> list[str]:
+    return [t.content for t in hf_tokenizer.added_tokens_decoder.values()]
+
+
+def known_spm_difference(plan: VocabPlan, rule: str, added: list[str]):
     """llama.cpp's SentencePiece tokenizer prepends a space to the text and again after every special token, as
     SentencePiece itself does; transformers 5's Metaspace pre-tokenizer does not when the text already starts with a
     space, nor (legacy=False) after a special token. No GGUF setting changes this, so such texts are reported as
@@ -115,7 +119,7 @@ def known_spm_difference(plan: VocabPlan, rule: str, hf_tokenizer):
 
     if plan.model != "llama" or not plan.add_space_prefix or rule in ("always", "never"):
         return lambda text: None
-    added = sorted((t.content for t in hf_tokenizer.added_tokens_decoder.values()), key=len, reverse=True)
+    added = sorted(added, key=len, reverse=True)
     splitter = re.compile("|".join(re.escape(a) for a in added)) if added else None
 
     def reason(text: str) -> str | None:
@@ -150,7 +154,7 @@ def choose(candidates: list[VocabPlan], hf_tokenizer, name: str, where: str,
                 continue
             finally:
                 path.unlink(missing_ok=True)
-            known = known_spm_difference(plan, spm_space_rule(data), hf_tokenizer)
+            known = known_spm_difference(plan, spm_space_rule(data), added_texts(hf_tokenizer))
             equal = sum(a == b for a, b in zip(expected, got))
             differ = [t for t, a, b in zip(texts, expected, got) if a != b]
             tried.append({"candidate": plan.label, "equal": equal, "texts": len(texts)})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,13 +82,34 @@ def load(gguf_path, **kwargs):
                      f"{errors[-1].strip() if errors else 'no message'}")
 
 
-def check_tokens(gguf_path, hf_tokenizer, chat_sample: str, data: dict | None = None) -> dict:
+@dataclass(frozen=True)
+class TokenExpectations:
+    """What the token check needs from the HF tokenizer, computed once so the tokenizer (hundreds of MiB for a
+    150k vocabulary) is not held while the GGUF files are written."""
+
+    texts: list[str]  # probe texts + the chat sample
+    ids: list[list[int]]  # HF's ids for each, no special tokens added
+    with_specials: list[int]  # HF's ids for "Hello world" with BOS/EOS added as it adds them
+    added: list[str]  # the added tokens' texts
+    space_rule: str  # how HF prepends '▁' (tokenizer_probe.spm_space_rule)
+
+    @classmethod
+    def of(cls, hf_tokenizer, chat_sample: str, data: dict | None = None) -> "TokenExpectations":
+        from qlora_kit.export.tokenizer_probe import added_texts, hf_ids, probe_texts, spm_space_rule
+
+        texts = probe_texts(hf_tokenizer) + [chat_sample]
+        return cls(texts, hf_ids(hf_tokenizer, texts),
+                   list(hf_tokenizer("Hello world", add_special_tokens=True)["input_ids"]),
+                   added_texts(hf_tokenizer), spm_space_rule(data))
+
+
+def check_tokens(gguf_path, expect: TokenExpectations) -> dict:
     """llama.cpp's ids vs HF's on the probe texts and the chat sample (specials parsed), and with BOS/EOS added as
     each side adds them. Differences llama.cpp's SentencePiece tokenizer cannot avoid are reported apart."""
-    from qlora_kit.export.tokenizer_probe import known_spm_difference, probe_texts, spm_space_rule
+    from qlora_kit.export.tokenizer_probe import known_spm_difference
     from qlora_kit.export.vocab_plan import VocabPlan
 
-    texts = probe_texts(hf_tokenizer) + [chat_sample]
+    texts = expect.texts
     llm = load(gguf_path, vocab_only=True)
     with captured_native_output():
         try:
@@ -98,14 +120,12 @@ def check_tokens(gguf_path, hf_tokenizer, chat_sample: str, data: dict | None = 
         finally:
             llm.close()
     plan = VocabPlan(model, "", [], [], "", add_space_prefix=prefix)
-    known = known_spm_difference(plan, spm_space_rule(data), hf_tokenizer)
-    expected_ids = [list(hf_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    differ = [t for t, ids, want in zip(texts, got, expected_ids) if list(ids) != want]
+    known = known_spm_difference(plan, expect.space_rule, expect.added)
+    differ = [t for t, ids, want in zip(texts, got, expect.ids) if list(ids) != want]
     mismatched = [t for t in differ if not known(t)]
-    expected = list(hf_tokenizer("Hello world", add_special_tokens=True)["input_ids"])
     return {"texts": len(texts), "equal": len(texts) - len(mismatched), "mismatched": mismatched[:3],
             "known_differences": [{"text": t, "why": known(t)} for t in differ if known(t)],
-            "special_tokens_added_equal": list(with_specials) == expected}
+            "special_tokens_added_equal": list(with_specials) == expect.with_specials}
 
 
 def gguf_logits(gguf_path, rows: list[list[int]]) -> list[np.ndarray]:
