@@ -55,7 +55,7 @@ def train(recipe: str | Path | dict | Recipe, *, hooks: Iterable[Any] = (), canc
 
 def run_training(recipe, overrides, log: EventLog, cancel: CancelToken, *, resume: bool, overwrite: bool,
                  console=None, warnings: Iterable[str] = (), resume_hint: str = "",
-                 stage_args: tuple[str, ...] = ()) -> TrainResult:
+                 stage_args: tuple[str, ...] = (), dist=None) -> TrainResult:
     """Shared by `qk.train` and `qlora-kit train` (which passes its own console, hint and stage flags)."""
     from qlora_kit.train.runner import quiet, train_recipe
 
@@ -64,7 +64,7 @@ def run_training(recipe, overrides, log: EventLog, cancel: CancelToken, *, resum
         source = recipe if isinstance(recipe, (str, Path)) else "RECIPE"
         run = train_recipe(parsed, str(source), log, cancel, resume=resume, overwrite=overwrite,
                            console=console or quiet, resume_hint=resume_hint, stage_args=stage_args,
-                           warnings=warnings)
+                           warnings=warnings, dist=dist)
     except QKError as exc:
         if not getattr(exc, "reported", False):
             log.emit("error", kind=exc.kind, message=str(exc), exit_code=exc.exit_code)

@@ -19,6 +19,8 @@ class _Counter:
     def bytes(self, tensor) -> int:
         if tensor is None or not hasattr(tensor, "untyped_storage"):
             return 0
+        if hasattr(tensor, "to_local"):  # an FSDP2 DTensor: this process holds only its local shard
+            tensor = tensor.to_local()
         storage = tensor.untyped_storage()
         ptr = storage.data_ptr()
         if ptr in self.seen or storage.nbytes() == 0:
