@@ -99,6 +99,10 @@ def plan_launch(recipe) -> Launch | None:
     if d.strategy == "none":
         return None
     nproc = resolve_nproc(d.nproc, recipe.train.device)
+    if d.strategy == "fsdp":
+        from qlora_kit.train.auto import detect_device
+
+        check_fsdp_device("fsdp", detect_device(recipe.train.device))
     if nproc * d.nnodes == 1:
         if d.strategy == "fsdp":
             raise UsageError("distributed.strategy fsdp needs at least 2 processes, and nproc auto found one (no "
@@ -132,3 +136,11 @@ def recorded_section(recipe, env: DistEnv) -> dict:
     nnodes = max(env.world_size // max(env.local_world_size, 1), 1)
     return {"strategy": worker_strategy(recipe, env), "nproc": env.local_world_size if env.active else 1,
             "nnodes": nnodes if env.active else 1}
+
+
+def check_fsdp_device(strategy: str, device: str) -> None:
+    """FSDP-QLoRA needs CUDA GPUs: accelerate (1.15) turns FSDP on only for GPU-class devices; on CPU its Trainer
+    would quietly train DDP instead (each process a full copy), which is not what the recipe asked for."""
+    if strategy == "fsdp" and device != "cuda":
+        raise UsageError("distributed.strategy fsdp needs CUDA GPUs (accelerate shards with FSDP only on GPU-class "
+                         f"devices; on {device} it would train DDP instead); use distributed.strategy: ddp here")

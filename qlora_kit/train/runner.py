@@ -21,7 +21,7 @@ from qlora_kit import __version__
 from qlora_kit.control import STOP_FILE, CancelToken
 from qlora_kit.data.encode import apply_chat_template_choice
 from qlora_kit.data.prepare import encode_split, load_examples
-from qlora_kit.distributed.env import DistEnv
+from qlora_kit.distributed.env import DistEnv, check_fsdp_device
 from qlora_kit.distributed.env import current as current_dist
 from qlora_kit.errors import (DataError, DiskFullError, OutOfMemoryError, QKError, StageError, UsageError,
                               first_line, is_oom)
@@ -70,6 +70,7 @@ def train_recipe(recipe: Recipe, source: str, log: EventLog, cancel: CancelToken
     from qlora_kit.train.auto import resolve
 
     resolved, rt = resolve(recipe, dist)
+    check_fsdp_device(rt.strategy, rt.device)
     resolved.data.format = fmt  # record what auto-detection found
     checkpoint = run.latest_checkpoint() if resume else None
     if resume and checkpoint is None:  # a rank on another machine without the run directory
