@@ -55,6 +55,8 @@ def run(args) -> int:
     hint = " ".join(["qlora-kit train", args.recipe, *(f"--set {o}" for o in args.overrides),
                      *([f"--nproc {args.nproc}"] if args.nproc else []), "--resume"])
     stage_args = ["--debug"] if getattr(args, "debug", False) else []
+    if dist.supervised:
+        hint = ""  # the supervisor prints the command to resume (its own flags, not the ones it gave torchrun)
     if not dist.active:
         from qlora_kit.recipe import load_recipe
 

@@ -146,7 +146,10 @@ def _outcome(run, log, code: int, control: Path, stop_reason, console, resume_hi
         log.emit("run_end", status="interrupted")
         return EXIT_TERMINATED if stop_reason == "SIGTERM" else EXIT_INTERRUPTED
     error = _first_error(control, code)
-    run.write_status("failed", error=str(error))
+    if run.status_file.is_file():
+        run.write_status("failed", error=str(error))
+    else:  # no rank got as far as creating the run directory: the error goes to the sinks and hooks only
+        log.attach(None, None)
     log.emit("error", kind=error.kind, message=str(error), exit_code=error.exit_code)
     log.emit("run_end", status="failed", error=str(error))
     error.reported = True

@@ -21,7 +21,7 @@ from qlora_kit import __version__
 from qlora_kit.control import STOP_FILE, CancelToken
 from qlora_kit.data.encode import apply_chat_template_choice
 from qlora_kit.data.prepare import encode_split, load_examples
-from qlora_kit.distributed.env import DistEnv, check_fsdp_device
+from qlora_kit.distributed.env import DistEnv, check_fsdp_device, topology
 from qlora_kit.distributed.env import current as current_dist
 from qlora_kit.errors import (DataError, DiskFullError, OutOfMemoryError, QKError, StageError, UsageError,
                               first_line, is_oom)
@@ -101,6 +101,8 @@ def train_recipe(recipe: Recipe, source: str, log: EventLog, cancel: CancelToken
         error = _as_qk_error(exc, run, source)
         if dist.is_main and not dist.supervised:
             _fail(run, log, error)
+        elif isinstance(error, QKError):
+            error.reported = True  # the supervisor reports the run's first error (rank 0's may be a consequence)
         if error is exc:
             raise
         raise error from exc
@@ -142,6 +144,7 @@ def _as_qk_error(exc: BaseException, run: RunDir, source: str) -> BaseException:
 def _train(run, recipe, rt, backend, train_items, eval_items, fmt, checkpoint, t0, cancel, console,
            resume_hint, dist) -> bool:
     """True when training completed; False when it was cancelled (a checkpoint was saved)."""
+    from qlora_kit.compat import load_checkpoints_on_cpu_ranks
     from qlora_kit.distributed import sync
     from qlora_kit.model.backends import quantization_summary
     from qlora_kit.model.resolve import resolve_model
@@ -173,6 +176,8 @@ def _train(run, recipe, rt, backend, train_items, eval_items, fmt, checkpoint, t
             f"({train_split.trained_tokens:,} trained), {train_split.truncated} truncated to {max_len}, "
             f"{train_split.dropped} dropped (nothing to train); template: {template}")
 
+    if dist.active and rt.device == "cpu":
+        load_checkpoints_on_cpu_ranks()
     progress = Progress(console)
     events = EventsCallback(run, progress, rt.device)
     # Every rank checks its own stop requests; the ranks then agree, so all stop after the same step.
@@ -188,13 +193,7 @@ def _train(run, recipe, rt, backend, train_items, eval_items, fmt, checkpoint, t
         progress.close()
     sync.barrier()  # every rank's part of the last checkpoint (its RNG state) is on disk before rank 0 says so
     if stopper.stopped:
-        step = trainer.state.global_step
-        run.write_status("interrupted", step=step)
-        saved = run.latest_checkpoint()
-        run.event("cancelled", step=step, reason=cancel.reason or STOP_FILE,
-                  checkpoint=str(saved.relative_to(run.root)) if saved else None)
-        run.event("run_end", status="interrupted")
-        console(f"interrupted at step {step}; checkpoint saved. Continue with: {resume_hint}")
+        _interrupted(run, trainer.state.global_step, cancel, console, resume_hint)
         return False
     train_seconds = _stage(run, "train", stage_t)
 
@@ -227,6 +226,15 @@ def _train(run, recipe, rt, backend, train_items, eval_items, fmt, checkpoint, t
             + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
             + f"; adapter in {run.adapter}")
     return True
+
+
+def _interrupted(run: RunDir, step: int, cancel: CancelToken, console: Console, resume_hint: str) -> None:
+    run.write_status("interrupted", step=step)
+    saved = run.latest_checkpoint()
+    run.event("cancelled", step=step, reason=cancel.reason or STOP_FILE,
+              checkpoint=str(saved.relative_to(run.root)) if saved else None)
+    run.event("run_end", status="interrupted")
+    console(f"interrupted at step {step}; checkpoint saved." + (f" Continue with: {resume_hint}" if resume_hint else ""))
 
 
 def _save_adapter(trainer, model, tokenizer, tmp: Path, rt, dist) -> None:
