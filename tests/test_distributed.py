@@ -425,6 +425,6 @@ def test_fsdp_on_cpu_shards_the_4bit_model_as_the_planner_says(tmp_path):
     full = estimate(shape, PlanInput(**{**p.__dict__, "strategy": "none", "world_size": 1})).terms
     for rank in ranks:
         held = rank["held"]
-        for term in CONFIG_TERMS:
-            assert held[term] == pytest.approx(terms[term], rel=0.02), (rank["rank"], term)
-        assert held["lora"] == pytest.approx(full["lora"] / 2, rel=0.02)  # half of what a DDP rank holds
+        # Exact here (measured: 4-bit 328,920 B, other weights 526,848, LoRA 262,144, AdamW 524,400 per rank).
+        assert {t: held[t] for t in CONFIG_TERMS} == {t: terms[t] for t in CONFIG_TERMS}, rank["rank"]
+        assert held["lora"] == full["lora"] // 2 and held["optimizer"] < full["optimizer"]  # DDP holds it all

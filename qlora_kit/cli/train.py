@@ -45,39 +45,26 @@ def nproc_overrides(recipe_path: str, overrides: list[str], nproc: int | None) -
 
 
 def run(args) -> int:
-    from qlora_kit.api import run_training
-    from qlora_kit.control import CancelToken, SignalCancel
-    from qlora_kit.distributed.env import current, plan_launch
-    from qlora_kit.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+    from qlora_kit.distributed.env import current
 
     dist = current()
-    overrides = nproc_overrides(args.recipe, args.overrides, args.nproc)
     hint = " ".join(["qlora-kit train", args.recipe, *(f"--set {o}" for o in args.overrides),
                      *([f"--nproc {args.nproc}"] if args.nproc else []), "--resume"])
-    stage_args = ["--debug"] if getattr(args, "debug", False) else []
+    stage_args = ("--debug",) if getattr(args, "debug", False) else ()
     if dist.supervised:
         hint = ""  # the supervisor prints the command to resume (its own flags, not the ones it gave torchrun)
-    if not dist.active:
-        from qlora_kit.recipe import load_recipe
-
-        launch = plan_launch(load_recipe(args.recipe, overrides))
-        if launch is not None:
-            return _supervise(args, launch, overrides, hint, tuple(stage_args))
-    token = CancelToken()
-
-    def first_signal(name: str) -> None:
-        print(f"{name}: saving a checkpoint after this step ({name} again stops at once)", file=sys.stderr,
-              flush=True)
-
-    # A worker that torchrun started directly gets each signal twice (the terminal's, then torchrun's own): only
-    # qlora-kit's supervisor, or torchrun's SIGKILL after its grace period, stops it at once.
-    repeat_stops = not dist.active
     try:
-        with event_log(args) as (log, warnings), SignalCancel(token, on_first=first_signal,
-                                                              repeat_stops=repeat_stops):
-            result = run_training(args.recipe, overrides, log, token, resume=args.resume, overwrite=args.overwrite,
-                                  console=_console, warnings=warnings, resume_hint=hint,
-                                  stage_args=tuple(stage_args), dist=dist)
+        with event_log(args) as (log, warnings):  # bad input, --nproc included, becomes an error event too
+            overrides = nproc_overrides(args.recipe, args.overrides, args.nproc)
+            launch = None if dist.active else _launch(args.recipe, overrides)
+            if launch is not None:
+                from qlora_kit.distributed.launch import supervise
+                from qlora_kit.recipe import load_recipe
+
+                return supervise(launch, load_recipe(args.recipe, overrides), args.recipe, list(args.overrides), log,
+                                 resume=args.resume, overwrite=args.overwrite, console=_console, resume_hint=hint,
+                                 stage_args=stage_args, warnings=warnings)
+            return _train_here(args, dist, overrides, log, warnings, hint, stage_args)
     except BaseException as exc:
         if dist.active:
             _report_rank_error(dist, exc)
@@ -87,21 +74,38 @@ def run(args) -> int:
             from qlora_kit.distributed.sync import shutdown
 
             shutdown()
+
+
+def _launch(recipe_path: str, overrides: list[str]):
+    from qlora_kit.distributed.env import plan_launch
+    from qlora_kit.recipe import load_recipe
+
+    return plan_launch(load_recipe(recipe_path, overrides))
+
+
+def _train_here(args, dist, overrides, log, warnings, hint, stage_args) -> int:
+    """This process trains: alone, or as one worker of a distributed run."""
+    from qlora_kit.api import run_training
+    from qlora_kit.control import CancelToken, SignalCancel
+    from qlora_kit.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+
+    token = CancelToken()
+
+    def first_signal(name: str) -> None:
+        print(f"{name}: saving a checkpoint after this step ({name} again stops at once)", file=sys.stderr,
+              flush=True)
+
+    # A worker that torchrun started directly gets each signal twice (the terminal's, then torchrun's own): only
+    # qlora-kit's supervisor, or torchrun's SIGKILL after its grace period, stops it at once.
+    with SignalCancel(token, on_first=first_signal, repeat_stops=not dist.active):
+        result = run_training(args.recipe, overrides, log, token, resume=args.resume, overwrite=args.overwrite,
+                              console=_console, warnings=warnings, resume_hint=hint, stage_args=stage_args,
+                              dist=dist)
     if dist.active and token.cancelled and result.status != "complete":
         if dist.supervised:
             return 0  # every rank stopped cleanly; the supervisor turns the run's state into 130/143
         return EXIT_TERMINATED if token.reason == "SIGTERM" else EXIT_INTERRUPTED
     return result.exit_code
-
-
-def _supervise(args, launch, overrides, hint, stage_args) -> int:
-    from qlora_kit.distributed.launch import supervise
-    from qlora_kit.recipe import load_recipe
-
-    with event_log(args) as (log, warnings):
-        return supervise(launch, load_recipe(args.recipe, overrides), args.recipe, list(args.overrides), log,
-                         resume=args.resume, overwrite=args.overwrite, console=_console, resume_hint=hint,
-                         stage_args=stage_args, warnings=warnings)
 
 
 def _report_rank_error(dist, exc: BaseException) -> None:
