@@ -64,16 +64,18 @@ def run(args) -> int:
                 return supervise(launch, load_recipe(args.recipe, overrides), args.recipe, list(args.overrides), log,
                                  resume=args.resume, overwrite=args.overwrite, console=_console, resume_hint=hint,
                                  stage_args=stage_args, warnings=warnings)
-            return _train_here(args, dist, overrides, log, warnings, hint, stage_args)
+            code = _train_here(args, dist, overrides, log, warnings, hint, stage_args)
     except BaseException as exc:
+        # No destroy_process_group on the way out: with a peer still waiting in a collective it can block, and
+        # this process must exit for torchrun (and the supervisor) to see the failure. Exiting closes the sockets.
         if dist.active:
             _report_rank_error(dist, exc)
         raise
-    finally:
-        if dist.active:
-            from qlora_kit.distributed.sync import shutdown
+    if dist.active:
+        from qlora_kit.distributed.sync import shutdown
 
-            shutdown()
+        shutdown()
+    return code
 
 
 def _launch(recipe_path: str, overrides: list[str]):
