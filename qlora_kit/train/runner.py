@@ -98,11 +98,7 @@ def train_recipe(recipe: Recipe, source: str, log: EventLog, cancel: CancelToken
         log.emit("run_end", status="interrupted")
         raise
     except BaseException as exc:
-        error = _as_qk_error(exc, run, source)
-        if dist.is_main and not dist.supervised:
-            _fail(run, log, error)
-        elif isinstance(error, QKError):
-            error.reported = True  # the supervisor reports the run's first error (rank 0's may be a consequence)
+        error = _failed(exc, run, log, source, dist)
         if error is exc:
             raise
         raise error from exc
@@ -120,6 +116,17 @@ def train_recipe(recipe: Recipe, source: str, log: EventLog, cancel: CancelToken
             raise
     log.emit("run_end", status="complete")  # last: a host sees merge and export before the run ends
     return run
+
+
+def _failed(exc: BaseException, run: RunDir, log: EventLog, source: str, dist: DistEnv) -> BaseException:
+    """The error to raise for `exc`, recorded in the run (by rank 0, unless a supervisor reports the run's first
+    error: rank 0's own may only be the consequence of another rank's)."""
+    error = _as_qk_error(exc, run, source)
+    if dist.is_main and not dist.supervised:
+        _fail(run, log, error)
+    elif isinstance(error, QKError):
+        error.reported = True
+    return error
 
 
 def _check_loggers(recipe: Recipe) -> None:
