@@ -428,3 +428,14 @@ def test_fsdp_on_cpu_shards_the_4bit_model_as_the_planner_says(tmp_path):
         # Exact here (measured: 4-bit 328,920 B, other weights 526,848, LoRA 262,144, AdamW 524,400 per rank).
         assert {t: held[t] for t in CONFIG_TERMS} == {t: terms[t] for t in CONFIG_TERMS}, rank["rank"]
         assert held["lora"] == full["lora"] // 2 and held["optimizer"] < full["optimizer"]  # DDP holds it all
+
+
+def test_the_in_process_api_refuses_a_multi_process_recipe_and_names_qk_start(tmp_path):
+    import qlora_kit as qk
+
+    recipe = write_recipe(tmp_path / "r.yaml", distributed={"strategy": "ddp", "nproc": 2}, train={"device": "cpu"})
+    with pytest.raises(qk.QKError) as err:
+        qk.train(recipe, plugins=False)
+    assert str(err.value) == ("distributed: a run on several processes cannot start inside this process; use "
+                              "qk.start(recipe) (a child `qlora-kit train` that launches torchrun) or the CLI")
+    assert err.value.exit_code == 2 and not (tmp_path / "runs").exists()
