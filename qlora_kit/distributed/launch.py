@@ -7,7 +7,7 @@ the terminal reaches the supervisor alone, never the workers half-way through a 
 - events: rank 0 writes the run's events.jsonl; the supervisor forwards each new line to its own sinks and hooks
   (`--events -`, `--hook`, plugins), as it does for the merge/export stages it runs afterwards;
 - cancel: the first SIGINT/SIGTERM writes STOP (with the reason) into the control directory its workers watch;
-  they agree at the next step boundary, save one checkpoint and exit. The same signal again kills the workers;
+  they agree at the next step boundary, save one checkpoint and exit. A second signal SIGKILLs them at once;
 - failure: each failing rank leaves its one-line error in the control directory; the supervisor reports the first
   one (errors that only say a peer went away come second), marks the run failed and exits with that error's code;
 - no orphans: every process torchrun started is tracked and killed if still alive when the supervisor returns;
@@ -31,7 +31,6 @@ from qlora_kit.distributed.sync import STOP_NAME
 from qlora_kit.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, QKError, StageError, UsageError,
                               error_for_kind)
 
-KILL_AFTER_S = 30  # after a second signal: SIGTERM to every worker, then SIGKILL this much later
 # A rank whose collective failed because a peer died says so in these words (gloo, NCCL); such an error is a
 # consequence, and the rank that raised first is the one to report.
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "pair.cc", "NCCL communicator",
@@ -93,13 +92,10 @@ def _run_torchrun(cmd: list[str], control: Path, log, warnings) -> tuple[int, st
                 time.sleep(0.2)
                 _track(proc.pid, tracked)
                 pending = _forward(log, pending)
-                if watcher.kill_at is not None and time.time() >= watcher.kill_at:
+                if watcher.terminate_now:
+                    # At once means SIGKILL: a worker treats SIGTERM as one more request to checkpoint and stop.
+                    # A checkpoint cut short is never resumed from (trainer_state.json is written last).
                     _kill(tracked, signal.SIGKILL)
-                    watcher.kill_at = None
-                elif watcher.terminate_now:
-                    watcher.terminate_now = False
-                    _kill(tracked, signal.SIGTERM)
-                    watcher.kill_at = time.time() + KILL_AFTER_S
         _forward(log, pending)
     finally:
         launcher_log.close()
@@ -133,7 +129,7 @@ def _outcome(run, log, code: int, control: Path, stop_reason, console, resume_hi
         _later_stages(run, log, console, stage_args)
         log.emit("run_end", status="complete")
         return EXIT_OK
-    if code == 0 and status == "interrupted":
+    if status == "interrupted" and _ended(run):  # rank 0 finished the cancel (a second signal may have come late)
         from qlora_kit.eventlog import read_events
 
         cancelled = [e for e in read_events(run.events) if e.event == "cancelled"]
@@ -142,8 +138,9 @@ def _outcome(run, log, code: int, control: Path, stop_reason, console, resume_hi
                 f"{resume_hint}")
         return EXIT_TERMINATED if reason == "SIGTERM" else EXIT_INTERRUPTED
     if stop_reason is not None and not _rank_errors(control):  # asked twice: stopped at once, no checkpoint
-        run.write_status("interrupted")
-        log.emit("run_end", status="interrupted")
+        if run.status_file.is_file():
+            run.write_status("interrupted")
+            log.emit("run_end", status="interrupted")
         return EXIT_TERMINATED if stop_reason == "SIGTERM" else EXIT_INTERRUPTED
     error = _first_error(control, code)
     if run.status_file.is_file():
@@ -154,6 +151,17 @@ def _outcome(run, log, code: int, control: Path, stop_reason, console, resume_hi
     log.emit("run_end", status="failed", error=str(error))
     error.reported = True
     raise error
+
+
+def _ended(run) -> bool:
+    """Whether the run's last event is a run_end (this session's rank 0 closed the log itself)."""
+    from qlora_kit.eventlog import read_events
+
+    try:
+        events = read_events(run.events)
+    except OSError:
+        return False
+    return bool(events) and events[-1].event == "run_end"
 
 
 def _later_stages(run, log, console, stage_args) -> None:
@@ -219,7 +227,6 @@ class _Signals:
         self.control = control
         self.reason: str | None = None
         self.terminate_now = False
-        self.kill_at: float | None = None
         self._previous: dict = {}
 
     def __enter__(self):
