@@ -114,7 +114,9 @@ def _report_rank_error(dist, exc: BaseException) -> None:
     from qlora_kit.distributed.sync import report_error
     from qlora_kit.errors import QKError, first_line
 
-    if isinstance(exc, QKError):
+    if isinstance(exc, QKError) and hasattr(exc, "raw"):  # rank 0 passing on another rank's error
+        report_error(dist, exc.kind, exc.raw, exc.exit_code, rank=exc.rank)
+    elif isinstance(exc, QKError):
         report_error(dist, exc.kind, str(exc), exc.exit_code)
     elif isinstance(exc, KeyboardInterrupt):
         report_error(dist, "runtime", "interrupted (stopped at once, without a checkpoint)", 130)

@@ -27,14 +27,9 @@ import time
 from pathlib import Path
 
 from qlora_kit.distributed.env import CONTROL_ENV, Launch
-from qlora_kit.distributed.sync import STOP_NAME
+from qlora_kit.distributed.sync import PEER_GONE, STOP_NAME
 from qlora_kit.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, QKError, StageError, UsageError,
                               error_for_kind)
-
-# A rank whose collective failed because a peer died says so in these words (gloo, NCCL); such an error is a
-# consequence, and the rank that raised first is the one to report.
-PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "pair.cc", "NCCL communicator",
-             "another rank", "ProcessGroupGloo", "ProcessGroupNCCL")
 
 
 def torchrun_command(launch: Launch, recipe: str, worker_args: list[str]) -> list[str]:

@@ -121,7 +121,9 @@ def train_recipe(recipe: Recipe, source: str, log: EventLog, cancel: CancelToken
 def _failed(exc: BaseException, run: RunDir, log: EventLog, source: str, dist: DistEnv) -> BaseException:
     """The error to raise for `exc`, recorded in the run (by rank 0, unless a supervisor reports the run's first
     error: rank 0's own may only be the consequence of another rank's)."""
-    error = _as_qk_error(exc, run, source)
+    from qlora_kit.distributed.sync import peer_cause
+
+    error = peer_cause(dist, _as_qk_error(exc, run, source))
     if dist.is_main and not dist.supervised:
         _fail(run, log, error)
     elif isinstance(error, QKError):
