@@ -55,16 +55,18 @@ def train(recipe: str | Path | dict | Recipe, *, hooks: Iterable[Any] = (), canc
 
 def run_training(recipe, overrides, log: EventLog, cancel: CancelToken, *, resume: bool, overwrite: bool,
                  console=None, warnings: Iterable[str] = (), resume_hint: str = "",
-                 stage_args: tuple[str, ...] = ()) -> TrainResult:
+                 stage_args: tuple[str, ...] = (), dist=None) -> TrainResult:
     """Shared by `qk.train` and `qlora-kit train` (which passes its own console, hint and stage flags)."""
     from qlora_kit.train.runner import quiet, train_recipe
 
     try:
         parsed = _load_recipe(recipe, overrides)
         source = recipe if isinstance(recipe, (str, Path)) else "RECIPE"
+        if dist is None:
+            _refuse_in_process_launch(parsed)
         run = train_recipe(parsed, str(source), log, cancel, resume=resume, overwrite=overwrite,
                            console=console or quiet, resume_hint=resume_hint, stage_args=stage_args,
-                           warnings=warnings)
+                           warnings=warnings, dist=dist)
     except QKError as exc:
         if not getattr(exc, "reported", False):
             log.emit("error", kind=exc.kind, message=str(exc), exit_code=exc.exit_code)
@@ -74,6 +76,17 @@ def run_training(recipe, overrides, log: EventLog, cancel: CancelToken, *, resum
     if run.status == "interrupted":
         code = EXIT_TERMINATED if cancel.reason == "SIGTERM" else EXIT_INTERRUPTED
     return train_result(run.root, exit_code=code)
+
+
+def _refuse_in_process_launch(recipe: Recipe) -> None:
+    """Several processes cannot start inside the caller's process: `qk.start` runs the CLI, which launches them."""
+    from qlora_kit.distributed.env import current, plan_launch
+
+    if not current().active and plan_launch(recipe) is not None:
+        from qlora_kit.errors import UsageError
+
+        raise UsageError("distributed: a run on several processes cannot start inside this process; use "
+                         "qk.start(recipe) (a child `qlora-kit train` that launches torchrun) or the CLI")
 
 
 def start(recipe: str | Path | dict | Recipe, *, hooks: Iterable[Any] = (), cancel: CancelToken | None = None,

@@ -16,7 +16,7 @@ import warnings
 
 # The versions each workaround was verified against (tests/test_compat.py compares them with the pins).
 VERIFIED = {"bitsandbytes": "0.50.2", "transformers": "5.17.0", "trl": "1.15.0", "datasets": "4.8.5",
-            "unsloth_zoo": "2026.10.9", "glibc": "2.36"}
+            "unsloth_zoo": "2026.10.9", "accelerate": "1.15.0", "torch": "2.13.0", "glibc": "2.36"}
 
 # Libraries whose warnings are noise for a qlora-kit user (deprecations aimed at library authors, notes about
 # optional packages). Their loggers are quietened too where they log instead of warn.
@@ -157,3 +157,32 @@ def return_large_frees_to_the_os() -> None:
         libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
     except (OSError, AttributeError):
         pass
+
+
+_CPU_RANKS_REGISTERED = False
+
+
+def _is_cpu_rank_location(location) -> bool:
+    return isinstance(location, str) and location.startswith("cpu:") and location[4:].isdigit()
+
+
+def _cpu_rank_deserialize(obj, location):
+    return obj if _is_cpu_rank_location(location) else None  # the storage is already in CPU memory
+
+
+def load_checkpoints_on_cpu_ranks() -> None:
+    """Let torch.load restore to 'cpu:N', the device accelerate gives each process of a multi-process CPU run.
+    Verified: torch 2.13.0, accelerate 1.15.0, transformers 5.17.0.
+
+    Resuming a distributed run, the Trainer loads the optimizer state with map_location=args.device, which
+    accelerate sets to torch.device("cpu", local_rank) for a multi-CPU (gloo) run; torch's deserializer knows only
+    "cpu" and raises "don't know how to restore data location of torch.storage.UntypedStorage (tagged with cpu:0)".
+    torch.serialization.register_package (public API) adds a deserializer for "cpu:N" that keeps the storage where
+    it is, in CPU memory. Registered once per process."""
+    global _CPU_RANKS_REGISTERED
+    if _CPU_RANKS_REGISTERED:
+        return
+    from torch.serialization import register_package
+
+    register_package(30, lambda obj: None, _cpu_rank_deserialize)
+    _CPU_RANKS_REGISTERED = True

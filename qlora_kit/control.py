@@ -41,9 +41,10 @@ class SignalCancel:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, token: CancelToken, on_first=None):
+    def __init__(self, token: CancelToken, on_first=None, repeat_stops: bool = True):
         self.token = token
         self.on_first = on_first
+        self.repeat_stops = repeat_stops  # False: a repeated signal is ignored (the launcher escalates itself)
         self._previous: dict = {}
 
     def __enter__(self) -> "SignalCancel":
@@ -60,6 +61,8 @@ class SignalCancel:
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self.token.cancelled:  # asked twice: stop now, without a checkpoint
+            if not self.repeat_stops:
+                return
             raise KeyboardInterrupt
         self.token.cancel(name)
         if self.on_first:

@@ -5,7 +5,8 @@ models (the JSON Schema is generated from them: `qk.events_schema()`, `qlora-kit
 `v` (schema version), `run_id`, `seq` (1, 2, 3, ... without gaps per run, continuing across resume and across the
 merge/export stages), `t` (unix time) and `event` (its kind). Later versions only add kinds and fields.
 
-Version 2 added `run_id` and `seq` to version 1 (which had `v`, `t`, `event` and the kind's fields).
+Version 2 added `run_id` and `seq` to version 1 (which had `v`, `t`, `event` and the kind's fields). Since then,
+fields were only added (with defaults): `run_start` gained `world_size`, `strategy` and `global_batch_size`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class RunStart(BaseEvent):
     backend: str
     device: str
     resumed_from: str | None = Field(None, description="Checkpoint directory a resumed run continues from.")
+    world_size: int = Field(1, ge=1, description="Training processes (all machines); 1 without distributed.")
+    strategy: Literal["none", "ddp", "fsdp"] = Field("none", description="How the processes share the work.")
+    global_batch_size: int | None = Field(
+        None, description="Rows per optimizer step over all processes: batch_size x grad_accum x world_size.")
 
 
 class Stage(BaseEvent):

@@ -186,3 +186,24 @@ def test_a_qlora_kit_warning_reaches_the_cli_user(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == ["qlora-kit: warning: chat template 'gemma': <start_of_turn>, <end_of_turn> "
                                           "are not single tokens in this tokenizer"]
+
+
+def test_torch_cannot_load_onto_cpu_rank_devices_unless_registered(tmp_path):
+    """Resuming a multi-process CPU run: the Trainer loads with map_location=torch.device('cpu', rank)."""
+    code = """
+import sys, torch
+from qlora_kit import compat
+torch.save({"x": torch.ones(3)}, sys.argv[1])
+try:
+    torch.load(sys.argv[1], map_location=torch.device("cpu", 1), weights_only=True)
+    print("loaded without the workaround")
+except RuntimeError as exc:
+    print("refused:", str(exc).splitlines()[0])
+compat.load_checkpoints_on_cpu_ranks()
+compat.load_checkpoints_on_cpu_ranks()
+print(torch.load(sys.argv[1], map_location=torch.device("cpu", 1), weights_only=True)["x"].sum().item())
+"""
+    result = _python(code, str(tmp_path / "state.pt"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "refused: don't know how to restore data location of torch.storage.UntypedStorage (tagged with cpu:1)", "3.0"]

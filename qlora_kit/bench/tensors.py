@@ -19,6 +19,8 @@ class _Counter:
     def bytes(self, tensor) -> int:
         if tensor is None or not hasattr(tensor, "untyped_storage"):
             return 0
+        if hasattr(tensor, "to_local"):  # an FSDP2 DTensor: this process holds only its local shard
+            tensor = tensor.to_local()
         storage = tensor.untyped_storage()
         ptr = storage.data_ptr()
         if ptr in self.seen or storage.nbytes() == 0:
@@ -37,8 +39,12 @@ def _quant_state_tensors(state):
 def held_bytes(model, optimizer=None) -> dict[str, int]:
     counter = _Counter()
     out = {"weights_4bit": 0, "weights_dense": 0, "lora": 0, "gradients": 0, "optimizer": 0, "buffers": 0}
+    # FSDP replaces a Linear4bit's Params4bit by a sharded plain parameter; the quantization state then lives only
+    # on the module (bitsandbytes keeps it there for this case).
+    module_states = {id(m.weight): m.quant_state for m in model.modules()
+                     if getattr(m, "quant_state", None) is not None and getattr(m, "weight", None) is not None}
     for param in model.parameters():
-        state = getattr(param, "quant_state", None)
+        state = getattr(param, "quant_state", None) or module_states.get(id(param))
         if state is not None:  # bitsandbytes Params4bit: packed uint8 data + its quantization state
             out["weights_4bit"] += counter.bytes(param) + sum(counter.bytes(t) for t in _quant_state_tensors(state))
         elif param.requires_grad:

@@ -28,6 +28,11 @@ def register(subparsers, common) -> None:
     p.add_argument("--backend", choices=("unsloth", "hf"), help="default: the recipe's model.backend")
     p.add_argument("--seq-len", type=int, help="default: the recipe's model.max_seq_length")
     p.add_argument("--batch-size", type=int, help="default: the recipe's train.batch_size")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="plan one GPU of an N-process run (default: the recipe's distributed.nproc x nnodes, else 1)")
+    p.add_argument("--strategy", choices=("none", "ddp", "fsdp"),
+                   help="ddp: a full copy per GPU; fsdp: 4-bit weights, LoRA and optimizer states sharded over the "
+                        "processes (default: the recipe's distributed.strategy, ddp when --nproc is above 1)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run)
 
@@ -56,15 +61,23 @@ def make_plan(args) -> tuple[dict, object]:
     seq_len = args.seq_len or recipe.model.max_seq_length
     if shape.max_positions and seq_len > shape.max_positions:
         raise UsageError(f"--seq-len: {seq_len} is above the model's context of {shape.max_positions} tokens")
+    strategy, world = _parallel(args, recipe)
     p = plan_input_for(recipe, shape, args.backend or recipe.model.backend, device, seq_len, args.batch_size,
-                       bf16=bf16)
+                       bf16=bf16, strategy=strategy, world_size=world)
     est = estimate(shape, p)
     extra = runtime_bytes(est.peak, device)
     plan = {"model": recipe.model.name, "config": source, "model_type": shape.model_type, "params": shape.params,
             "device": gpu_name or device, "budget_bytes": budget, "input": p.__dict__ | {"target_modules":
                                                                                          list(p.target_modules)},
+            "strategy": p.strategy, "world_size": p.world_size,
             "terms": est.terms, "tensor_peak_bytes": est.peak, "runtime_bytes": extra,
             "needed_bytes": est.peak + extra}
+    if world > 1:  # per GPU, each way of sharing the work, so the verdict can say which fits
+        plan["per_gpu"] = {}
+        for name in ("ddp", "fsdp"):
+            peak = estimate(shape, replace(p, strategy=name)).peak
+            need = peak + runtime_bytes(peak, device)
+            plan["per_gpu"][name] = {"needed_bytes": need, "fits": None if budget is None else need <= budget}
     # The other checkpointing choice, since it is the biggest lever on activations.
     other = estimate(shape, replace(p, gradient_checkpointing=not p.gradient_checkpointing)).peak
     plan["other_checkpointing"] = {"gradient_checkpointing": not p.gradient_checkpointing,
@@ -75,6 +88,26 @@ def make_plan(args) -> tuple[dict, object]:
         plan["largest_seq_len"] = largest_fitting(shape, p, budget, "seq_len", limit_seq)
         plan["largest_batch_size"] = largest_fitting(shape, p, budget, "batch_size", LIMITS["batch_size"])
     return plan, p
+
+
+def _parallel(args, recipe) -> tuple[str, int]:
+    """(strategy, world size) to plan one GPU of: the flags, else the recipe's distributed section."""
+    from qlora_kit.errors import UsageError
+
+    d = recipe.distributed
+    if args.nproc is not None and args.nproc < 1:
+        raise UsageError(f"--nproc: {args.nproc} must be at least 1")
+    nproc = args.nproc or (d.nproc if d.nproc != "auto" else 1)
+    world = nproc * (d.nnodes if args.nproc is None else 1)
+    strategy = args.strategy or (d.strategy if d.strategy != "none" or world == 1 else "ddp")
+    if strategy == "none" and world > 1:
+        raise UsageError(f"--strategy none is one process; --nproc {nproc} needs --strategy ddp or fsdp")
+    if strategy == "fsdp" and world < 2:
+        raise UsageError("--strategy fsdp shards over processes: give --nproc 2 or more")
+    if strategy == "fsdp" and (args.backend or recipe.model.backend) == "unsloth":
+        raise UsageError("--strategy fsdp needs the hf backend (Unsloth's NF4 weights do not work with FSDP's "
+                         "fully_shard); add --backend hf, or plan --strategy ddp")
+    return strategy, world
 
 
 def _target(args) -> tuple[str, str | None, int | None, bool]:
@@ -121,6 +154,9 @@ def _text(plan: dict, p) -> str:
     lines = [f"plan: {plan['model']} ({plan['model_type']}, {plan['params'] / 1e9:.2f}B params), backend {p.backend}, "
              f"{p.dtype}, batch {p.batch_size} x seq {p.seq_len}, LoRA r={p.lora_r} on {len(p.target_modules)} "
              f"modules, {p.optimizer}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'}"]
+    if p.world_size > 1:
+        lines.append(f"per GPU of {p.world_size} processes, {p.strategy} "
+                     f"({'a full copy on each' if p.strategy == 'ddp' else 'weights and optimizer states sharded'}):")
     for name, value in plan["terms"].items():
         lines.append(f"  {name:<24} {value / GIB:8.2f} GiB")
     lines.append(f"  {'tensors at peak':<24} {plan['tensor_peak_bytes'] / GIB:8.2f} GiB")
@@ -138,6 +174,11 @@ def _text(plan: dict, p) -> str:
     verdict = "fits" if plan["fits"] else "does NOT fit"
     lines.append(f"needs ~{plan['needed_bytes'] / GIB:.2f} GiB of {budget:.1f} GiB"
                  f"{' (' + plan['device'] + ')' if plan['device'] not in ('cuda', 'cpu') else ''}: {verdict}")
+    for name, other in plan.get("per_gpu", {}).items():
+        if name != p.strategy:
+            lines.append(f"with {name} instead: ~{other['needed_bytes'] / GIB:.2f} GiB per GPU: "
+                         f"{'fits' if other['fits'] else 'does NOT fit'}"
+                         + (" (fsdp needs model.backend: hf)" if name == "fsdp" and p.backend == "unsloth" else ""))
     seq, batch = plan["largest_seq_len"], plan["largest_batch_size"]
     lines.append(f"largest seq_len at batch {p.batch_size}: {seq if seq else 'none fits'}; "
                  f"largest batch at seq {p.seq_len}: {batch if batch else 'none fits'}")

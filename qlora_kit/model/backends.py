@@ -105,6 +105,8 @@ def _load_unsloth(path: str, cfg: ModelSection, lora: LoraSection, rt: Runtime):
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=path, max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit, dtype=rt.torch_dtype,
             trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+            # Several processes on one machine: each loads onto its own GPU (Unsloth's default fills GPU 0 first).
+            **({"device_map": rt.device_map} if rt.strategy != "none" else {}),
         )
     model = FastLanguageModel.get_peft_model(
         model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
@@ -127,11 +129,14 @@ def _load_hf(path: str, cfg: ModelSection, lora: LoraSection, rt: Runtime):
 
     quant = None
     if cfg.load_in_4bit:
+        # FSDP shards every parameter of a wrapped layer as one dtype: the packed 4-bit weights are then stored
+        # in the compute dtype (bnb_4bit_quant_storage) instead of uint8, the layout FSDP-QLoRA needs.
+        storage = {"bnb_4bit_quant_storage": rt.torch_dtype} if rt.strategy == "fsdp" else {}
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=rt.torch_dtype)
+                                   bnb_4bit_compute_dtype=rt.torch_dtype, **storage)
     with loading(path):
         model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=quant, dtype=rt.torch_dtype, device_map={"": rt.device},
+            path, quantization_config=quant, dtype=rt.torch_dtype, device_map=rt.device_map,
             trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
         )
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code,

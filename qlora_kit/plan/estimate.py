@@ -51,6 +51,8 @@ class PlanInput:
     optimizer: str
     gradient_checkpointing: bool
     load_in_4bit: bool = True
+    strategy: str = "none"  # none | ddp | fsdp (per-GPU memory of one process of a distributed run)
+    world_size: int = 1
 
 
 @dataclass
@@ -202,12 +204,56 @@ def activation_terms(shape: ModelShape, p: PlanInput, grads: int) -> dict[str, i
 
 
 def estimate(shape: ModelShape, p: PlanInput) -> Estimate:
+    """Peak memory of one process (one GPU): with ddp or fsdp, of each process of the distributed run."""
     sizes = trainable_tensors(shape, p)
     lora = 4 * sum(sizes)  # LoRA weights stay fp32 (peft keeps adapter weights of 4-bit layers in fp32)
     terms = weight_terms(shape, p)
     terms.update({"lora": lora, "optimizer": optimizer_bytes(p.optimizer, sizes)})
-    terms.update(activation_terms(shape, p, grads=lora))  # gradients: same size and dtype as the LoRA weights
+    if p.strategy == "fsdp" and p.world_size > 1:
+        terms.update(fsdp_sharded_terms(shape, p, sizes))
+    terms.update(activation_terms(shape, p, grads=terms["lora"]))  # gradients: the LoRA weights' size and dtype
+    if p.strategy == "ddp" and p.world_size > 1:
+        # DDP all-reduces gradients through buckets that hold a second copy of them (gradient_as_bucket_view is
+        # off, the Trainer's default). Every other term is a full copy per process: DDP shards nothing.
+        terms["ddp_gradient_buckets"] = lora
     return Estimate(terms)
+
+
+def _shard(rows: int, row_bytes: int, world: int) -> int:
+    """Bytes one rank holds of a tensor FSDP2 shards along its first dimension (chunks padded to equal size)."""
+    return math.ceil(rows / world) * row_bytes
+
+
+def fsdp_sharded_terms(shape: ModelShape, p: PlanInput, sizes: list[int]) -> dict[str, int]:
+    """What one of `world_size` FSDP2 processes holds (every decoder layer and the root module fully sharded).
+
+    - 4-bit weights: the packed NF4 bytes are stored in the compute dtype (bnb_4bit_quant_storage) as an
+      (numel / 2 / itemsize) x 1 parameter, which shards; the quantization state (absmax, code tables) is module
+      state, not a parameter, and stays whole on every rank.
+    - Other weights (embeddings, head, norms), LoRA weights, their gradients and optimizer states: 1/world each.
+    - Working set: one decoder layer all-gathered for its forward or backward, and the next one prefetched."""
+    world, a = p.world_size, DTYPE_BYTES[p.dtype]
+    dense = 4 if (p.backend == "hf" and p.load_in_4bit) else a
+    four_bit = 0
+    layer_full = 0
+    for lin in shape.layer_linears:
+        packed = (lin.numel + 1) // 2
+        if p.load_in_4bit:
+            four_bit += _shard(math.ceil(packed / a), a, world) + nf4_bytes(lin.numel) - packed
+            layer_full += packed
+        else:
+            four_bit += _shard(lin.out_features, lin.in_features * a, world)
+            layer_full += lin.numel * a
+    four_bit *= shape.layers
+    lora_full = 4 * sum(sizes) // max(shape.layers, 1)
+    dense_params = shape.params - shape.linear_params
+    return {
+        "weights_4bit" if p.load_in_4bit else "weights_linear": four_bit,
+        "weights_dense": math.ceil(dense_params / world) * dense,
+        "lora": 4 * sum(math.ceil(n / world) for n in sizes),
+        "optimizer": optimizer_bytes(p.optimizer, [math.ceil(n / world) for n in sizes]),
+        "fsdp_unsharded_layers": 2 * (layer_full + lora_full),
+    }
 
 
 def runtime_bytes(peak: int, device: str) -> int:

@@ -8,7 +8,7 @@ from qlora_kit.train.auto import AUTO, auto_dtype
 
 
 def plan_input_for(recipe, shape: ModelShape, backend: str, device: str, seq_len: int, batch_size: int | None = None,
-                   bf16: bool = True) -> PlanInput:
+                   bf16: bool = True, strategy: str = "none", world_size: int = 1) -> PlanInput:
     gpu = device == "cuda"
     t = recipe.train
 
@@ -24,4 +24,5 @@ def plan_input_for(recipe, shape: ModelShape, backend: str, device: str, seq_len
         lora_r=recipe.lora.r, target_modules=resolve_targets(shape, recipe.lora.target_modules),
         lora_dropout=recipe.lora.dropout, optimizer=pick("optimizer"),
         gradient_checkpointing=bool(pick("gradient_checkpointing")), load_in_4bit=recipe.model.load_in_4bit,
+        strategy=strategy if world_size > 1 else "none", world_size=world_size,
     )

@@ -205,6 +205,44 @@ class BenchSection(Section):
         return v
 
 
+class DistributedSection(Section):
+    """Several processes (GPUs, or machines) through PyTorch's own launcher, torchrun (see qlora_kit.distributed).
+
+    `qlora-kit train RECIPE --nproc N` is the short form of `strategy: ddp, nproc: N`."""
+
+    strategy: Literal["none", "ddp", "fsdp"] = Field(
+        "none", description="none: one process. ddp: one full copy of the model per process, gradients averaged "
+        "(both backends). fsdp: 4-bit weights, LoRA weights and optimizer states sharded across processes "
+        "(FSDP2 fully_shard; hf backend only).")
+    nproc: Union[Auto, int] = Field(
+        "auto", description="Processes per machine. auto: one per visible GPU (1 on a CPU-only machine).")
+    nnodes: int = Field(1, gt=0, description="Machines taking part; start `qlora-kit train` on each of them.")
+    node_rank: int = Field(0, ge=0, description="This machine's index, 0 .. nnodes-1 (0 writes the run directory).")
+    master_addr: str = Field("127.0.0.1", min_length=1,
+                             description="Address of machine 0, reachable from every machine (rendezvous).")
+    master_port: int = Field(29500, gt=0, lt=65536, description="Free TCP port on machine 0 for the rendezvous.")
+
+    @field_validator("nproc")
+    @classmethod
+    def _positive_nproc(cls, v):
+        if v != "auto" and v <= 0:
+            raise ValueError("must be a positive integer or 'auto'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DistributedSection":
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"distributed.node_rank {self.node_rank} must be below distributed.nnodes "
+                             f"({self.nnodes}); machines are numbered 0 .. {self.nnodes - 1}")
+        if self.strategy == "none" and (self.nnodes > 1 or (self.nproc != "auto" and self.nproc > 1)):
+            raise ValueError("several processes need distributed.strategy: ddp or fsdp (strategy none is one "
+                             "process); set distributed.strategy: ddp")
+        if self.strategy == "fsdp" and self.nproc == 1 and self.nnodes == 1:
+            raise ValueError("distributed.strategy fsdp shards the model across processes and needs at least 2; "
+                             "set distributed.nproc: 2 or more, or strategy: none")
+        return self
+
+
 class OutputSection(Section):
     dir: str = Field("runs", description="Parent directory of run directories.")
     name: str | None = Field(
@@ -217,6 +255,9 @@ class Recipe(Section):
     def _export_needs_merge(self) -> "Recipe":
         if self.export.enabled and not self.merge.enabled:
             raise ValueError("export.enabled needs merge.enabled: GGUF is written from the merged 16-bit model")
+        if self.distributed.strategy == "fsdp" and self.model.backend == "unsloth":
+            raise ValueError("distributed.strategy fsdp needs model.backend: hf (Unsloth's NF4 weights do not work "
+                             "with FSDP's fully_shard); use strategy: ddp with unsloth, or model.backend: hf")
         return self
 
     model: ModelSection
@@ -227,4 +268,5 @@ class Recipe(Section):
     export: ExportSection = Field(default_factory=ExportSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     bench: BenchSection = Field(default_factory=BenchSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
     output: OutputSection = Field(default_factory=OutputSection)

@@ -25,6 +25,15 @@ class Runtime:
     dtype: str  # "float32" | "bfloat16" | "float16"
     gradient_checkpointing: bool
     seed: int
+    local_rank: int = 0  # this process's GPU in a distributed run (torchrun's LOCAL_RANK)
+    strategy: str = "none"  # none | ddp | fsdp (qlora_kit.distributed)
+
+    @property
+    def device_map(self) -> dict:
+        """Where the whole model loads: this rank's own GPU when several processes share a machine."""
+        if self.device == "cuda" and self.strategy != "none":
+            return {"": f"cuda:{self.local_rank}"}
+        return {"": self.device}
 
     @property
     def torch_dtype(self):
@@ -60,7 +69,10 @@ def pick_dtype(requested: str, device: str) -> str:
     return auto_dtype(device, device == "cuda" and torch.cuda.is_bf16_supported())
 
 
-def resolve(recipe: Recipe) -> tuple[Recipe, Runtime]:
+def resolve(recipe: Recipe, dist=None) -> tuple[Recipe, Runtime]:
+    from qlora_kit.distributed.env import DistEnv, recorded_section, worker_strategy
+
+    dist = dist or DistEnv()
     device = detect_device(recipe.train.device)
     gpu = device == "cuda"
     train = recipe.train.model_dump()
@@ -70,7 +82,10 @@ def resolve(recipe: Recipe) -> tuple[Recipe, Runtime]:
     train["device"] = device
     model = recipe.model.model_dump()
     model["dtype"] = pick_dtype(recipe.model.dtype, device)
-    resolved = Recipe.model_validate({**recipe.model_dump(), "model": model, "train": train})
+    distributed = {**recipe.distributed.model_dump(), **recorded_section(recipe, dist),
+                   "node_rank": 0, "master_addr": "127.0.0.1", "master_port": 29500}
+    resolved = Recipe.model_validate({**recipe.model_dump(), "model": model, "train": train,
+                                      "distributed": distributed})
     runtime = Runtime(device=device, dtype=model["dtype"], gradient_checkpointing=bool(train["gradient_checkpointing"]),
-                      seed=recipe.train.seed)
+                      seed=recipe.train.seed, local_rank=dist.local_rank, strategy=worker_strategy(recipe, dist))
     return resolved, runtime

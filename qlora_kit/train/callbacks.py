@@ -67,22 +67,51 @@ class EventsCallback(TrainerCallback):
 
 
 class CancelCallback(TrainerCallback):
-    """Turns a cancel request (token or STOP file) into 'save a checkpoint and stop after this step'."""
+    """Turns a cancel request (token, STOP file, or the distributed supervisor's request) into 'save a checkpoint
+    and stop after this step'. `agree` (distributed runs) makes every rank stop at the same step when any asked."""
 
-    def __init__(self, token: CancelToken, stop_file: Path):
+    def __init__(self, token: CancelToken, stop_file: Path | None, extra=None, agree=None):
         self.token = token
         self.stop_file = stop_file
+        self.extra = extra  # -> a reason, or None
+        self.agree = agree
         self.stopped = False
 
     def on_step_end(self, args, state, control, **kwargs):
-        if not self.token.cancelled and self.stop_file.exists():
+        if not self.token.cancelled and self.stop_file is not None and self.stop_file.exists():
             self.token.cancel("STOP file")
             self.stop_file.unlink(missing_ok=True)
-        if self.token.cancelled:
+        if not self.token.cancelled and self.extra is not None:
+            reason = self.extra()
+            if reason:
+                self.token.cancel(reason)
+        stop = self.token.cancelled
+        if self.agree is not None:
+            stop = self.agree(stop)
+            if stop and not self.token.cancelled:
+                self.token.cancel("another rank")
+        if stop:
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class RankMemory(TrainerCallback):
+    """What this process held when training ended, in the planner's terms (bench.tensors.held_bytes: 4-bit weights,
+    other weights, LoRA, optimizer states, buffers; local shards only under FSDP) and its peak memory. A
+    distributed run records every rank's in metrics.json, which the planner's per-GPU numbers are tested against."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.held: dict | None = None
+
+    def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        from qlora_kit.bench.tensors import held_bytes
+        from qlora_kit.train.runner import peak_memory
+
+        held = held_bytes(model, optimizer) if model is not None else {}
+        self.held = {"rank": args.process_index, **held, "peak_memory_bytes": int(peak_memory(self.device))}
 
 
 class Progress:

@@ -38,8 +38,10 @@ def atomic_write_json(path: Path, data: dict) -> None:
 
 
 class RunDir:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, writer: bool = True):
         self.root = Path(root)
+        # False on every rank but 0 of a distributed run: they read the run directory, never write it.
+        self.writer = writer
         self.recipe = self.root / "recipe.yaml"
         self.status_file = self.root / "run.json"
         self.events = self.root / "events.jsonl"
@@ -95,7 +97,21 @@ class RunDir:
             raise UsageError(f"{self.root} already exists (status: {status}); use --resume to continue it, "
                              "--overwrite to replace it, or --set output.name=NEW_NAME")
 
+    def check_world_size(self, world_size: int) -> None:
+        """Resume with the processes the run was trained on: the data order, the global batch and the RNG state of
+        each rank in the checkpoint depend on them."""
+        status = self.read_status()
+        before = int(status.get("world_size") or 1)
+        if before != world_size:
+            batch = f" (global batch {status['global_batch_size']})" if status.get("global_batch_size") else ""
+            raise UsageError(f"{self.root}: this run was trained by {before} process{'es' if before > 1 else ''}"
+                             f"{batch} and would resume with {world_size}; resume it with the same world size "
+                             f"(--nproc {before}, or the same distributed.nproc x nnodes), or start a new run with "
+                             "--set output.name=NEW_NAME")
+
     def start(self, recipe_yaml: str, resume: bool, overwrite: bool, info: dict) -> None:
+        if not self.writer:
+            return
         if overwrite and not resume and self.root.exists():
             shutil.rmtree(self.root)
         try:
@@ -115,6 +131,8 @@ class RunDir:
 
     def write_status(self, status: str, **fields) -> None:
         assert status in STATUSES, status
+        if not self.writer:
+            return
         data = {**self.read_status(), **fields, "status": status, "updated": time.time()}
         atomic_write_json(self.status_file, data)
 
@@ -123,6 +141,8 @@ class RunDir:
 
     def publish_dir(self, tmp: Path, final: Path) -> None:
         """Move a fully written directory into place (replacing an older one)."""
+        if not self.writer:
+            return
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -21,8 +21,10 @@ from qlora_kit import __version__
 from qlora_kit.control import STOP_FILE, CancelToken
 from qlora_kit.data.encode import apply_chat_template_choice
 from qlora_kit.data.prepare import encode_split, load_examples
-from qlora_kit.errors import (DataError, DiskFullError, OutOfMemoryError, QKError, StageError, first_line,
-                              is_oom)
+from qlora_kit.distributed.env import DistEnv, check_fsdp_device, topology
+from qlora_kit.distributed.env import current as current_dist
+from qlora_kit.errors import (DataError, DiskFullError, OutOfMemoryError, QKError, StageError, UsageError,
+                              first_line, is_oom)
 from qlora_kit.eventlog import EventLog, emit_artifact
 from qlora_kit.memory import peak_rss_bytes
 from qlora_kit.recipe import Recipe, dump_recipe
@@ -38,12 +40,22 @@ def quiet(_text: str) -> None:
 
 def train_recipe(recipe: Recipe, source: str, log: EventLog, cancel: CancelToken, *, resume: bool = False,
                  overwrite: bool = False, console: Console = quiet, resume_hint: str = "", later_stages: bool = True,
-                 stage_args: tuple[str, ...] = (), warnings=()) -> RunDir:
-    """Train one recipe. Returns the run directory (status complete or interrupted); raises QKError on failure."""
+                 stage_args: tuple[str, ...] = (), warnings=(), dist: DistEnv | None = None) -> RunDir:
+    """Train one recipe. Returns the run directory (status complete or interrupted); raises QKError on failure.
+
+    In a distributed run every rank calls this; rank 0 alone writes the run directory and events (the others get
+    a read-only RunDir and a log that goes nowhere). Under qlora-kit's supervisor, rank 0 leaves the failure
+    bookkeeping and the later stages to it (it knows every rank's outcome)."""
     t0 = time.time()
+    dist = dist or current_dist()
+    if not dist.is_main:
+        log, console, warnings = EventLog(), quiet, ()
     check_paths(recipe, source)
-    run = RunDir(Path(recipe.output.dir).absolute() / recipe.output.name)
-    run.check_start(resume, overwrite)
+    run = RunDir(Path(recipe.output.dir).absolute() / recipe.output.name, writer=dist.is_main)
+    if dist.is_main:
+        run.check_start(resume, overwrite)
+        if resume:
+            run.check_world_size(dist.world_size)
     data_notes: list[str] = []  # rows dropped by data.on_bad_rows: skip, recorded as warning events
     train_items, eval_items, fmt = load_examples(recipe.data, recipe.train.seed, data_notes)
     _check_loggers(recipe)
@@ -57,16 +69,22 @@ def train_recipe(recipe: Recipe, source: str, log: EventLog, cancel: CancelToken
     model_notes = check_model(recipe.model)  # a config transformers cannot load: one line, before the run dir
     from qlora_kit.train.auto import resolve
 
-    resolved, rt = resolve(recipe)
+    resolved, rt = resolve(recipe, dist)
+    check_fsdp_device(rt.strategy, rt.device)
     resolved.data.format = fmt  # record what auto-detection found
     checkpoint = run.latest_checkpoint() if resume else None
+    if resume and checkpoint is None:  # a rank on another machine without the run directory
+        raise UsageError(f"rank {dist.rank}: no checkpoint in {run.checkpoints} to resume from; resuming on several "
+                         "machines needs output.dir on a filesystem they share (or the run directory copied)")
     run_id = (run.read_status().get("run_id") if resume else None) or uuid.uuid4().hex
-    run.start(dump_recipe(resolved), resume, overwrite, info={**_run_info(resolved), "run_id": run_id})
+    shape = topology(resolved, dist)
+    run.start(dump_recipe(resolved), resume, overwrite, info={**_run_info(resolved), "run_id": run_id, **shape})
     run.log = log
-    log.attach(run.events, run_id)
-    (run.root / STOP_FILE).unlink(missing_ok=True)  # a STOP left from the cancelled session must not stop this one
+    log.attach(run.events if dist.is_main else None, run_id)
+    if dist.is_main:
+        (run.root / STOP_FILE).unlink(missing_ok=True)  # a STOP left from the cancelled session must not stop this
     log.emit("run_start", run_dir=str(run.root), backend=resolved.model.backend, device=rt.device,
-             resumed_from=str(checkpoint) if checkpoint else None)
+             resumed_from=str(checkpoint) if checkpoint else None, **shape)
     for message in warnings:
         log.emit("warning", message=message, source="plugins")
     for origin, notes in (("data", data_notes), ("model", model_notes)):
@@ -74,18 +92,19 @@ def train_recipe(recipe: Recipe, source: str, log: EventLog, cancel: CancelToken
             log.emit("warning", message=message, source=origin)
     try:
         done = _train(run, resolved, rt, backend, train_items, eval_items, fmt, checkpoint, t0, cancel, console,
-                      resume_hint)
+                      resume_hint, dist)
     except KeyboardInterrupt:  # asked twice: stopped at once, without a checkpoint
         run.write_status("interrupted")
         log.emit("run_end", status="interrupted")
         raise
     except BaseException as exc:
-        error = _as_qk_error(exc, run, source)
-        _fail(run, log, error)
+        error = _failed(exc, run, log, source, dist)
         if error is exc:
             raise
         raise error from exc
-    if not done:
+    if not done or not dist.is_main:
+        return run
+    if dist.supervised:  # the supervisor runs merge/export/eval once every rank has exited, then ends the log
         return run
     if later_stages:
         try:
@@ -97,6 +116,19 @@ def train_recipe(recipe: Recipe, source: str, log: EventLog, cancel: CancelToken
             raise
     log.emit("run_end", status="complete")  # last: a host sees merge and export before the run ends
     return run
+
+
+def _failed(exc: BaseException, run: RunDir, log: EventLog, source: str, dist: DistEnv) -> BaseException:
+    """The error to raise for `exc`, recorded in the run (by rank 0, unless a supervisor reports the run's first
+    error: rank 0's own may only be the consequence of another rank's)."""
+    from qlora_kit.distributed.sync import peer_cause
+
+    error = peer_cause(dist, _as_qk_error(exc, run, source))
+    if dist.is_main and not dist.supervised:
+        _fail(run, log, error)
+    elif isinstance(error, QKError):
+        error.reported = True
+    return error
 
 
 def _check_loggers(recipe: Recipe) -> None:
@@ -119,11 +151,13 @@ def _as_qk_error(exc: BaseException, run: RunDir, source: str) -> BaseException:
 
 
 def _train(run, recipe, rt, backend, train_items, eval_items, fmt, checkpoint, t0, cancel, console,
-           resume_hint) -> bool:
+           resume_hint, dist) -> bool:
     """True when training completed; False when it was cancelled (a checkpoint was saved)."""
+    from qlora_kit.compat import load_checkpoints_on_cpu_ranks
+    from qlora_kit.distributed import sync
     from qlora_kit.model.backends import quantization_summary
     from qlora_kit.model.resolve import resolve_model
-    from qlora_kit.train.callbacks import CancelCallback, EventsCallback, Progress
+    from qlora_kit.train.callbacks import CancelCallback, EventsCallback, Progress, RankMemory
     from qlora_kit.train.trainer import build_trainer
 
     base = resolve_model(recipe.model.name)
@@ -151,23 +185,24 @@ def _train(run, recipe, rt, backend, train_items, eval_items, fmt, checkpoint, t
             f"({train_split.trained_tokens:,} trained), {train_split.truncated} truncated to {max_len}, "
             f"{train_split.dropped} dropped (nothing to train); template: {template}")
 
+    if dist.active and rt.device == "cpu":
+        load_checkpoints_on_cpu_ranks()
     progress = Progress(console)
-    events, stopper = EventsCallback(run, progress, rt.device), CancelCallback(cancel, run.root / STOP_FILE)
+    events = EventsCallback(run, progress, rt.device)
+    # Every rank checks its own stop requests; the ranks then agree, so all stop after the same step.
+    stopper = CancelCallback(cancel, run.root / STOP_FILE if dist.is_main else None,
+                             extra=lambda: sync.supervisor_stop(dist), agree=sync.any_rank if dist.active else None)
+    memory = RankMemory(rt.device)
     trainer = build_trainer(recipe, rt, model, tokenizer, train_split.rows, eval_split.rows,
-                            str(run.checkpoints), [events, stopper])
+                            str(run.checkpoints), [events, stopper, memory])
     stage_t = _stage(run, "train")
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         progress.close()
+    sync.barrier()  # every rank's part of the last checkpoint (its RNG state) is on disk before rank 0 says so
     if stopper.stopped:
-        step = trainer.state.global_step
-        run.write_status("interrupted", step=step)
-        saved = run.latest_checkpoint()
-        run.event("cancelled", step=step, reason=cancel.reason or STOP_FILE,
-                  checkpoint=str(saved.relative_to(run.root)) if saved else None)
-        run.event("run_end", status="interrupted")
-        console(f"interrupted at step {step}; checkpoint saved. Continue with: {resume_hint}")
+        _interrupted(run, trainer.state.global_step, cancel, console, resume_hint)
         return False
     train_seconds = _stage(run, "train", stage_t)
 
@@ -177,10 +212,12 @@ def _train(run, recipe, rt, backend, train_items, eval_items, fmt, checkpoint, t
         eval_loss = float(trainer.evaluate()["eval_loss"])  # its log reaches EventsCallback: one `eval` event
         _stage(run, "eval_loss", stage_t)
 
+    ranks = sync.gather(memory.held) if dist.active else None  # what each rank held (a collective)
     stage_t = _stage(run, "save_adapter")
     tmp = run.root / ".adapter.tmp"
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
+    _save_adapter(trainer, model, tokenizer, tmp, rt, dist)
+    if not dist.is_main:
+        return True
     atomic_write_json(tmp / "qlora_kit.json", {"base_model": run.read_status().get("base_model"),
                                                "backend": recipe.model.backend, "chat_template": template,
                                                "qlora_kit_version": __version__})
@@ -189,6 +226,8 @@ def _train(run, recipe, rt, backend, train_items, eval_items, fmt, checkpoint, t
     emit_artifact(run.log, "adapter", run.adapter / "adapter_model.safetensors")
 
     metrics = _metrics(events, result, trainer, train_split, eval_loss, rt, train_seconds, time.time() - t0)
+    if ranks is not None:
+        metrics["ranks"] = ranks
     atomic_write_json(run.metrics, metrics)
     emit_artifact(run.log, "metrics", run.metrics)
     run.write_status("complete", finished=time.time(), step=trainer.state.global_step)
@@ -196,6 +235,30 @@ def _train(run, recipe, rt, backend, train_items, eval_items, fmt, checkpoint, t
             + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
             + f"; adapter in {run.adapter}")
     return True
+
+
+def _interrupted(run: RunDir, step: int, cancel: CancelToken, console: Console, resume_hint: str) -> None:
+    run.write_status("interrupted", step=step)
+    saved = run.latest_checkpoint()
+    run.event("cancelled", step=step, reason=cancel.reason or STOP_FILE,
+              checkpoint=str(saved.relative_to(run.root)) if saved else None)
+    run.event("run_end", status="interrupted")
+    console(f"interrupted at step {step}; checkpoint saved." + (f" Continue with: {resume_hint}" if resume_hint else ""))
+
+
+def _save_adapter(trainer, model, tokenizer, tmp: Path, rt, dist) -> None:
+    """The adapter, written by rank 0. Under FSDP each rank holds a shard of it: gathering the full weights is a
+    collective, so every rank takes part (rank 0 alone writes)."""
+    if rt.strategy == "fsdp":
+        from qlora_kit.distributed.fsdp import full_adapter_state
+
+        state = full_adapter_state(trainer)
+        if dist.is_main:
+            model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
+    elif dist.is_main:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+    if dist.is_main:
+        tokenizer.save_pretrained(str(tmp))
 
 
 def run_later_stages(run: RunDir, recipe, log: EventLog, console: Console, extra_args: tuple[str, ...] = ()) -> None:

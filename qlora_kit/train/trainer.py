@@ -16,10 +16,19 @@ def to_dataset(rows: list[Encoded]):
     return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
 
 
-def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool, save: bool = True):
+def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool, save: bool = True, model=None):
     from trl import SFTConfig
 
     t = recipe.train
+    parallel = {}
+    if rt.strategy == "ddp":
+        # Every trainable (LoRA) weight takes part in each step: skipping the unused-parameter search saves a
+        # graph walk per step.
+        parallel = {"ddp_find_unused_parameters": False}
+    elif rt.strategy == "fsdp":
+        from qlora_kit.distributed.fsdp import trainer_args
+
+        parallel = trainer_args(model, rt.gradient_checkpointing)
     eval_every = has_eval and t.eval_steps is not None
     return SFTConfig(
         output_dir=output_dir,
@@ -42,6 +51,7 @@ def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool, sav
         # Counted by the Trainer for every backend alike (TRL's own count lives in its loss, which the CPU hf
         # path replaces), so tokens/s compare fairly; padding excluded.
         include_num_input_tokens_seen="non_padding",
+        **parallel,
     )
 
 
@@ -71,7 +81,7 @@ def build_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eva
         cls = plain_loss_sft_trainer()
     adapter_dtypes = trainable_dtypes(model)
     trainer = cls(
-        model=model, processing_class=tokenizer, args=sft_config(recipe, rt, output_dir, bool(eval_rows), save),
+        model=model, processing_class=tokenizer, args=sft_config(recipe, rt, output_dir, bool(eval_rows), save, model),
         train_dataset=to_dataset(train_rows), eval_dataset=to_dataset(eval_rows) if eval_rows else None,
         callbacks=callbacks,
     )
