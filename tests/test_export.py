@@ -498,3 +498,29 @@ def test_export_memory_does_not_grow_with_model_size(tiny_model_dir, tmp_path):
     bound = 64 * 2**20
     assert big_bytes > 5 * bound
     assert large - small < bound, (large - small) / 2**20
+
+
+def test_probe_rows_are_cut_so_logit_memory_does_not_grow_with_max_seq_length(tiny_model_dir, tmp_path):
+    """Every probe position's logits are held (x vocabulary): a run's long held-out rows are cut to PROBE_TOKENS
+    tokens for the check, keeping their beginning token for token."""
+    from transformers import AutoTokenizer
+
+    from conftest import write_jsonl, write_recipe
+    from qlora_kit.data.encode import apply_chat_template_choice
+    from qlora_kit.data.held_out import held_out_rows
+    from qlora_kit.export.run import PROBE_TOKENS, _held_out
+    from qlora_kit.recipe import load_recipe
+
+    story = " ".join(f"word{i}" for i in range(150))
+    rows = [{"messages": [{"role": "user", "content": f"{i}: {story}"}, {"role": "assistant", "content": story}]}
+            for i in range(30)]
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
+    write_recipe(tmp_path / "recipe.yaml", model={"max_seq_length": 4096}, data={"path": str(data)})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    apply_chat_template_choice(tokenizer, "chatml")  # as the merged model's tokenizer carries it
+    _, full = held_out_rows(load_recipe(tmp_path / "recipe.yaml"), tokenizer, 4)
+    cut, source = _held_out(tiny_model_dir, tmp_path, tokenizer, 4)
+    assert source == "training rows" and len(cut) == 4
+    assert all(len(r.input_ids) > 3 * PROBE_TOKENS for r in full)
+    assert [len(ids) for ids in cut] == [PROBE_TOKENS] * 4
+    assert cut == [r.input_ids[:PROBE_TOKENS] for r in full]

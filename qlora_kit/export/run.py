@@ -223,13 +223,20 @@ def _quant_of(path: Path) -> str:
     return by_type.get(file_type, f"file_type {file_type}")
 
 
+# Tokens per probe row. The logits of every probe position are held (HF reference + llama.cpp's buffers: 3 x
+# positions x vocabulary x 4 bytes), so a run's rows at max_seq_length 2,048 with a 128k vocabulary would need ~9
+# GiB; 128 tokens keep it near 600 MiB (4 rows) and still put every conversion error (Q/K order, RoPE, norms,
+# tokens) on many positions.
+PROBE_TOKENS = 128
+
+
 def _held_out(model_dir: Path, run_dir: Path | None, tokenizer, n: int):
     if run_dir is not None:
         from qlora_kit.data.held_out import held_out_rows
         from qlora_kit.recipe import load_recipe
 
         source, rows = held_out_rows(load_recipe(run_dir / "recipe.yaml"), tokenizer, n)
-        return [r.input_ids for r in rows], source
+        return [r.input_ids[:PROBE_TOKENS] for r in rows], source
     from qlora_kit.export.verify import TOKEN_TEXTS
 
     return [tokenizer(t, add_special_tokens=True)["input_ids"] for t in TOKEN_TEXTS[:n]], "fixed texts"
