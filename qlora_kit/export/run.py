@@ -223,10 +223,10 @@ def _quant_of(path: Path) -> str:
     return by_type.get(file_type, f"file_type {file_type}")
 
 
-# Tokens per probe row. The logits of every probe position are held (HF reference + llama.cpp's buffers: 3 x
-# positions x vocabulary x 4 bytes), so a run's rows at max_seq_length 2,048 with a 128k vocabulary would need ~9
-# GiB; 128 tokens keep it near 600 MiB (4 rows) and still put every conversion error (Q/K order, RoPE, norms,
-# tokens) on many positions.
+# Tokens per probe row. Verification holds logits for every probe position, twice (the HF reference and llama.cpp's
+# copy), plus llama.cpp's buffers for the longest row (resources.verification_bytes): 4 rows of a run's 2,048-token
+# rows with a 128k vocabulary would need ~10 GiB; 128 tokens keep it near 630 MiB and still put every conversion
+# error (Q/K order, RoPE, norms, tokens) on many positions.
 PROBE_TOKENS = 128
 
 
