@@ -11,7 +11,9 @@ Qwen's real 151,936-token tokenizer, rebuilt by transformers from `ggml-vocab-qw
 source distribution (SDIST: its unpacked directory or the .tar.gz, e.g. from
 `pip download --no-deps --no-binary=:all: llama-cpp-python==0.3.36`). With --llama-cpp SDIST it then runs, 3 times
 each, alternating: an import-only process, `export --quant f16 --no-verify`, llama.cpp's
-`convert_hf_to_gguf.py --outtype f16` (with the sdist's own gguf-py), and `export --quant q8_0` with verification
+`convert_hf_to_gguf.py --outtype f16` (with the sdist's own gguf-py), `export --quant q4_k_m --no-verify`,
+llama.cpp's `llama_model_quantize` to Q4_K_M from a bf16 GGUF of the model (the step qlora-kit's K-quants used
+to go through, timed alone), and `export --quant q8_0` with verification
 (--allow-mismatch: a random model's near-tie logits may fail Q8_0's top-1 limit; the time and memory are what is
 measured here); prints medians and a table projected to Llama 3.2 1B / 3B and Llama 3.1 8B shapes.
 """
@@ -31,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CHILD = r"""
-import sys, time, json
+import os, sys, time, json
 import torch, transformers, gguf, llama_cpp  # the fixed cost every export pays
 from qlora_kit.memory import peak_rss_bytes
 t0 = time.time()
@@ -44,6 +46,13 @@ if sys.argv[1:2] == ["--llama-cpp"]:  # llama.cpp's converter script, run in thi
         code = 0
     except SystemExit as exc:
         code = exc.code or 0
+elif sys.argv[1:2] == ["--llama-quantize"]:  # llama.cpp's own quantizer on a GGUF (qlora-kit's K-quant path before)
+    import ctypes
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = int(sys.argv[4]), 0
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)  # its per-tensor log
+    code = llama_cpp.llama_model_quantize(sys.argv[2].encode(), sys.argv[3].encode(), ctypes.byref(params))
 else:
     from qlora_kit.cli import main
     code = main(sys.argv[1:]) if sys.argv[1:] else 0  # no arguments: the import-only baseline
@@ -118,10 +127,18 @@ def _compare(model: Path, sdist: Path, root: Path, repeats: int) -> None:
         "llama.cpp `convert_hf_to_gguf.py --outtype f16`": (
             ["--llama-cpp", str(vendor / "convert_hf_to_gguf.py"), str(model), "--outtype", "f16", "--outfile",
              str(root / "llama-cpp-f16.gguf")], {"PYTHONPATH": f"{vendor / 'gguf-py'}:{os.environ.get('PYTHONPATH', '')}"}),
+        "`export --quant q4_k_m --no-verify`": (["export", str(model), "--quant", "q4_k_m", "--no-verify",
+                                                 "--overwrite", "--out", str(root / "ours-q4km")], None),
+        "llama.cpp `llama_model_quantize` Q4_K_M from our bf16 GGUF (the quantize step alone)": (
+            ["--llama-quantize", str(root / "bf16.gguf"), str(root / "llama-cpp-q4km.gguf"), "15"], None),
         "`export --quant q8_0` (verification on, --allow-mismatch)": (
             ["export", str(model), "--quant", "q8_0", "--allow-mismatch", "--overwrite", "--out", str(root / "ours-q8")],
             None),
     }
+    bf16 = _run(["export", str(model), "--quant", "bf16", "--no-verify", "--overwrite", "--out", str(root / "bf16")])
+    if bf16["code"] != 0:
+        raise SystemExit(f"bf16 export failed: {bf16.get('error')}")
+    next((root / "bf16").glob("*.gguf")).rename(root / "bf16.gguf")  # what llama.cpp's quantizer starts from
     runs: dict[str, list[dict]] = {name: [] for name in commands}
     for i in range(repeats):
         for name, (cmd, env) in commands.items():
@@ -143,7 +160,7 @@ def _compare(model: Path, sdist: Path, root: Path, repeats: int) -> None:
         print(f"| {name} | {m['seconds']:.1f} | {m['peak'] / 2**20:,.0f} | {above} | {m['peak'] / size:.2f}x |")
     report = json.loads((root / "ours-q8" / "export_report.json").read_text())["exports"]["q8_0"]
     names = list(commands)
-    _project(params, config, base, med[names[1]], med[names[2]], med[names[3]], q8.stat().st_size, report)
+    _project(params, config, base, med[names[1]], med[names[2]], med[names[5]], q8.stat().st_size, report)
 
 
 def _project(params: int, config: dict, base: float, ours: dict, theirs: dict, verify: dict, q8_bytes: int,

@@ -18,8 +18,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 TOKENIZERS = Path(__file__).parent / "assets" / "tokenizers"  # family tokenizers: see tests/assets/tokenizers/README.md
 
 
-def make_model(root, tiny_model_dir, kind: str, hidden: int = 256, intermediate: int = 512, layers: int = 2):
-    """A small random model of one architecture, using the tokenizer in `tiny_model_dir`."""
+def make_model(root, tiny_model_dir, kind: str, hidden: int = 256, intermediate: int = 512, layers: int = 2,
+               **overrides):
+    """A small random model of one architecture, using the tokenizer in `tiny_model_dir` (`overrides`: config)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from transformers import AutoTokenizer
@@ -36,7 +37,7 @@ def make_model(root, tiny_model_dir, kind: str, hidden: int = 256, intermediate:
              "llama31": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}}[kind]
     model_type = {"llama31": "llama", "mistral_nemo": "mistral"}.get(kind, kind)
-    config = AutoConfig.for_model(model_type, **{**common, **extra})
+    config = AutoConfig.for_model(model_type, **{**common, **extra, **overrides})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # random norms and biases, so mishandled ones show up in the logits
@@ -237,8 +238,8 @@ def test_verification_catches_a_wrong_conversion(tiny_model_dir, tmp_path, monke
         export(model, ExportOptions(quants=["f32"]), tmp_path / "gguf")
     with pytest.raises(StageError, match=r"verification failed for bf16: relative logit error 0\.0\d+ \(outside"):
         export(model, ExportOptions(quants=["bf16"]), tmp_path / "gguf")
-    # Within a 4-bit type's allowed error, but the F32 GGUF the K-quant is made from is checked first.
-    with pytest.raises(StageError, match=r"verification failed for the f32 GGUF the K-quants are made from: "
+    # Within a 4-bit type's allowed error, but the F32 conversion the K-quant is quantized from is checked first.
+    with pytest.raises(StageError, match=r"verification failed for the f32 conversion the K-quants are quantized from: "
                                          r"max_abs_logit_diff 0\.\d+ \(outside"):
         export(model, ExportOptions(quants=["q4_k_m"]), tmp_path / "gguf")
     assert not list((tmp_path / "gguf").glob("*.gguf*"))

@@ -96,6 +96,23 @@ def test_streamed_reference_equals_a_whole_model_forward(tiny_model_dir, tmp_pat
         assert np.abs(a - b).max() <= 1e-5, np.abs(a - b).max()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["llama", "gemma2"])
+def test_streamed_reference_on_the_gpu_gives_the_cpu_numbers(tiny_model_dir, tmp_path, kind):
+    """Verification runs the reference on the GPU when there is one (its default device): same probe, same
+    numbers as on the CPU, within float32 kernel differences."""
+    from qlora_kit.export.reference import reference_logits
+
+    model = make_model(tmp_path, tiny_model_dir, kind)
+    rows = [[1, 5, 9, 200, 7, 7, 3], [2, 40, 41, 42, 100, 300, 301, 5, 6, 500, 2, 0]]
+    cpu = reference_logits(model, rows, device="cpu", block_bytes=64 * 256 * 4)
+    gpu = reference_logits(model, rows, block_bytes=64 * 256 * 4)  # no device: CUDA is chosen
+    for a, b in zip(cpu, gpu):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= 1e-3 * max(1.0, np.abs(a).max()), np.abs(a - b).max()
+
+
 def _large_vocab_llama(root, tiny_model_dir, vocab: int):
     """A 2-layer bf16 Llama with `vocab` rows of embedding and head (the tiny tokenizer's ids are a prefix)."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -145,7 +162,7 @@ print("PEAK", peak_rss_bytes())
 
 def test_a_large_embedding_does_not_raise_the_peak(tiny_model_dir, tmp_path):
     """Embedding and head of 65,536 vs 196,608 rows x 256 (64 vs 192 MiB each in float32; the block budget is
-    16 MiB): the conversion peaks the same, and so does the streamed reference forward, where converting or
+    16 MiB): the conversion peaks the same (to F32, and to Q4_K_M), and so does the streamed reference forward, where converting or
     loading the matrices whole needs 2 x 128 MiB more. With verification, only what must grow with the
     vocabulary grows: the GGUF llama.cpp maps and the logits."""
     medium = _large_vocab_llama(tmp_path, tiny_model_dir, 65536)
@@ -153,10 +170,16 @@ def test_a_large_embedding_does_not_raise_the_peak(tiny_model_dir, tmp_path):
     grown = (196608 - 65536) * 256 * 4  # float32 bytes of one matrix's extra rows
     convert = [_peak("-c", MEASURE, "export", str(m), "--quant", "f32", "--no-verify", "--out", str(tmp_path / f"c{i}"))
                for i, m in enumerate((medium, large))]
+    # Q4_K_M: the embedding in Q4_K and the head in Q6_K, quantized by ggml a row block at a time (llama.cpp's
+    # quantizer converted each whole to float32 first: +192 MiB here).
+    k_quant = [_peak("-c", MEASURE, "export", str(m), "--quant", "q4_k_m", "--no-verify", "--out",
+                     str(tmp_path / f"k{i}")) for i, m in enumerate((medium, large))]
     reference = [_peak("-c", REFERENCE, str(m)) for m in (medium, large)]
-    print(f"conversion peak RSS: {convert[0] / 2**20:.0f} -> {convert[1] / 2**20:.0f} MiB; streamed reference: "
+    print(f"conversion peak RSS: {convert[0] / 2**20:.0f} -> {convert[1] / 2**20:.0f} MiB; Q4_K_M: "
+          f"{k_quant[0] / 2**20:.0f} -> {k_quant[1] / 2**20:.0f} MiB; streamed reference: "
           f"{reference[0] / 2**20:.0f} -> {reference[1] / 2**20:.0f} MiB")
     assert convert[1] - convert[0] < 16 * 2**20 <= grown / 8
+    assert k_quant[1] - k_quant[0] < 16 * 2**20
     assert reference[1] - reference[0] < 16 * 2**20
 
     verify = [_peak("-c", MEASURE, "export", str(m), "--quant", "f16", "--samples", "1", "--out",
@@ -186,7 +209,7 @@ def test_not_enough_memory_is_refused_before_writing(tiny_model_dir, tmp_path, m
         export(tiny_model_dir, ExportOptions(quants=["f16"], verify=False), tmp_path / "gguf")
     assert not list((tmp_path / "gguf").iterdir())
     # Enough for the conversion, not for verification: refused once the probe rows are known, still before writing.
-    need = resources.conversion_bytes(Checkpoint(tiny_model_dir), tiny_model_dir, False)
+    need = resources.conversion_bytes(tiny_model_dir)
     monkeypatch.setattr(resources, "available_memory", lambda: need + 1)
     monkeypatch.setattr(resources, "LLAMA_CPP_COMPUTE", 2**40)
     with pytest.raises(UsageError, match=r"not enough memory for verification"):

@@ -1,14 +1,15 @@
-"""Merged HF checkpoint -> GGUF, streamed tensor by tensor (peak memory ~ one tensor, not the model).
+"""Merged HF checkpoint -> GGUF, streamed tensor by tensor and row block by row block (peak memory ~ a few row
+blocks, not the model or its largest matrix).
 
-F32/F16/BF16/Q8_0 are written directly with the `gguf` package; K-quants and Q4_0 are made from an F32/F16/BF16
-GGUF by llama.cpp's own quantizer through llama-cpp-python (`llama_model_quantize`): no compiler, no network, no
-converter script downloaded at run time.
+F32/F16/BF16/Q8_0 are encoded with the `gguf` package. K-quant and Q4_0 files are a per-tensor mixture of types
+chosen as llama.cpp chooses them (quant_policy.py) and encoded by ggml's own quantizer (ggml_quant.py), a row
+block at a time: the same bytes `llama_model_quantize` writes from an F32/F16/BF16 GGUF, without that intermediate
+file or llama.cpp's whole-tensor float32 buffers. No compiler, no network, no converter script at run time.
 """
 
 from __future__ import annotations
 
-import ctypes
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,17 +53,20 @@ class PlannedTensor:
     shape: tuple[int, ...]
     kind: str  # GGML type written
     unit: int = 1  # rows per indivisible group (one head for the Q/K un-permute)
+    ggml: bool = False  # encoded by ggml's quantizer: a type llama.cpp's K-quant policy chose
 
 
 def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int, name: str,
-               block_bytes: int = BLOCK_BYTES) -> dict:
-    """Write `out_path` tensor by tensor and row block by row block: no tensor is ever held whole."""
+               block_bytes: int = BLOCK_BYTES, mixture: str | None = None) -> dict:
+    """Write `out_path` tensor by tensor and row block by row block: no tensor is ever held whole. With
+    `mixture` (a K-quant or q4_0 name), the tensors llama.cpp quantizes get the types its policy gives them, and
+    the rest are written as `ggml_target` (the model's own precision, as in the GGUF llama.cpp would start from)."""
     import gguf
 
     return_large_frees_to_the_os()  # block-sized buffers come and go one after another (see qlora_kit.memory)
     ckpt = Checkpoint(model_dir)
     arch = _arch_of(ckpt, model_dir)
-    plan = plan_tensors(ckpt, arch, ggml_target)
+    plan = plan_tensors(ckpt, arch, ggml_target, mixture)
     extra = arch.extra_tensors(ckpt.config)
     writer = gguf.GGUFWriter(str(out_path), arch.gguf_arch)
     vocab = _write_metadata(writer, ckpt, arch, model_dir, file_type, name)
@@ -92,7 +96,21 @@ def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int
     types: dict[str, int] = {}
     for t in plan:
         types[t.kind] = types.get(t.kind, 0) + 1
-    return {"architecture": arch.gguf_arch, "tensors": len(plan) + len(extra), "tensor_types": types, **vocab}
+    facts = {"architecture": arch.gguf_arch, "tensors": len(plan) + len(extra), "tensor_types": types, **vocab}
+    if mixture:
+        facts["fallbacks"] = fallbacks(plan, mixture)
+    return facts
+
+
+def fallbacks(plan: list[PlannedTensor], mixture: str) -> list[dict]:
+    """K-quant super-blocks span 256 values of a row: llama.cpp stores tensors whose rows are not a multiple of
+    256 wide in another type (Q4_0, Q5_0, Q5_1, Q8_0 or F16). List them, so a user sees why a file is bigger."""
+    from qlora_kit.export.quant_policy import DEFAULT, block_size
+
+    if block_size(DEFAULT[mixture]) != 256:
+        return []
+    return [{"tensor": t.gguf_name, "row_width": int(t.shape[-1]), "type": t.kind}
+            for t in plan if t.ggml and t.shape[-1] % 256]
 
 
 def _arch_of(ckpt: Checkpoint, model_dir: Path):
@@ -106,7 +124,7 @@ def _arch_of(ckpt: Checkpoint, model_dir: Path):
     return ARCHS[arch_name]
 
 
-def plan_tensors(ckpt: Checkpoint, arch, ggml_target: str) -> list[PlannedTensor]:
+def plan_tensors(ckpt: Checkpoint, arch, ggml_target: str, mixture: str | None = None) -> list[PlannedTensor]:
     """Every checkpoint tensor with its GGUF name, type and row grouping; a tensor that does not map is an error
     (never dropped silently)."""
     import gguf
@@ -126,6 +144,11 @@ def plan_tensors(ckpt: Checkpoint, arch, ggml_target: str) -> list[PlannedTensor
         if arch.permute_qk and (".self_attn.q_proj." in hf_name or ".self_attn.k_proj." in hf_name):
             unit = shape[0] // (heads if ".q_proj." in hf_name else kv_heads)  # the un-permute stays within a head
         plan.append(PlannedTensor(hf_name, gguf_name, shape, tensor_type(gguf_name, shape, ggml_target), unit))
+    if mixture:
+        from qlora_kit.export.quant_policy import tensor_types
+
+        chosen = tensor_types({t.gguf_name: t.shape for t in plan}, mixture, arch.gguf_arch, config)
+        plan = [replace(t, kind=chosen[t.gguf_name], ggml=True) if t.gguf_name in chosen else t for t in plan]
     return plan
 
 
@@ -155,7 +178,11 @@ def _encoded_blocks(ckpt: Checkpoint, t: PlannedTensor, arch, block_bytes: int):
             data = permute_for_llama_cpp(data, (stop - start) // t.unit)
         if arch.norm_shift and t.hf_name.endswith("norm.weight"):
             data = data.float() + arch.norm_shift
-        if t.kind == "F16":  # torch's vectorized cast: numpy's float32 -> float16 cast is ~3x slower; both round
+        if t.ggml:
+            from qlora_kit.export.ggml_quant import quantize_rows
+
+            yield quantize_rows(data.float().numpy(), t.kind, t.gguf_name)
+        elif t.kind == "F16":  # torch's vectorized cast: numpy's float32 -> float16 cast is ~3x slower; both round
             yield data.to(torch.float16).numpy()  # to nearest even, and bf16 -> f32 is exact (tests compare bytes)
         else:
             yield _encode(data.float().numpy(), t.kind)
@@ -196,14 +223,3 @@ def _encode(data: np.ndarray, kind: str) -> np.ndarray:
 
     # Rows are contiguous in the last dimension: gguf quantizes along it, exactly as llama.cpp reads it.
     return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), _ggml_type(kind))
-
-
-def llama_cpp_quantize(src: Path, dst: Path, file_type: int) -> None:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = file_type
-    params.nthread = 0  # all cores
-    code = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    if code != 0:
-        raise StageError(f"llama.cpp's quantizer failed (return code {code}) making {dst.name} from {src.name}")

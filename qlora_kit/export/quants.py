@@ -1,6 +1,7 @@
 """GGUF types qlora-kit writes, in a registry (light: the recipe schema reads its names without numpy or torch).
 
-F32/F16/BF16/Q8_0 are written directly by our converter; the others are made by llama.cpp's own quantizer.
+F32/F16/BF16/Q8_0 are one type throughout the file; the others are mixtures, a type per tensor as llama.cpp
+chooses it (quant_policy.py), encoded by ggml's own quantizer (ggml_quant.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ class QuantType:
     name: str
     ggml: str | None  # direct types: the GGML tensor type written by us
     file_type: int  # gguf.LlamaFileType value (general.file_type)
-    via_llama_cpp: bool = False
+    mixture: bool = False  # K-quants and q4_0: types per tensor by llama.cpp's policy
 
 
 QUANT_TYPES: Registry = Registry("quantization type")

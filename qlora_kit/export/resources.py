@@ -1,10 +1,9 @@
 """Disk and memory an export needs, estimated before anything is written (as `plan` does for training).
 
 Memory is what the process itself must allocate, stage by stage; the peak is the largest stage, not their sum:
-  convert    a few row blocks (qlora_kit/export/convert.py: BLOCK_BYTES) + the tokenizer's parsed JSON
-             (~8x tokenizer.json, measured: 82 MiB for Qwen's 11 MB file) + the tokenizer code transformers imports;
-  quantize   llama.cpp's own quantizer (K-quants) converts one tensor at a time to float32 and encodes it: about
-             6 bytes per element of the largest tensor;
+  convert    a few row blocks (qlora_kit/export/convert.py: BLOCK_BYTES; K-quants too, ggml's quantizer encodes
+             the same blocks) + the tokenizer's parsed JSON (~8x tokenizer.json, measured: 82 MiB for Qwen's 11 MB
+             file) + the tokenizer code transformers imports;
   verify     the HF reference: one decoder layer in float32 + the reference logits; llama.cpp: its logits
              buffers (ours and llama-cpp-python's, n_ctx x vocab floats each) and compute buffers.
 The GGUF file itself is mapped by llama.cpp, not allocated: its pages are file cache that the kernel can drop, so
@@ -50,15 +49,11 @@ def require_disk(out: Path, needed: float) -> None:
                          f"{free / 2**30:.2f} GiB free")
 
 
-def conversion_bytes(ckpt, model_dir: Path, k_quants: bool) -> int:
+def conversion_bytes(model_dir: Path) -> int:
     from qlora_kit.export.convert import BLOCK_BYTES
 
     tokenizer = model_dir / "tokenizer.json"
-    need = FIXED + 4 * BLOCK_BYTES + 8 * (tokenizer.stat().st_size if tokenizer.is_file() else 0)
-    if k_quants:
-        largest = max((_numel(ckpt.shape(n)) for n in ckpt.names()), default=0)
-        need = max(need, FIXED + 6 * largest)
-    return need
+    return FIXED + 4 * BLOCK_BYTES + 8 * (tokenizer.stat().st_size if tokenizer.is_file() else 0)
 
 
 def verification_bytes(ckpt, rows: list[list[int]]) -> int:

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlora_kit.errors import StageError, UsageError
-from qlora_kit.export.convert import QUANT_TYPES, get_quant_type, llama_cpp_quantize, write_gguf
-from qlora_kit.export.verify import captured_native_output
+from qlora_kit.export.convert import QUANT_TYPES, get_quant_type, write_gguf
 
 # Approximate bytes per weight, for the free-space check before writing.
 BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 1.07, "q6_k": 0.82, "q5_k_m": 0.7, "q4_k_m": 0.6,
                     "q4_0": 0.57, "q3_k_m": 0.5, "q2_k": 0.42}
-INTERMEDIATE = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # K-quants start from the model's dtype
+# Tensors a K-quant leaves unquantized keep the model's own precision, as in the GGUF llama.cpp would start from.
+INTERMEDIATE = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
 
 @dataclass
@@ -75,19 +75,19 @@ def _export(source: str | Path, options: ExportOptions, out: str | Path | None =
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out: cannot create {out}: {exc.strerror or exc}") from None
-    _check_resources(model_dir, out, [q.name for q in quants])
+    _check_resources(model_dir, out, [q.name for q in quants], options.verify)
     report = {"source": str(model_dir), "run": str(run_dir) if run_dir else None, "exports": {}}
     checker = _Verifier(model_dir, run_dir, options.samples) if options.verify else None
-    intermediate, intermediate_facts = None, {}
+    checked_base = None
     try:
         for q in quants:
             t0, tmp = time.time(), Path(str(targets[q.name]) + ".tmp")
-            if q.via_llama_cpp:
-                if intermediate is None:  # K-quants all start from one GGUF in the model's own precision
-                    intermediate, intermediate_facts = _write_intermediate(model_dir, out, stem, config)
-                    if checker:
-                        _check_intermediate(checker, intermediate, intermediate_facts, options.allow_mismatch)
-                entry = {**intermediate_facts, **_quantize(intermediate, tmp, q)}
+            if q.mixture:
+                base = _base_type(config)
+                if checker and checked_base is None:
+                    checked_base = _check_base(checker, model_dir, out, stem, base, options.allow_mismatch)
+                entry = {**write_gguf(model_dir, tmp, base.ggml, q.file_type, stem, mixture=q.name),
+                         "from": base.name, **(checked_base or {})}
             else:
                 entry = write_gguf(model_dir, tmp, q.ggml, q.file_type, stem)
             entry.update(seconds=round(time.time() - t0, 3), bytes=tmp.stat().st_size)
@@ -99,10 +99,8 @@ def _export(source: str | Path, options: ExportOptions, out: str | Path | None =
             tmp.replace(targets[q.name])
             report["exports"][q.name] = {**entry, "file": targets[q.name].name}
     finally:
-        for leftover in out.glob("*.gguf.tmp"):
+        for leftover in [*out.glob("*.gguf.tmp"), *out.glob(".*.intermediate.gguf")]:
             leftover.unlink()
-        if intermediate and intermediate.exists():
-            intermediate.unlink()
     from qlora_kit.export.modelfile import write_modelfile
 
     report["modelfile"] = write_modelfile(out, model_dir, run_dir, targets, report)
@@ -110,42 +108,36 @@ def _export(source: str | Path, options: ExportOptions, out: str | Path | None =
     return out
 
 
-def _write_intermediate(model_dir: Path, out: Path, stem: str, config: dict) -> tuple[Path, dict]:
-    base = QUANT_TYPES[INTERMEDIATE.get(config.get("dtype") or config.get("torch_dtype") or "float32", "f32")]
+def _base_type(config: dict):
+    return QUANT_TYPES[INTERMEDIATE.get(config.get("dtype") or config.get("torch_dtype") or "float32", "f32")]
+
+
+def _check_base(checker, model_dir: Path, out: Path, stem: str, base, allow_mismatch: bool) -> dict:
+    """Verify the conversion at the model's own precision before any K-quant: a conversion error (e.g. Q/K not
+    un-permuted) is plain there but can hide inside a 4-bit type's allowed error. The file is written, checked
+    and removed; the K-quants are then encoded straight from the checkpoint, through the same row-block path."""
     path = out / f".{stem}-{base.name}.intermediate.gguf"
-    return path, {**write_gguf(model_dir, path, base.ggml, base.file_type, stem), "from": base.name}
-
-
-def _check_intermediate(checker, path: Path, facts: dict, allow_mismatch: bool) -> None:
-    """Verify the 16/32-bit GGUF K-quants are made from: a conversion error (e.g. Q/K not un-permuted) is plain at
-    this precision but can hide inside a 4-bit type's allowed error."""
-    check = checker.check(facts["from"], path)
-    facts["intermediate_verification"] = {k: check[k] for k in ("passed", "summary", "logits")}
+    try:
+        write_gguf(model_dir, path, base.ggml, base.file_type, stem)
+        check = checker.check(base.name, path)
+    finally:
+        path.unlink(missing_ok=True)
     if not check["passed"] and not allow_mismatch:
-        raise StageError(f"verification failed for the {facts['from']} GGUF the K-quants are made from: "
+        raise StageError(f"verification failed for the {base.name} conversion the K-quants are quantized from: "
                          f"{check['summary']}; nothing was written (--allow-mismatch writes it anyway)")
+    return {"intermediate_verification": {k: check[k] for k in ("passed", "summary", "logits")}}
 
 
-def _quantize(src: Path, dst: Path, q) -> dict:
-    from qlora_kit.export.inspect import fallbacks, tensor_types
-
-    with captured_native_output() as log:
-        try:
-            llama_cpp_quantize(src, dst, q.file_type)
-        except StageError as exc:
-            raise StageError(f"{exc}: {log['text'].strip().splitlines()[-1:] or ''}") from None
-    return {"tensor_types": tensor_types(dst), "fallbacks": fallbacks(dst, q.name)}
-
-
-def _check_resources(model_dir: Path, out: Path, quants: list[str]) -> None:
+def _check_resources(model_dir: Path, out: Path, quants: list[str], verify: bool) -> None:
     """Disk for every file, and memory for the conversion (verification is checked once its rows are known)."""
     from qlora_kit.export.resources import conversion_bytes, require, require_disk
     from qlora_kit.merge.checkpoint import Checkpoint
 
     ckpt = Checkpoint(model_dir)
     params = sum(_numel(ckpt.shape(n)) for n in ckpt.names())
-    require_disk(out, params * (sum(BYTES_PER_WEIGHT[q] for q in quants) + 4.0))  # + an intermediate for K-quants
-    require(conversion_bytes(ckpt, model_dir, any(QUANT_TYPES[q].via_llama_cpp for q in quants)), "the conversion")
+    checked_base = 4.0 if verify and any(QUANT_TYPES[q].mixture for q in quants) else 0.0  # see _check_base
+    require_disk(out, params * (sum(BYTES_PER_WEIGHT[q] for q in quants) + checked_base))
+    require(conversion_bytes(model_dir), "the conversion")
 
 
 def _numel(shape) -> int:
