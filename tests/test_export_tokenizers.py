@@ -14,6 +14,7 @@ TOKENIZERS = Path(__file__).parent / "assets" / "tokenizers"
 
 def choose_for(path: Path):
     from qlora_kit.export.tokenizer_probe import choose
+    from qlora_kit.export.verify import TokenExpectations
     from qlora_kit.export.vocab import candidates, effective_tokenizer_json, load_hf_tokenizer
 
     hf = load_hf_tokenizer(path)
@@ -21,7 +22,7 @@ def choose_for(path: Path):
     plans = candidates(path, data, True)
     for plan in plans:
         plan.fit(len(hf), str(path))
-    return choose(plans, hf, path.name, str(path), data)
+    return choose(plans, TokenExpectations.of(hf, data=data), path.name, str(path))
 
 
 @pytest.mark.parametrize("family, label, source", [

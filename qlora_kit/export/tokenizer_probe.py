@@ -134,14 +134,12 @@ def known_spm_difference(plan: VocabPlan, rule: str, added: list[str]):
     return reason
 
 
-def choose(candidates: list[VocabPlan], hf_tokenizer, name: str, where: str,
-           data: dict | None = None) -> tuple[VocabPlan, dict]:
-    """The first candidate whose llama.cpp ids equal HF's on every probe text (but known SentencePiece
-    differences, reported), and what was tried."""
+def choose(candidates: list[VocabPlan], expect, name: str, where: str) -> tuple[VocabPlan, dict]:
+    """The first candidate whose llama.cpp ids equal HF's (`expect`: verify.TokenExpectations) on every probe text
+    (but known SentencePiece differences, reported), and what was tried."""
     from qlora_kit.errors import StageError
 
-    texts = probe_texts(hf_tokenizer)
-    expected = hf_ids(hf_tokenizer, texts)
+    texts, expected = expect.texts, expect.ids
     tried, best = [], None
     with tempfile.TemporaryDirectory(prefix="qlora-kit-vocab-") as tmp:
         for i, plan in enumerate(candidates):
@@ -154,7 +152,7 @@ def choose(candidates: list[VocabPlan], hf_tokenizer, name: str, where: str,
                 continue
             finally:
                 path.unlink(missing_ok=True)
-            known = known_spm_difference(plan, spm_space_rule(data), added_texts(hf_tokenizer))
+            known = known_spm_difference(plan, expect.space_rule, expect.added)
             equal = sum(a == b for a, b in zip(expected, got))
             differ = [t for t, a, b in zip(texts, expected, got) if a != b]
             tried.append({"candidate": plan.label, "equal": equal, "texts": len(texts)})

@@ -87,17 +87,17 @@ class TokenExpectations:
     """What the token check needs from the HF tokenizer, computed once so the tokenizer (hundreds of MiB for a
     150k vocabulary) is not held while the GGUF files are written."""
 
-    texts: list[str]  # probe texts + the chat sample
+    texts: list[str]  # probe texts (+ the chat sample, for verification)
     ids: list[list[int]]  # HF's ids for each, no special tokens added
     with_specials: list[int]  # HF's ids for "Hello world" with BOS/EOS added as it adds them
     added: list[str]  # the added tokens' texts
     space_rule: str  # how HF prepends '▁' (tokenizer_probe.spm_space_rule)
 
     @classmethod
-    def of(cls, hf_tokenizer, chat_sample: str, data: dict | None = None) -> "TokenExpectations":
+    def of(cls, hf_tokenizer, chat_sample: str | None = None, data: dict | None = None) -> "TokenExpectations":
         from qlora_kit.export.tokenizer_probe import added_texts, hf_ids, probe_texts, spm_space_rule
 
-        texts = probe_texts(hf_tokenizer) + [chat_sample]
+        texts = probe_texts(hf_tokenizer) + ([chat_sample] if chat_sample is not None else [])
         return cls(texts, hf_ids(hf_tokenizer, texts),
                    list(hf_tokenizer("Hello world", add_special_tokens=True)["input_ids"]),
                    added_texts(hf_tokenizer), spm_space_rule(data))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from qlora_kit.errors import UsageError
@@ -59,10 +60,17 @@ def effective_tokenizer_json(hf_tokenizer, tokenizer_file: Path) -> dict | None:
     """The tokenizer transformers really runs. In transformers 5 a model-specific class (e.g. Qwen2Tokenizer,
     chosen from config.json's model_type) installs its own pre-tokenizer instead of the one in tokenizer.json,
     so the file alone can name the wrong one."""
+    text = effective_tokenizer_text(hf_tokenizer, tokenizer_file)
+    return json.loads(text) if text is not None else None
+
+
+def effective_tokenizer_text(hf_tokenizer, tokenizer_file: Path) -> str | None:
+    """effective_tokenizer_json, serialized: a string is a small fraction of the parsed dict's size, so it can be
+    kept while the tokenizer is released and parsed after."""
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        return json.loads(backend.to_str())
-    return json.loads(tokenizer_file.read_text(encoding="utf-8")) if tokenizer_file.is_file() else None
+        return backend.to_str()
+    return tokenizer_file.read_text(encoding="utf-8") if tokenizer_file.is_file() else None
 
 
 def _is_byte_level(data: dict) -> bool:
@@ -82,7 +90,7 @@ def bpe_candidates(model_dir: Path, data: dict) -> list[VocabPlan]:
     size = max(by_id, default=-1) + 1
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(size)]
     types = [kinds.get(i, UNUSED) for i in range(size)]
-    merges = gguf.SpecialVocab(model_dir, load_merges=True).merges
+    merges = _merges(data) or gguf.SpecialVocab(model_dir, load_merges=True).merges  # else merges.txt
     if not merges:
         return []
     identified = identify_pre_tokenizer(data.get("pre_tokenizer"))
@@ -91,6 +99,16 @@ def bpe_candidates(model_dir: Path, data: dict) -> list[VocabPlan]:
     # embedding is tens of MB per copy; VocabPlan.fit pads and trims in place, the same for all of them).
     return [VocabPlan("gpt2", pre, tokens, types, "tokenizer.json (byte-level BPE)", merges=merges)
             for pre in order]
+
+
+def _merges(data: dict) -> list[str]:
+    """The merge list as gguf's SpecialVocab reads it from tokenizer.json ("left right" strings; pairs written
+    by transformers >= 4.45 are joined, a space inside a token encoded as U+0120, as llama.cpp expects), taken
+    from the already parsed tokenizer rather than parsing the file a second time (~80 MiB for Qwen's)."""
+    merges = (data.get("model") or {}).get("merges") or []
+    if merges and isinstance(merges[0], list):
+        return [" ".join(part.replace(" ", chr(ord(" ") + 256)) for part in pair) for pair in merges]
+    return list(merges)
 
 
 def candidates(model_dir: Path, data: dict | None, space_prefix_hint: bool) -> list[VocabPlan]:
@@ -134,24 +152,36 @@ def special_adds(hf_tokenizer) -> dict[str, bool]:
 def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = True, name: str = "model") -> dict:
     """Write tokens, types, merges/scores, special ids, add_bos/add_eos and the chat template; return facts for
     the report."""
+    import gc
+
     import gguf
 
-    from qlora_kit.export.tokenizer_probe import choose
+    from qlora_kit.export.tokenizer_probe import choose, spm_space_rule
+    from qlora_kit.export.verify import TokenExpectations
 
     tokenizer_file = model_dir / "tokenizer.json"
     if not tokenizer_file.is_file() and not (model_dir / "tokenizer.model").is_file():
         raise UsageError(f"{model_dir}: missing tokenizer.json (export needs the tokenizer saved with the model)")
     hf_tokenizer = load_hf_tokenizer(model_dir)
-    data = effective_tokenizer_json(hf_tokenizer, tokenizer_file)
-    # gguf's SpecialVocab warns about post-processor shapes it does not parse; BOS/EOS are measured below instead.
+    text = effective_tokenizer_text(hf_tokenizer, tokenizer_file)
+    expect, adds = TokenExpectations.of(hf_tokenizer), special_adds(hf_tokenizer)
+    # transformers' tokenizer is the largest thing here (+130 MiB for a 152k vocabulary, measured): everything
+    # else is built after it is released, and each of the rest once.
+    del hf_tokenizer
+    gc.collect()
+    data = json.loads(text) if text is not None else None
+    del text
+    expect = replace(expect, space_rule=spm_space_rule(data))
+    # gguf's SpecialVocab warns about post-processor shapes it does not parse; BOS/EOS are measured instead.
     logging.getLogger("gguf").setLevel(logging.ERROR)
     plans = candidates(model_dir, data, space_prefix)
+    del data
     for plan in plans:
         plan.fit(vocab_size, str(model_dir))
-    plan, probe = choose(plans, hf_tokenizer, name, str(tokenizer_file), data)
+    plan, probe = choose(plans, expect, name, str(tokenizer_file))
+    del plans
     plan.write(writer)
     special = gguf.SpecialVocab(model_dir, load_merges=False, n_vocab=vocab_size)
-    adds = special_adds(hf_tokenizer)
     special.add_special_token.update(adds)
     special.add_to_gguf(writer, quiet=True)
     facts = {"tokenizer": plan.model if plan.model == "gpt2" else "llama (sentencepiece)",
