@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,31 @@ def test_a_tokenizer_llama_cpp_cannot_reproduce_is_refused_with_the_first_differ
     assert "no llama.cpp tokenizer reproduces this tokenizer (tried gpt2/qwen2, gpt2/llama-bpe" in message
     assert "differs first on 'Hello world': HF ids [" in message and "llama.cpp ids [" in message
     assert "\n" not in message
+
+
+def test_fast_array_packing_writes_gguf_writers_bytes():
+    """Our writer packs a real vocabulary's arrays (byte-level tokens with non-ASCII, merges, types, scores) and
+    the edge cases (bytes, bool, out-of-range ints, mixed lists) exactly as gguf's GGUFWriter does."""
+    import gguf
+
+    from qlora_kit.export.gguf_writer import GGUFWriter
+    from qlora_kit.export.vocab import load_hf_tokenizer
+
+    hf = load_hf_tokenizer(TOKENIZERS / "qwen2")
+    tokens = [t for t, _ in sorted(hf.get_vocab().items(), key=lambda kv: kv[1])]
+    merges = [" ".join(m) for m in json.loads((TOKENIZERS / "qwen2" / "tokenizer.json").read_text())["model"]["merges"]]
+    assert any(not t.isascii() for t in tokens) and len(merges) > 100
+    ours, theirs = GGUFWriter(None, "llama"), gguf.GGUFWriter(None, "llama")
+    arrays = [tokens, merges, [1, 2, 3, 6] * 50, [0.0, -1000.0, 1e-3, 3.14159265358979] * 50, [b"\x00ab", "é"],
+              [True, False], [1, 2**40], [1, 2.5], ["a", 1], [2**31 - 1, -2**31]]
+    for values in arrays:
+        for add_vtype in (True, False):
+            try:
+                expected = theirs._pack_val(values, gguf.GGUFValueType.ARRAY, add_vtype)
+            except (ValueError, struct.error) as exc:
+                with pytest.raises(type(exc)):
+                    ours._pack_val(values, gguf.GGUFValueType.ARRAY, add_vtype)
+                continue
+            assert ours._pack_val(values, gguf.GGUFValueType.ARRAY, add_vtype) == expected, values[:4]
+    assert ours._pack_val(tokens, gguf.GGUFValueType.ARRAY, True, sub_type=gguf.GGUFValueType.STRING) == \
+        theirs._pack_val(tokens, gguf.GGUFValueType.ARRAY, True, sub_type=gguf.GGUFValueType.STRING)

@@ -60,9 +60,9 @@ def llama_cpp_ids(gguf_path: Path, texts: list[str]) -> list[list[int]]:
 def write_vocab_only(path: Path, plan: VocabPlan, name: str) -> None:
     """A GGUF with the vocabulary and the few hyper-parameters llama.cpp reads before it looks at tensors. The
     name matters: llama.cpp gives Phi-3's special tokens their rstrip attribute by general.name."""
-    import gguf
+    from qlora_kit.export.gguf_writer import GGUFWriter
 
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = GGUFWriter(str(path), "llama")
     writer.add_name(name)
     writer.add_block_count(1)
     writer.add_context_length(64)
