@@ -9,10 +9,6 @@ file or llama.cpp's whole-tensor float32 buffers. No compiler, no network, no co
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import queue
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -92,14 +88,13 @@ def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int
     alignment = writer.data_alignment
     writer.close()
     del writer  # its token list and merges (tens of MiB for a 150k vocabulary) are in the file now
-    stream = ((i, block) for i, t in enumerate(plan) for block in _encoded_blocks(ckpt, t, arch, block_bytes))
-    if mixture:  # quantizing takes as long as writing: overlap them (424M Qwen2 Q4_K_M: 27 -> 24 s). The queued
-        stream = _read_ahead(stream)  # blocks are quantized (1/7 of float32); for other types it only added memory
-    with open(out_path, "r+b") as fh, contextlib.closing(stream):
+    # Measured and left out: encoding the next block in a thread while this one is written (no gain on 2 cores:
+    # ggml's quantizer already uses every core; +32 MiB of blocks in flight for F32).
+    with open(out_path, "r+b") as fh:
         fh.seek(0, 2)
-        for (i, blocks), t in zip(itertools.groupby(stream, key=lambda item: item[0]), plan):
-            assert plan[i] is t  # every tensor yields at least one block, in plan order
-            _write_aligned(fh, alignment, lambda blocks=blocks: (b for _, b in blocks), _tensor_nbytes(t))
+        for t in plan:
+            _write_aligned(fh, alignment, lambda t=t: _encoded_blocks(ckpt, t, arch, block_bytes),
+                           _tensor_nbytes(t))
         for data in extra.values():
             _write_aligned(fh, alignment, lambda data=data: iter([data]), data.nbytes)
     types: dict[str, int] = {}
@@ -196,40 +191,6 @@ def _encoded_blocks(ckpt: Checkpoint, t: PlannedTensor, arch, block_bytes: int):
         else:
             yield _encode(data.float().numpy(), t.kind)
         del data
-
-
-def _read_ahead(items, depth: int = 1):
-    """`items`, produced one step ahead in a thread: the next row block is read, cast or quantized while this one
-    is written (file reads and writes, torch casts and ggml's quantizer all release the GIL). At most `depth` + 2
-    blocks exist at once; an error in the producer is raised here, in order."""
-    done = object()
-    ahead: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce():
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                ahead.put(item)
-            ahead.put(done)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-            ahead.put(exc)
-
-    worker = threading.Thread(target=produce, name="qlora-kit-convert", daemon=True)
-    worker.start()
-    try:
-        while (item := ahead.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it finish
-            try:
-                ahead.get_nowait()
-            except queue.Empty:
-                worker.join(0.05)
 
 
 def _write_aligned(fh, alignment: int, blocks, nbytes: int) -> None:
