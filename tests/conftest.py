@@ -26,6 +26,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
                           text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
 
 
+def run_cli_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`run_cli` in this process: the same exit code and output lines for commands that fail or finish quickly,
+    without paying a new interpreter's imports (~3 s) per call. Subprocess tests keep the real process contract."""
+    from qlora_kit.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
 def pinned_versions() -> dict[str, str]:
     """name -> version, as requirements/constraints.txt pins them (what `make install` installs)."""
     lines = (ROOT / "requirements" / "constraints.txt").read_text().splitlines()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 
 pytestmark = pytest.mark.slow
 
@@ -138,13 +138,14 @@ def test_k_quant_fallback_is_reported(tiny_model_dir, tmp_path):
     assert all(not f["type"].endswith("_K") for f in entry["fallbacks"])
 
 
-def test_export_refuses_bad_input(tiny_model_dir, tmp_path):
+def test_export_refuses_bad_input(tiny_model_dir, tmp_path, capsys):
+    """In process (run_cli_here): ten refusals and an overwrite check, each the CLI's exit code and message."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     out = str(tmp_path / "gguf")
-    result = run_cli("export", str(tiny_model_dir), "--quant", "q4_k_m,iq2_xxs", "--out", out)
+    result = run_cli_here(capsys, "export", str(tiny_model_dir), "--quant", "q4_k_m,iq2_xxs", "--out", out)
     assert result.returncode == 2 and "--quant iq2_xxs: needs an importance matrix (imatrix)" in result.stderr
-    result = run_cli("export", str(tiny_model_dir), "--quant", "q9_9", "--out", out)
+    result = run_cli_here(capsys, "export", str(tiny_model_dir), "--quant", "q9_9", "--out", out)
     assert result.returncode == 2
     assert result.stderr.strip() == ("qlora-kit: error: --quant q9_9: unknown type; choose from: f32, f16, bf16, q8_0, "
                                      "q4_0, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k")
@@ -152,13 +153,13 @@ def test_export_refuses_bad_input(tiny_model_dir, tmp_path):
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
     AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=quant,
                                          device_map={"": "cpu"}).save_pretrained(tmp_path / "bnb")
-    result = run_cli("export", str(tmp_path / "bnb"), "--out", out)
+    result = run_cli_here(capsys, "export", str(tmp_path / "bnb"), "--out", out)
     assert result.returncode == 2 and "merge into 16-bit weights first: qlora-kit merge RUN_DIR" in result.stderr
 
     no_tok = tmp_path / "no-tok"
     shutil.copytree(tiny_model_dir, no_tok)
     (no_tok / "tokenizer.json").unlink()
-    result = run_cli("export", str(no_tok), "--out", out, "--no-verify")
+    result = run_cli_here(capsys, "export", str(no_tok), "--out", out, "--no-verify")
     assert result.returncode == 2 and f"{no_tok}: missing tokenizer.json" in result.stderr
 
     other = tmp_path / "other-arch"
@@ -166,7 +167,7 @@ def test_export_refuses_bad_input(tiny_model_dir, tmp_path):
     config = json.loads((other / "config.json").read_text())
     config["architectures"] = ["FalconForCausalLM"]
     (other / "config.json").write_text(json.dumps(config))
-    result = run_cli("export", str(other), "--out", out, "--no-verify")
+    result = run_cli_here(capsys, "export", str(other), "--out", out, "--no-verify")
     assert result.returncode == 2
     assert "architecture FalconForCausalLM is not supported for GGUF export; supported: LlamaForCausalLM, " \
            "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, " \
@@ -177,7 +178,7 @@ def test_export_refuses_bad_input(tiny_model_dir, tmp_path):
     data = json.loads((odd / "tokenizer.json").read_text())
     data["pre_tokenizer"] = {"type": "Whitespace"}
     (odd / "tokenizer.json").write_text(json.dumps(data))
-    result = run_cli("export", str(odd), "--out", out, "--no-verify")
+    result = run_cli_here(capsys, "export", str(odd), "--out", out, "--no-verify")
     assert result.returncode == 2, result.stderr[-2000:]
     line = result.stderr.strip().splitlines()[-1]
     assert "no llama.cpp tokenizer reproduces this tokenizer (tried gpt2/llama-bpe, gpt2/qwen2" in line
@@ -189,7 +190,7 @@ def test_export_refuses_bad_input(tiny_model_dir, tmp_path):
     data["model"] = {"type": "WordPiece", "unk_token": "<|pad|>", "continuing_subword_prefix": "##",
                      "max_input_chars_per_word": 100, "vocab": data["model"]["vocab"]}
     (wordpiece / "tokenizer.json").write_text(json.dumps(data))
-    result = run_cli("export", str(wordpiece), "--out", out, "--no-verify")
+    result = run_cli_here(capsys, "export", str(wordpiece), "--out", out, "--no-verify")
     assert result.returncode == 2 and "tokenizer type WordPiece is not supported for GGUF export; supported: " \
         "byte-level BPE" in result.stderr, result.stderr[-2000:]
 
@@ -199,16 +200,16 @@ def test_export_refuses_bad_input(tiny_model_dir, tmp_path):
     data["added_tokens"].append({"id": 512, "content": "<|extra|>", "single_word": False, "lstrip": False,
                                  "rstrip": False, "normalized": False, "special": True})
     (small / "tokenizer.json").write_text(json.dumps(data))
-    result = run_cli("export", str(small), "--out", out, "--no-verify")
+    result = run_cli_here(capsys, "export", str(small), "--out", out, "--no-verify")
     assert result.returncode == 2
     assert "the tokenizer has token ids up to 512 ('<|extra|>') but the model's embedding has 512 rows" \
         in result.stderr, result.stderr[-2000:]
     assert not list((tmp_path / "gguf").glob("*.gguf*")), "nothing half-written left behind"
 
-    assert run_cli("export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify").returncode == 0
-    result = run_cli("export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify")
+    assert run_cli_here(capsys, "export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify").returncode == 0
+    result = run_cli_here(capsys, "export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify")
     assert result.returncode == 2 and "already exists; pass --overwrite to replace it" in result.stderr
-    assert run_cli("export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify",
+    assert run_cli_here(capsys, "export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify",
                    "--overwrite").returncode == 0
 
 
