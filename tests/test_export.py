@@ -206,11 +206,12 @@ def test_export_refuses_bad_input(tiny_model_dir, tmp_path, capsys):
         in result.stderr, result.stderr[-2000:]
     assert not list((tmp_path / "gguf").glob("*.gguf*")), "nothing half-written left behind"
 
-    assert run_cli_here(capsys, "export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify").returncode == 0
+    assert run_cli_here(capsys, "export", str(tiny_model_dir), "--quant", "f16", "--out", out,
+                        "--no-verify").returncode == 0
     result = run_cli_here(capsys, "export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify")
     assert result.returncode == 2 and "already exists; pass --overwrite to replace it" in result.stderr
     assert run_cli_here(capsys, "export", str(tiny_model_dir), "--quant", "f16", "--out", out, "--no-verify",
-                   "--overwrite").returncode == 0
+                        "--overwrite").returncode == 0
 
 
 def test_run_without_a_merge_is_refused(tmp_path):
@@ -240,8 +241,8 @@ def test_verification_catches_a_wrong_conversion(tiny_model_dir, tmp_path, monke
     with pytest.raises(StageError, match=r"verification failed for bf16: relative logit error 0\.0\d+ \(outside"):
         export(model, ExportOptions(quants=["bf16"]), tmp_path / "gguf")
     # Within a 4-bit type's allowed error, but the F32 conversion the K-quant is quantized from is checked first.
-    with pytest.raises(StageError, match=r"verification failed for the f32 conversion the K-quants are quantized from: "
-                                         r"max_abs_logit_diff 0\.\d+ \(outside"):
+    with pytest.raises(StageError, match=r"verification failed for the f32 conversion the K-quants are quantized "
+                                         r"from: max_abs_logit_diff 0\.\d+ \(outside"):
         export(model, ExportOptions(quants=["q4_k_m"]), tmp_path / "gguf")
     assert not list((tmp_path / "gguf").glob("*.gguf*"))
 

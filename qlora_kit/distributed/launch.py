@@ -28,7 +28,7 @@ from pathlib import Path
 
 from qlora_kit.distributed.env import CONTROL_ENV, Launch
 from qlora_kit.distributed.sync import PEER_GONE, STOP_NAME
-from qlora_kit.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, QKError, StageError, UsageError,
+from qlora_kit.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, QKError, StageError,
                               error_for_kind)
 
 

@@ -175,6 +175,8 @@ def _encoded_blocks(ckpt: Checkpoint, t: PlannedTensor, arch, block_bytes: int):
     blocks within a row, and the Q/K un-permute moves rows within a head (blocks hold whole heads)."""
     import torch
 
+    from qlora_kit.export.ggml_quant import quantize_rows
+
     rows = t.shape[0] if t.shape else 1
     for start, stop in row_blocks(rows, _numel(t.shape[1:]), block_bytes, t.unit):
         data = ckpt.read_rows(t.hf_name, start, stop) if t.shape else ckpt.get(t.hf_name)
@@ -183,8 +185,6 @@ def _encoded_blocks(ckpt: Checkpoint, t: PlannedTensor, arch, block_bytes: int):
         if arch.norm_shift and t.hf_name.endswith("norm.weight"):
             data = data.float() + arch.norm_shift
         if t.ggml:
-            from qlora_kit.export.ggml_quant import quantize_rows
-
             yield quantize_rows(data.float().numpy(), t.kind, t.gguf_name)
         elif t.kind == "F16":  # torch's vectorized cast: numpy's float32 -> float16 cast is ~3x slower; both round
             yield data.to(torch.float16).numpy()  # to nearest even, and bf16 -> f32 is exact (tests compare bytes)

@@ -36,8 +36,6 @@ def _lib() -> ctypes.CDLL:
     lib.ggml_validate_row_data.restype = ctypes.c_bool
     lib.ggml_validate_row_data.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
     lib.ggml_quantize_init.argtypes = [ctypes.c_int]
-    lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
-    lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
     return lib
 
 
@@ -49,13 +47,11 @@ def row_bytes(kind: str, n_per_row: int) -> int:
 MIN_CHUNK = 32 * 512
 
 
-def quantize_rows(data: np.ndarray, kind: str, tensor: str, workers: int | None = None) -> np.ndarray:
+def quantize_rows(data: np.ndarray, kind: str, tensor: str) -> np.ndarray:
     """Quantize a float32 (rows x n_per_row) block to `kind`; the bytes of those rows in the GGUF layout.
     Input and output are validated as llama.cpp validates them: NaN or infinite weights are refused, naming the
     tensor, and so are quantized rows whose scales overflowed."""
-    lib, type_id = _lib(), _type_id(kind)
-    if lib.ggml_quantize_requires_imatrix(type_id):
-        raise UsageError(f"{tensor}: {kind} needs an importance matrix (imatrix), which qlora-kit does not compute")
+    lib, type_id = _lib(), _type_id(kind)  # never an imatrix type: get_quant_type refuses those up front
     src = np.ascontiguousarray(data, dtype=np.float32).reshape(-1, data.shape[-1])
     if not np.isfinite(src).all():  # llama.cpp checks its source rows as it reads them (check_tensors)
         raise UsageError(f"{tensor}: the weights hold NaN or infinite values; the model is broken: re-merge or "
@@ -65,7 +61,7 @@ def quantize_rows(data: np.ndarray, kind: str, tensor: str, workers: int | None 
     out = np.empty(rows * size, dtype=np.uint8)
     lib.ggml_quantize_init(type_id)  # builds lookup tables once; not thread-safe to race on the first call
     per_chunk = max(1, -(-MIN_CHUNK // n_per_row))
-    threads = max(1, min(workers or os.cpu_count() or 1, -(-rows // per_chunk)))
+    threads = max(1, min(os.cpu_count() or 1, -(-rows // per_chunk)))
     step = -(-rows // threads)
 
     def run(start: int) -> bool:

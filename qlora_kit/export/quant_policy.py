@@ -60,7 +60,6 @@ def category(name: str) -> str:
 @dataclass
 class _State:
     quant: str
-    arch: str
     layers: int
     gqa: int
     is_70b: bool
@@ -76,7 +75,7 @@ def tensor_types(tensors: dict[str, tuple[int, ...]], quant: str, arch: str, con
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads
     layers = config["num_hidden_layers"]
-    state = _State(quant, arch, layers, heads // kv_heads if kv_heads else 0,
+    state = _State(quant, layers, heads // kv_heads if kv_heads else 0,
                    # llama.cpp's model type, the one size its policy names (models/llama.cpp, models/qwen2.cpp)
                    layers == 80 and (arch == "qwen2" or (arch == "llama" and heads != kv_heads)),
                    "output.weight" not in tensors,
