@@ -108,3 +108,74 @@ def test_fast_array_packing_writes_gguf_writers_bytes():
             assert ours._pack_val(values, gguf.GGUFValueType.ARRAY, add_vtype) == expected, values[:4]
     assert ours._pack_val(tokens, gguf.GGUFValueType.ARRAY, True, sub_type=gguf.GGUFValueType.STRING) == \
         theirs._pack_val(tokens, gguf.GGUFValueType.ARRAY, True, sub_type=gguf.GGUFValueType.STRING)
+
+
+def _full_and_reduced(path: Path):
+    from qlora_kit.export.verify import TokenExpectations
+    from qlora_kit.export.vocab import effective_tokenizer_json, load_hf_tokenizer, probe_tokenizer, special_adds
+
+    full = load_hf_tokenizer(path)
+    reduced, data = probe_tokenizer(path)
+    return ((TokenExpectations.of(full), special_adds(full), effective_tokenizer_json(full, path / "tokenizer.json")),
+            (TokenExpectations.of(reduced), special_adds(reduced), data), reduced)
+
+
+def _merge_pairs(data: dict) -> list:
+    return [m.split(" ") if isinstance(m, str) else m for m in data["model"]["merges"]]
+
+
+@pytest.mark.parametrize("family", ["llama3", "llama3-gguf", "qwen2", "tekken", "gemma2", "gemma3", "llama2", "phi3"])
+def test_tokenizer_cut_to_the_probe_texts_gives_the_full_tokenizers_ids(family):
+    """Export tokenizes the probe texts with transformers' tokenizer holding only the vocabulary and merges those
+    texts reach (a 152k vocabulary costs ~170 MiB loaded whole): its ids, BOS/EOS behaviour, added tokens and the
+    effective tokenizer.json (class pipeline, whole vocabulary) equal the full tokenizer's."""
+    (full, full_adds, full_data), (cut, cut_adds, cut_data), tokenizer = _full_and_reduced(TOKENIZERS / family)
+    assert cut == full and cut_adds == full_adds
+    assert {k: v for k, v in cut_data.items() if k != "model"} == {k: v for k, v in full_data.items() if k != "model"}
+    assert cut_data["model"]["vocab"] == full_data["model"]["vocab"]
+    assert _merge_pairs(cut_data) == _merge_pairs(full_data)
+    held = len(tokenizer.backend_tokenizer.get_vocab())
+    assert held < 0.9 * len(full_data["model"]["vocab"]), held  # really cut (the fixtures are small vocabularies)
+    with pytest.raises(RuntimeError, match="not cut for"):  # it answers only for the texts it was cut for
+        tokenizer("a text that is not a probe", add_special_tokens=False)
+
+
+def test_cut_tokenizer_keeps_merges_across_characters_bpe_drops(tmp_path):
+    """Without an unknown token or byte fallback, BPE drops characters missing from the vocabulary and merges
+    their neighbours across the gap: here " " (the vocabulary has "▁"), so "Hello world" is one BPE input, and a
+    merge "Hello" + "w" fires though "Hellow" is in no probe text. The cut keeps such merges."""
+    path = tmp_path / "drops"
+    shutil.copytree(TOKENIZERS / "phi3", path)
+    data = json.loads((path / "tokenizer.json").read_text())
+    data["normalizer"], data["pre_tokenizer"] = None, None
+    model = data["model"]
+    model["byte_fallback"] = False
+    assert model["unk_token"] is None and " " not in model["vocab"] and "Hellow" not in model["vocab"]
+    # "Hellow" takes the id of a "▁" token (unreachable without the Metaspace pre-tokenizer): ids stay as they are.
+    gone = max((t for t in model["vocab"] if t.startswith("▁")), key=len)
+    model["vocab"]["Hellow"] = model["vocab"].pop(gone)
+    model["merges"] = [m for m in model["merges"] if gone not in (m[0], m[1], m[0] + m[1])] + [["Hello", "w"]]
+    (path / "tokenizer.json").write_text(json.dumps(data))
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "TokenizersBackend"}))
+    (full, _, _), (cut, _, _), tokenizer = _full_and_reduced(path)
+    hello = dict(zip(full.texts, full.ids))["Hello world"]
+    assert tokenizer.convert_ids_to_tokens(hello)[0] == "Hellow", tokenizer.convert_ids_to_tokens(hello)
+    assert cut == full
+
+
+def test_tokenizer_whose_class_adds_tokens_of_its_own_is_loaded_whole(tmp_path):
+    """A class that adds special tokens missing from the files (Gemma's <pad>/<mask> defaults) numbers them after
+    the vocabulary's size, which a cut vocabulary would change: such a tokenizer is loaded whole."""
+    from qlora_kit.export.vocab import probe_tokenizer
+
+    path = tmp_path / "adds"
+    shutil.copytree(TOKENIZERS / "llama2", path)
+    (path / "config.json").write_text(json.dumps({"model_type": "gemma"}))
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config.pop("tokenizer_class", None)
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer, _ = probe_tokenizer(path)
+    assert type(tokenizer).__name__ == "GemmaTokenizer"  # not the cut one's wrapper
+    (full, _, _), (cut, _, _), _ = _full_and_reduced(path)
+    assert cut == full

@@ -28,6 +28,7 @@ TEKKEN_REGEX = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm
 KNOWN_SPLIT_REGEXES = {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2", TEKKEN_REGEX: "tekken"}
 # Tried in this order after the identified one; each is a pre-tokenizer llama.cpp 0.3.36 implements.
 GPT2_PRE_TOKENIZERS = ("llama-bpe", "qwen2", "gpt-2", "tekken", "smollm", "deepseek-llm", "gpt-4o", "default")
+SPECIAL_TEXTS = ("Hello", "Hello world")  # special_adds' and TokenExpectations.with_specials' texts
 SUPPORTED = ("byte-level BPE (GGUF 'gpt2'), SentencePiece-style BPE or Unigram with <0xNN> byte tokens "
              "(GGUF 'llama')")
 
@@ -51,9 +52,13 @@ def load_hf_tokenizer(model_dir: Path):
     try:
         return AutoTokenizer.from_pretrained(model_dir)
     except Exception as exc:  # noqa: BLE001 - any load failure is the user's tokenizer files
-        raise UsageError(f"{model_dir}: transformers cannot load the tokenizer ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); export needs the tokenizer saved with "
-                         "the model") from None
+        raise _unloadable(model_dir, exc) from None
+
+
+def _unloadable(model_dir: Path, exc: Exception) -> UsageError:
+    return UsageError(f"{model_dir}: transformers cannot load the tokenizer ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''}); export needs the tokenizer saved with "
+                      "the model")
 
 
 def effective_tokenizer_json(hf_tokenizer, tokenizer_file: Path) -> dict | None:
@@ -71,6 +76,48 @@ def effective_tokenizer_text(hf_tokenizer, tokenizer_file: Path) -> str | None:
     if backend is not None:
         return backend.to_str()
     return tokenizer_file.read_text(encoding="utf-8") if tokenizer_file.is_file() else None
+
+
+def probe_tokenizer(model_dir: Path) -> tuple[object, dict | None]:
+    """(tokenizer, effective tokenizer.json). The tokenizer is transformers' own, exact on the probe texts (and the
+    SPECIAL_TEXTS special_adds and TokenExpectations tokenize); for a BPE model it holds only the part of the
+    vocabulary those texts reach (light_tokenizer.load_for_texts: a 152k vocabulary costs ~170 MiB at its peak
+    loaded whole). The json is the tokenizer transformers really runs (effective_tokenizer_json): the class's
+    pipeline with the file's whole vocabulary and merges."""
+    from qlora_kit.export.light_tokenizer import load_for_texts, reducible
+    from qlora_kit.export.tokenizer_probe import probe_texts
+
+    tokenizer_file = model_dir / "tokenizer.json"
+    data = json.loads(tokenizer_file.read_text(encoding="utf-8")) if tokenizer_file.is_file() else None
+    loaded = None
+    if reducible(model_dir, data):
+        try:
+            loaded = load_for_texts(model_dir, data, lambda tok: probe_texts(tok) + list(SPECIAL_TEXTS))
+        except Exception as exc:  # noqa: BLE001 - any load failure is the user's tokenizer files
+            raise _unloadable(model_dir, exc) from None
+    if loaded is None:  # the full tokenizer; read back from it, as it runs (the parsed file is not kept beside it)
+        del data
+        hf = load_hf_tokenizer(model_dir)
+        return hf, effective_tokenizer_json(hf, tokenizer_file)
+    effective = json.loads(loaded[0].backend_tokenizer.to_str())
+    effective["model"]["vocab"], effective["model"]["merges"] = data["model"]["vocab"], data["model"]["merges"]
+    return _Checked(*loaded), effective
+
+
+class _Checked:
+    """A reduced tokenizer answers only for the texts it was cut for: anything else is a bug here, not a
+    different tokenization."""
+
+    def __init__(self, hf, texts: list[str]):
+        self._hf, self._texts = hf, set(texts)
+
+    def __call__(self, text: str, **kwargs):
+        if text not in self._texts:
+            raise RuntimeError(f"reduced tokenizer asked for a text it was not cut for: {text!r}")
+        return self._hf(text, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._hf, name)
 
 
 def _is_byte_level(data: dict) -> bool:
@@ -162,15 +209,11 @@ def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = Tru
     tokenizer_file = model_dir / "tokenizer.json"
     if not tokenizer_file.is_file() and not (model_dir / "tokenizer.model").is_file():
         raise UsageError(f"{model_dir}: missing tokenizer.json (export needs the tokenizer saved with the model)")
-    hf_tokenizer = load_hf_tokenizer(model_dir)
-    text = effective_tokenizer_text(hf_tokenizer, tokenizer_file)
+    hf_tokenizer, data = probe_tokenizer(model_dir)
     expect, adds = TokenExpectations.of(hf_tokenizer), special_adds(hf_tokenizer)
-    # transformers' tokenizer is the largest thing here (+130 MiB for a 152k vocabulary, measured): everything
-    # else is built after it is released, and each of the rest once.
+    # transformers' tokenizer is released before the candidates are built, and each of the rest is built once.
     del hf_tokenizer
     gc.collect()
-    data = json.loads(text) if text is not None else None
-    del text
     expect = replace(expect, space_rule=spm_space_rule(data))
     # gguf's SpecialVocab warns about post-processor shapes it does not parse; BOS/EOS are measured instead.
     logging.getLogger("gguf").setLevel(logging.ERROR)
