@@ -10,12 +10,21 @@ from pathlib import Path
 PREFERRED = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "bf16", "f32")
 
 
-def write_modelfile(out: Path, model_dir: Path, run_dir: Path | None, targets: dict[str, Path], report: dict) -> dict:
+def plan_modelfile(model_dir: Path, run_dir: Path | None, targets: dict[str, Path]) -> dict:
+    """The Modelfile for these targets, worked out before any GGUF is written: its settings come from the tokenizer
+    files (parsed in Python: ~80 MiB for a 150k vocabulary), which costs least before the tensor pass, not on top of
+    what it leaves behind. write_modelfile writes it once the GGUFs exist."""
+    from qlora_kit.compat import release_freed_heap
     from qlora_kit.export.light_tokenizer import load_without_vocabulary
-    from qlora_kit.export.ollama import build_modelfile, identify_template
+    from qlora_kit.export.ollama import OLLAMA_TEMPLATES, build_modelfile, identify_template
+    from qlora_kit.export.vocab import require_tokenizer, unloadable
 
     chosen = next((q for q in PREFERRED if q in targets), next(iter(targets)))
-    tokenizer = load_without_vocabulary(model_dir)  # the chat template and eos text; not the 150k-token vocabulary
+    require_tokenizer(model_dir)
+    try:
+        tokenizer = load_without_vocabulary(model_dir)  # the chat template and eos text; not the 150k-token vocabulary
+    except Exception as exc:  # noqa: BLE001 - any load failure is the user's tokenizer files
+        raise unloadable(model_dir, exc) from None
     name, system = None, None
     if run_dir is not None:
         info = run_dir / "adapter" / "qlora_kit.json"
@@ -24,13 +33,17 @@ def write_modelfile(out: Path, model_dir: Path, run_dir: Path | None, targets: d
         from qlora_kit.recipe import load_recipe
 
         system = load_recipe(run_dir / "recipe.yaml").data.system_prompt
-    from qlora_kit.export.ollama import OLLAMA_TEMPLATES
-
     if name not in OLLAMA_TEMPLATES:
         name = identify_template(tokenizer.chat_template or "")
     stops = [tokenizer.eos_token] if tokenizer.eos_token else []
     text, warnings = build_modelfile(targets[chosen].name, name, system, stops, eos_token=tokenizer.eos_token)
-    (out / "Modelfile").write_text(text)
-    for warning in warnings:
+    del tokenizer
+    release_freed_heap()
+    return {"text": text, "from": targets[chosen].name, "template": name, "warnings": warnings}
+
+
+def write_modelfile(out: Path, plan: dict) -> dict:
+    (out / "Modelfile").write_text(plan["text"])
+    for warning in plan["warnings"]:
         print(f"qlora-kit: warning: {warning}", file=sys.stderr)
-    return {"file": "Modelfile", "from": targets[chosen].name, "template": name, "warnings": warnings}
+    return {"file": "Modelfile", "from": plan["from"], "template": plan["template"], "warnings": plan["warnings"]}

@@ -76,7 +76,10 @@ def _export(source: str | Path, options: ExportOptions, out: str | Path | None =
     except OSError as exc:
         raise UsageError(f"--out: cannot create {out}: {exc.strerror or exc}") from None
     _check_resources(model_dir, out, [q.name for q in quants], options.verify)
+    from qlora_kit.export.modelfile import plan_modelfile, write_modelfile
+
     report = {"source": str(model_dir), "run": str(run_dir) if run_dir else None, "exports": {}}
+    modelfile = plan_modelfile(model_dir, run_dir, targets)
     checker = _Verifier(model_dir, run_dir, options.samples) if options.verify else None
     checked_base = None
     try:
@@ -101,9 +104,7 @@ def _export(source: str | Path, options: ExportOptions, out: str | Path | None =
     finally:
         for leftover in [*out.glob("*.gguf.tmp"), *out.glob(".*.intermediate.gguf")]:
             leftover.unlink()
-    from qlora_kit.export.modelfile import write_modelfile
-
-    report["modelfile"] = write_modelfile(out, model_dir, run_dir, targets, report)
+    report["modelfile"] = write_modelfile(out, modelfile)
     (out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return out
 

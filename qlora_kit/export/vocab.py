@@ -52,10 +52,17 @@ def load_hf_tokenizer(model_dir: Path):
     try:
         return AutoTokenizer.from_pretrained(model_dir)
     except Exception as exc:  # noqa: BLE001 - any load failure is the user's tokenizer files
-        raise _unloadable(model_dir, exc) from None
+        raise unloadable(model_dir, exc) from None
 
 
-def _unloadable(model_dir: Path, exc: Exception) -> UsageError:
+def require_tokenizer(model_dir: Path) -> Path:
+    tokenizer_file = model_dir / "tokenizer.json"
+    if not tokenizer_file.is_file() and not (model_dir / "tokenizer.model").is_file():
+        raise UsageError(f"{model_dir}: missing tokenizer.json (export needs the tokenizer saved with the model)")
+    return tokenizer_file
+
+
+def unloadable(model_dir: Path, exc: Exception) -> UsageError:
     return UsageError(f"{model_dir}: transformers cannot load the tokenizer ({type(exc).__name__}: "
                       f"{str(exc).splitlines()[0] if str(exc) else ''}); export needs the tokenizer saved with "
                       "the model")
@@ -94,7 +101,7 @@ def probe_tokenizer(model_dir: Path) -> tuple[object, dict | None]:
         try:
             loaded = load_for_texts(model_dir, data, lambda tok: probe_texts(tok) + list(SPECIAL_TEXTS))
         except Exception as exc:  # noqa: BLE001 - any load failure is the user's tokenizer files
-            raise _unloadable(model_dir, exc) from None
+            raise unloadable(model_dir, exc) from None
     if loaded is None:  # the full tokenizer; read back from it, as it runs (the parsed file is not kept beside it)
         del data
         hf = load_hf_tokenizer(model_dir)
@@ -203,12 +210,11 @@ def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = Tru
 
     import gguf
 
+    from qlora_kit.compat import release_freed_heap
     from qlora_kit.export.tokenizer_probe import choose, spm_space_rule
     from qlora_kit.export.verify import TokenExpectations
 
-    tokenizer_file = model_dir / "tokenizer.json"
-    if not tokenizer_file.is_file() and not (model_dir / "tokenizer.model").is_file():
-        raise UsageError(f"{model_dir}: missing tokenizer.json (export needs the tokenizer saved with the model)")
+    tokenizer_file = require_tokenizer(model_dir)
     hf_tokenizer, data = probe_tokenizer(model_dir)
     expect, adds = TokenExpectations.of(hf_tokenizer), special_adds(hf_tokenizer)
     # transformers' tokenizer is released before the candidates are built, and each of the rest is built once.
@@ -224,6 +230,7 @@ def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = Tru
     plan, probe = choose(plans, expect, name, str(tokenizer_file))
     del plans
     plan.write(writer)
+    release_freed_heap()
     special = gguf.SpecialVocab(model_dir, load_merges=False, n_vocab=vocab_size)
     special.add_special_token.update(adds)
     special.add_to_gguf(writer, quiet=True)
