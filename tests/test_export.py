@@ -162,6 +162,16 @@ def test_export_refuses_bad_input(tiny_model_dir, tmp_path, capsys):
     result = run_cli_here(capsys, "export", str(no_tok), "--out", out, "--no-verify")
     assert result.returncode == 2 and f"{no_tok}: missing tokenizer.json" in result.stderr
 
+    broken = tmp_path / "broken-tok"  # cut off mid-file, as an interrupted copy leaves it
+    shutil.copytree(tiny_model_dir, broken)
+    text = (broken / "tokenizer.json").read_text()
+    (broken / "tokenizer.json").write_text(text[: len(text) // 2])
+    result = run_cli_here(capsys, "export", str(broken), "--out", out, "--no-verify")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"qlora-kit: error: {broken / 'tokenizer.json'}: not valid JSON (")
+    assert not list((tmp_path / "gguf").glob("broken-tok*"))
+
     other = tmp_path / "other-arch"
     shutil.copytree(tiny_model_dir, other)
     config = json.loads((other / "config.json").read_text())

@@ -17,12 +17,14 @@ def plan_modelfile(model_dir: Path, run_dir: Path | None, targets: dict[str, Pat
     from qlora_kit.compat import release_freed_heap
     from qlora_kit.export.light_tokenizer import load_without_vocabulary
     from qlora_kit.export.ollama import OLLAMA_TEMPLATES, build_modelfile, identify_template
-    from qlora_kit.export.vocab import require_tokenizer, unloadable
+    from qlora_kit.export.vocab import require_tokenizer, tokenizer_json, unloadable
 
     chosen = next((q for q in PREFERRED if q in targets), next(iter(targets)))
     require_tokenizer(model_dir)
+    data = tokenizer_json(model_dir)
     try:
-        tokenizer = load_without_vocabulary(model_dir)  # the chat template and eos text; not the 150k-token vocabulary
+        # The chat template and eos text, from a load without the (150k-token) vocabulary.
+        tokenizer = load_without_vocabulary(model_dir, data)
     except Exception as exc:  # noqa: BLE001 - any load failure is the user's tokenizer files
         raise unloadable(model_dir, exc) from None
     name, system = None, None
@@ -37,7 +39,7 @@ def plan_modelfile(model_dir: Path, run_dir: Path | None, targets: dict[str, Pat
         name = identify_template(tokenizer.chat_template or "")
     stops = [tokenizer.eos_token] if tokenizer.eos_token else []
     text, warnings = build_modelfile(targets[chosen].name, name, system, stops, eos_token=tokenizer.eos_token)
-    del tokenizer
+    del tokenizer, data
     release_freed_heap()
     return {"text": text, "from": targets[chosen].name, "template": name, "warnings": warnings}
 

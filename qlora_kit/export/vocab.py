@@ -62,6 +62,17 @@ def require_tokenizer(model_dir: Path) -> Path:
     return tokenizer_file
 
 
+def tokenizer_json(model_dir: Path) -> dict | None:
+    """tokenizer.json, parsed (None when the model has only tokenizer.model); a file that is not JSON is refused."""
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc}); save the tokenizer with the model again") from None
+
+
 def unloadable(model_dir: Path, exc: Exception) -> UsageError:
     return UsageError(f"{model_dir}: transformers cannot load the tokenizer ({type(exc).__name__}: "
                       f"{str(exc).splitlines()[0] if str(exc) else ''}); export needs the tokenizer saved with "
@@ -95,13 +106,14 @@ def probe_tokenizer(model_dir: Path) -> tuple[object, dict | None]:
     from qlora_kit.export.tokenizer_probe import probe_texts
 
     tokenizer_file = model_dir / "tokenizer.json"
-    data = json.loads(tokenizer_file.read_text(encoding="utf-8")) if tokenizer_file.is_file() else None
+    data = tokenizer_json(model_dir)
     loaded = None
     if reducible(model_dir, data):
         try:
             loaded = load_for_texts(model_dir, data, lambda tok: probe_texts(tok) + list(SPECIAL_TEXTS))
-        except Exception as exc:  # noqa: BLE001 - any load failure is the user's tokenizer files
-            raise unloadable(model_dir, exc) from None
+        except Exception as exc:  # noqa: BLE001 - the cut is an economy: the whole load below is the answer
+            logging.getLogger(__name__).debug("cut tokenizer not loaded (%s: %s); loading it whole",
+                                              type(exc).__name__, exc)
     if loaded is None:  # the full tokenizer; read back from it, as it runs (the parsed file is not kept beside it)
         del data
         hf = load_hf_tokenizer(model_dir)
