@@ -138,6 +138,19 @@ def plain_loss_sft_trainer():
     return PlainLossSFTTrainer
 
 
+def _glibc():
+    """The C library, when it is glibc-like (has mallopt/malloc_trim); None elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
 def return_large_frees_to_the_os() -> None:
     """Keep tensor-sized allocations out of the malloc heap (glibc only; elsewhere a no-op). Verified: glibc 2.36.
 
@@ -146,33 +159,18 @@ def return_large_frees_to_the_os() -> None:
     tensor after another then gets later tensors from the heap, whose freed pages mostly stay in the process:
     measured on a 409 MiB model, +73 MiB of peak RSS. Setting the threshold once pins it at 1 MiB.
     """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        libc = ctypes.CDLL(name)
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):
-        pass
 
 
 def release_freed_heap() -> None:
     """Hand the malloc heap's free pages back to the OS (glibc's malloc_trim; elsewhere a no-op). Parsing a large
     tokenizer.json leaves tens of MiB of freed small blocks in the heap, counted in RSS until reused; the tensor
     pass that follows then peaks on top of them."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 _CPU_RANKS_REGISTERED = False

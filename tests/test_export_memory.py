@@ -163,8 +163,8 @@ print("PEAK", peak_rss_bytes())
 def test_a_large_embedding_does_not_raise_the_peak(tiny_model_dir, tmp_path):
     """Embedding and head of 65,536 vs 196,608 rows x 256 (64 vs 192 MiB each in float32; the block budget is
     16 MiB): the conversion peaks the same (to F32, and to Q4_K_M), and so does the streamed reference forward,
-    where converting or loading the matrices whole needs 2 x 128 MiB more. With verification, only what must grow with the
-    vocabulary grows: the GGUF llama.cpp maps and the logits."""
+    where converting or loading the matrices whole needs 2 x 128 MiB more. With verification, only what must grow
+    with the vocabulary grows: the GGUF llama.cpp maps and the logits."""
     medium = _large_vocab_llama(tmp_path, tiny_model_dir, 65536)
     large = _large_vocab_llama(tmp_path, tiny_model_dir, 196608)
     grown = (196608 - 65536) * 256 * 4  # float32 bytes of one matrix's extra rows

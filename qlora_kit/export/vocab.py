@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 from qlora_kit.errors import UsageError
@@ -83,17 +82,10 @@ def effective_tokenizer_json(hf_tokenizer, tokenizer_file: Path) -> dict | None:
     """The tokenizer transformers really runs. In transformers 5 a model-specific class (e.g. Qwen2Tokenizer,
     chosen from config.json's model_type) installs its own pre-tokenizer instead of the one in tokenizer.json,
     so the file alone can name the wrong one."""
-    text = effective_tokenizer_text(hf_tokenizer, tokenizer_file)
-    return json.loads(text) if text is not None else None
-
-
-def effective_tokenizer_text(hf_tokenizer, tokenizer_file: Path) -> str | None:
-    """effective_tokenizer_json, serialized: a string is a small fraction of the parsed dict's size, so it can be
-    kept while the tokenizer is released and parsed after."""
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        return backend.to_str()
-    return tokenizer_file.read_text(encoding="utf-8") if tokenizer_file.is_file() else None
+        return json.loads(backend.to_str())
+    return json.loads(tokenizer_file.read_text(encoding="utf-8")) if tokenizer_file.is_file() else None
 
 
 def probe_tokenizer(model_dir: Path) -> tuple[object, dict | None]:
@@ -223,16 +215,15 @@ def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = Tru
     import gguf
 
     from qlora_kit.compat import release_freed_heap
-    from qlora_kit.export.tokenizer_probe import choose, spm_space_rule
+    from qlora_kit.export.tokenizer_probe import choose
     from qlora_kit.export.verify import TokenExpectations
 
     tokenizer_file = require_tokenizer(model_dir)
     hf_tokenizer, data = probe_tokenizer(model_dir)
-    expect, adds = TokenExpectations.of(hf_tokenizer), special_adds(hf_tokenizer)
+    expect, adds = TokenExpectations.of(hf_tokenizer, data=data), special_adds(hf_tokenizer)
     # transformers' tokenizer is released before the candidates are built, and each of the rest is built once.
     del hf_tokenizer
     gc.collect()
-    expect = replace(expect, space_rule=spm_space_rule(data))
     # gguf's SpecialVocab warns about post-processor shapes it does not parse; BOS/EOS are measured instead.
     logging.getLogger("gguf").setLevel(logging.ERROR)
     plans = candidates(model_dir, data, space_prefix)
