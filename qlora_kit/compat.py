@@ -16,7 +16,8 @@ import warnings
 
 # The versions each workaround was verified against (tests/test_compat.py compares them with the pins).
 VERIFIED = {"bitsandbytes": "0.50.2", "transformers": "5.17.0", "trl": "1.15.0", "datasets": "4.8.5",
-            "unsloth_zoo": "2026.10.9", "accelerate": "1.15.0", "torch": "2.13.0", "glibc": "2.36"}
+            "unsloth_zoo": "2026.10.9", "accelerate": "1.15.0", "torch": "2.13.0", "glibc": "2.36",
+            "llama-cpp-python": "0.3.36"}
 
 # Libraries whose warnings are noise for a qlora-kit user (deprecations aimed at library authors, notes about
 # optional packages). Their loggers are quietened too where they log instead of warn.
@@ -200,3 +201,55 @@ def load_checkpoints_on_cpu_ranks() -> None:
 
     register_package(30, lambda obj: None, _cpu_rank_deserialize)
     _CPU_RANKS_REGISTERED = True
+
+
+# QLORA_KIT_LLAMA_AMX=on lets llama.cpp use its AMX kernels anyway (e.g. to check whether an upgrade fixed them);
+# =off applies the guard whatever the library reports; unset: applied where llama.cpp was built with AMX.
+LLAMA_AMX_ENV = "QLORA_KIT_LLAMA_AMX"
+LLAMA_AMX_ISSUE = "llama.cpp issue #20824 (segfault in ggml_backend_amx_mul_mat; closed as stale, unfixed)"
+_LLAMA_AMX_GUARD: dict | None = None
+
+
+def keep_llama_cpp_off_amx(amx: bool | None = None) -> dict:
+    """Load llama.cpp models without the "extra" (repacking) CPU buffer types where llama.cpp has AMX kernels.
+    Verified: llama-cpp-python 0.3.36 (its vendored llama.cpp), on an Intel Xeon (Sapphire Rapids, amx_int8).
+
+    Why: llama-cpp-python built from source with the native CPU flags compiles ggml's AMX path on CPUs that have
+    it; at load the quantized weights are repacked into the AMX buffer and the first decode dies with SIGSEGV in
+    ggml::cpu::amx::tensor_traits::compute_forward (LLAMA_AMX_ISSUE). Every quantized GGUF crashed: verification,
+    eval, chat, serve; F16 files (no AMX kernel) did not. The model parameter `use_extra_bufts = False` keeps the
+    weights in the plain CPU buffer; llama-cpp-python has no `Llama(...)` argument for it, so its
+    `llama_model_default_params` (which `Llama.__init__` calls for every load, the server's included) is wrapped to
+    return it off. Applied once per process, before the first load; only where the loaded library reports
+    AMX_INT8 (a library built without AMX, or a CPU without it, keeps its repacking, which is faster there).
+    `amx` forces the detection (tests on CPUs without AMX). Returns {"active", "why"} for `qlora-kit doctor`.
+    """
+    global _LLAMA_AMX_GUARD
+    if _LLAMA_AMX_GUARD is not None and amx is None:
+        return _LLAMA_AMX_GUARD
+    import llama_cpp.llama_cpp as lib
+
+    setting = os.environ.get(LLAMA_AMX_ENV, "").strip().lower()
+    if amx is None:
+        amx = "AMX_INT8 = 1" in lib.llama_print_system_info().decode("utf-8", "replace")
+    if setting == "on":
+        _LLAMA_AMX_GUARD = {"active": False, "why": f"{LLAMA_AMX_ENV}=on: llama.cpp may use its AMX kernels "
+                                                     f"({LLAMA_AMX_ISSUE})"}
+        return _LLAMA_AMX_GUARD
+    if not amx and setting != "off":
+        _LLAMA_AMX_GUARD = {"active": False, "why": "llama.cpp has no AMX kernels here: nothing to avoid"}
+        return _LLAMA_AMX_GUARD
+    # Our own attribute: llama-cpp-python's ctypes functions already carry a `__wrapped__` (its Python stub).
+    original = getattr(lib.llama_model_default_params, "_qk_unguarded", lib.llama_model_default_params)
+
+    def llama_model_default_params():
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    llama_model_default_params._qk_unguarded = original
+    lib.llama_model_default_params = llama_model_default_params
+    why = f"{LLAMA_AMX_ENV}=off" if setting == "off" and not amx else "llama.cpp was built with AMX kernels"
+    _LLAMA_AMX_GUARD = {"active": True, "why": f"{why}: quantized models load without repacking, avoiding "
+                                               f"{LLAMA_AMX_ISSUE}"}
+    return _LLAMA_AMX_GUARD

@@ -7,6 +7,8 @@ Exit codes (documented in the README and `qlora-kit --help`):
   3    out of memory (CUDA OOM or CPU MemoryError); `qlora-kit plan` estimates what fits
   130  interrupted (Ctrl-C, a STOP file, a cancel): a checkpoint was saved and `--resume` continues
   143  terminated (SIGTERM): a checkpoint was saved and `--resume` continues
+  128+N  a stage died by signal N in native code (139 SIGSEGV, 134 SIGABRT, 137 SIGKILL): reported in one line
+       naming the signal, the stage and the file (qlora_kit/native/crash.py); files already finished are kept
 Anything raised as a QKError is printed as one line, without a traceback (unless --debug). The Python API raises
 the same classes; `kind` is what an `error` event reports (recipe | data | oom | disk | runtime).
 """
@@ -53,6 +55,16 @@ class DataError(UsageError):
 
 class StageError(QKError):
     """A pipeline stage failed at run time."""
+
+
+class NativeCrash(StageError):
+    """A stage's process died by a signal (llama.cpp, a CUDA driver, the OOM killer). Exit code 128 + the signal's
+    number, as shells report a death by signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
 
 
 class DiskFullError(StageError):

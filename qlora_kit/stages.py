@@ -3,7 +3,8 @@
 Keyword options are the commands' flags (`max_shard_size="2GB"` is `--max-shard-size 2GB`; True turns a switch on)
 and are parsed by the CLI's own parser, so the API and the CLI cannot drift apart and a bad option is the same
 one-line error. Merge and export need plain transformers: where Unsloth was already imported into this process
-(an in-process `qk.train`), they run as a `qlora-kit` child process and their events are forwarded.
+(an in-process `qk.train`), they run as a `qlora-kit` child process and their events are forwarded. Export and
+eval run llama.cpp, whose crashes end a process past any `except`: they always run as a child (NATIVE_STAGES).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from pydantic import BaseModel, ConfigDict
 
 from qlora_kit.errors import UsageError, error_for_kind
 from qlora_kit.results import Artifact, ExportResult, MergeResult
+
+
+# Stages that run llama.cpp: always in a child process, so a native crash there is reported, never the host's end.
+NATIVE_STAGES = ("export", "eval")
 
 
 class Plan(BaseModel):
@@ -117,7 +122,7 @@ def _stage(command: str, positional: str, options: dict, hooks, events, plugins)
     found: list[Artifact] = []
     log.deliver.append(lambda e: found.append(Artifact(kind=e.kind, path=e.path, bytes=e.bytes, sha256=e.sha256))
                        if e.event == "artifact" else None)
-    if unsloth_imported():
+    if unsloth_imported() or command in NATIVE_STAGES:
         out = _in_child(command, positional, options, log)
     else:
         module = __import__(f"qlora_kit.cli.{command}", fromlist=["execute"])
@@ -128,17 +133,24 @@ def _stage(command: str, positional: str, options: dict, hooks, events, plugins)
 def _in_child(command: str, positional: str, options: dict, log) -> Path:
     """Run the command in a fresh process; its events are numbered there and delivered here as they were."""
     from qlora_kit.events import parse_event
+    from qlora_kit.native.crash import crash_error, died_by_signal, watched_child_env
 
     with tempfile.TemporaryDirectory(prefix="qlora-kit-stage-") as tmp:
         events = Path(tmp) / "events.jsonl"
         cmd = [sys.executable, "-m", "qlora_kit", command, positional, *_flags(options), "--events", str(events),
                "--no-plugins"]
-        code = subprocess.call(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with watched_child_env() as (env, noted):
+            code = subprocess.call(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            crash = crash_error(command, code, noted()) if died_by_signal(code) else None
         seen = [parse_event(line) for line in events.read_text().splitlines() if line.strip()] \
             if events.is_file() else []
     for event in seen:
         for deliver in log.deliver:
             deliver(event)
+    if crash is not None:  # the child's own events end where it died: end them as the stage would have
+        log.emit("stage", name=command, status="failed", error=str(crash))
+        log.emit("error", kind=crash.kind, message=str(crash), exit_code=crash.exit_code)
+        raise crash
     errors = [e for e in seen if e.event == "error"]
     if code != 0:
         raise error_for_kind(errors[-1].kind if errors else "runtime",

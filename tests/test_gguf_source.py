@@ -236,10 +236,10 @@ def test_train_from_an_ollama_store_and_export_back(tiny_ggufs, tmp_path, monkey
     assert report["exports"]["q8_0"]["verification"]["passed"], report["exports"]["q8_0"]["verification"]
     # The file the Modelfile names loads in llama.cpp and runs its chat template (8 steps teach a random model
     # nothing worth asserting on; the real-model test checks answers).
-    from llama_cpp import Llama
+    from qlora_kit.native.loader import load
 
     named = run / "gguf" / modelfile.splitlines()[0].split("./", 1)[1]
-    llm = Llama(model_path=str(named), n_ctx=256, verbose=False)
+    llm = load(named, n_ctx=256)
     try:
         assert llm.n_vocab() == 512 and "<|im_start|>" in llm.metadata["tokenizer.chat_template"]
         reply = llm.create_chat_completion([{"role": "user", "content": "hi"}], max_tokens=4, temperature=0.0)

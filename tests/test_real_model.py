@@ -64,13 +64,14 @@ def test_real_model_learns_the_task_and_answers_held_out_prompts_from_its_gguf(t
     # The cached tokenizer splits text exactly as llama.cpp splits it with the original GGUF's own vocabulary
     # (pre-tokenizer 'smollm'), so the model is trained on the tokens it was pretrained on; and as llama.cpp does
     # with the exported file, so it runs on the tokens it was tuned on (the recipe leaves export's own check off).
-    from llama_cpp import Llama
     from transformers import AutoTokenizer
+
+    from qlora_kit.native.loader import load
 
     cached = AutoTokenizer.from_pretrained(status["base_model"])
     gguf = run / "gguf" / "smollm2-135m-q8_0.gguf"
     for path in (source, gguf):
-        llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        llm = load(path, vocab_only=True)
         try:
             for text in ["Convert to ISO 8601: September 30, 2049", "2049-09-30", "  spaces\n\n\ttabs",
                          "Ünïcödé 日本 🤗", "<|im_start|>user\nhi<|im_end|>\n"]:

@@ -19,9 +19,10 @@ from qlora_kit.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, QKError, RecipeErro
 
 # Each module exposes register(subparsers, common) and sets `func` on its parser.
 _SUBCOMMANDS = ("train", "validate", "data", "merge", "export", "eval", "chat", "serve", "server", "bench", "plan",
-                "schema", "events_schema")
+                "doctor", "schema", "events_schema")
 EXIT_CODES = ("Exit codes: 0 ok, 1 a stage failed, 2 bad command/recipe/input, 3 out of memory, 130 interrupted "
-              "(SIGINT/STOP file; resume with --resume), 143 terminated (SIGTERM; resume with --resume).")
+              "(SIGINT/STOP file; resume with --resume), 143 terminated (SIGTERM; resume with --resume), 128+N a stage "
+              "died by signal N in native code (139 SIGSEGV, 134 SIGABRT; the line names it).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     if not debug:
         quiet_libraries()
+    from qlora_kit.native.supervise import should_watch, watch
+
+    if should_watch(args, argv):
+        return watch(args)
     try:
         return int(args.func(args) or 0)
     except QKError as exc:

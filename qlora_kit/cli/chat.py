@@ -27,10 +27,10 @@ def run(args) -> int:
 
     if not Path(args.gguf).is_file():
         raise UsageError(f"{args.gguf}: no such file")
-    from qlora_kit.export.verify import load
+    from qlora_kit.native.loader import load
 
     try:
-        llm = load(Path(args.gguf), n_ctx=args.n_ctx, n_gpu_layers=0, seed=0)
+        llm = load(Path(args.gguf), "answering with", n_ctx=args.n_ctx, n_gpu_layers=0, seed=0)
     except StageError as exc:  # the file the user named is not a model llama.cpp can run
         raise UsageError(str(exc)) from None
     messages = [{"role": "system", "content": args.system}] if args.system else []

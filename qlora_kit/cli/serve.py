@@ -34,6 +34,11 @@ def run(args) -> int:
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
+    from qlora_kit.native.crash import note
+    from qlora_kit.native.loader import prepare
+
+    prepare()  # llama-cpp-python's server constructs its own Llama: the same workarounds as every other load
+    note(doing="llama.cpp was serving", file=str(path))
     alias = args.name or path.stem
     model = ModelSettings(model=str(path), model_alias=alias, n_ctx=args.n_ctx, n_gpu_layers=0, verbose=False)
     app = create_app(server_settings=ServerSettings(host=args.host, port=args.port), model_settings=[model])

@@ -63,14 +63,14 @@ class HFSystem:
 
 class GGUFSystem:
     def __init__(self, path: Path, n_ctx: int):
-        from qlora_kit.export.verify import load
+        from qlora_kit.native.loader import load
 
         self.path = path
         # logits_all: the loss needs every position's distribution, as the export check reads them.
-        self.llm = load(path, n_ctx=n_ctx, logits_all=True, n_gpu_layers=-1, seed=0)
+        self.llm = load(path, "evaluating", n_ctx=n_ctx, logits_all=True, n_gpu_layers=-1, seed=0)
 
     def generate(self, prompt: list[int], max_new: int, stop: set[int]) -> Answer:
-        from qlora_kit.export.verify import captured_native_output
+        from qlora_kit.native.loader import captured_native_output
 
         t0, ids = time.perf_counter(), []
         with captured_native_output():
@@ -82,7 +82,7 @@ class GGUFSystem:
         return Answer(ids, time.perf_counter() - t0)
 
     def nll(self, prompt: list[int], answer: list[int]) -> float:
-        from qlora_kit.export.verify import captured_native_output
+        from qlora_kit.native.loader import captured_native_output
 
         with captured_native_output():
             self.llm.reset()

@@ -64,7 +64,9 @@ def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int
     import gguf
 
     from qlora_kit.export.gguf_writer import GGUFWriter
+    from qlora_kit.native.crash import note
 
+    note(doing="ggml was writing", file=str(out_path))
     return_large_frees_to_the_os()  # block-sized buffers come and go one after another (see qlora_kit.memory)
     ckpt = Checkpoint(model_dir)
     arch = _arch_of(ckpt, model_dir)

@@ -47,9 +47,9 @@ def hf_ids(hf_tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def llama_cpp_ids(gguf_path: Path, texts: list[str]) -> list[list[int]]:
-    from qlora_kit.export.verify import captured_native_output, load
+    from qlora_kit.native.loader import captured_native_output, load
 
-    llm = load(gguf_path, vocab_only=True)
+    llm = load(gguf_path, "checking the tokens of", vocab_only=True)
     with captured_native_output():
         try:
             return [list(llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)) for t in texts]

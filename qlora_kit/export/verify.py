@@ -11,13 +11,11 @@ behaviour, and top-1 agreement counted only where HF's top1-top2 margin is large
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+
+from qlora_kit.native.loader import captured_native_output, load
 
 TOKEN_TEXTS = (
     "Numbers: 1 12 123 1234 12345 3.14159 -42 1,000,000 2026-11-25",
@@ -45,41 +43,6 @@ REL_ERROR_LIMITS = {"f32": 1e-3, "f16": 0.006, "bf16": 0.02, "q8_0": 0.1, "q6_k"
 DECISIVE_MARGIN = 6.0
 DECISIVE_AGREEMENT = 0.98
 MIN_DECISIVE = 8  # fewer decisive positions than this: top-1 is reported, not judged
-
-
-@contextlib.contextmanager
-def captured_native_output():
-    """llama.cpp writes to the process's stdout/stderr from C; keep it out of ours (it is returned on failure)."""
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        box = {"text": ""}
-        try:
-            yield box
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            box["text"] = sink.read().decode("utf-8", "replace")
-
-
-def load(gguf_path, **kwargs):
-    """llama_cpp.Llama, or a one-line StageError carrying llama.cpp's own last complaint."""
-    import llama_cpp
-
-    from qlora_kit.errors import StageError
-
-    with captured_native_output() as log:
-        try:
-            return llama_cpp.Llama(model_path=str(gguf_path), verbose=False, **kwargs)
-        except ValueError:
-            pass
-    errors = [line for line in log["text"].splitlines() if "error" in line.lower()] or log["text"].splitlines()
-    raise StageError(f"llama.cpp cannot load {Path(gguf_path).name}: "
-                     f"{errors[-1].strip() if errors else 'no message'}")
 
 
 @dataclass(frozen=True)
@@ -110,7 +73,7 @@ def check_tokens(gguf_path, expect: TokenExpectations) -> dict:
     from qlora_kit.export.vocab_plan import VocabPlan
 
     texts = expect.texts
-    llm = load(gguf_path, vocab_only=True)
+    llm = load(gguf_path, "checking the tokens of", vocab_only=True)
     with captured_native_output():
         try:
             got = [llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts]
@@ -132,7 +95,7 @@ def gguf_logits(gguf_path, rows: list[list[int]]) -> list[np.ndarray]:
     n_ctx = max(len(r) for r in rows) + 8
     out = []
     # F32 KV cache (llama.cpp's default is F16): this measures the conversion, not the runtime's cache rounding.
-    llm = load(gguf_path, n_ctx=n_ctx, logits_all=True, n_gpu_layers=0, seed=0, type_k=0, type_v=0)
+    llm = load(gguf_path, "verifying", n_ctx=n_ctx, logits_all=True, n_gpu_layers=0, seed=0, type_k=0, type_v=0)
     with captured_native_output():
         try:
             for ids in rows:

@@ -284,19 +284,29 @@ def run_later_stages(run: RunDir, recipe, log: EventLog, console: Console, extra
                                 str(v.fewshot)] + (["--systems", ",".join(v.systems)] if v.systems else [])
                        + (["--samples", str(v.samples)] if v.samples else []) + (["--data", v.data] if v.data else [])
                        + (["--scorer", v.scorer] if v.scorer else [])))
+    from qlora_kit.native.crash import crash_error, died_by_signal, watched_child_env
+
     quiet_child = console is quiet
     for name, args in stages:
         cmd = [sys.executable, "-m", "qlora_kit", *args, "--no-plugins", *extra_args]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL if quiet_child else None)
-        while proc.poll() is None:
-            time.sleep(0.2)
+        with watched_child_env() as (env, noted):
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL if quiet_child else None, env=env)
+            while proc.poll() is None:
+                time.sleep(0.2)
+                log.forward_appended()
             log.forward_appended()
-        log.forward_appended()
+            crash = died_by_signal(proc.returncode) and crash_error(
+                name, proc.returncode, noted(), "training is complete (adapter saved); ")
         if proc.returncode != 0:
             if not _stage_failed_logged(run, name):
-                log.emit("stage", name=name, status="failed", exit_code=proc.returncode)
+                log.emit("stage", name=name, status="failed", exit_code=proc.returncode,
+                         **({"error": str(crash)} if crash else {}))
+            rerun = f"Rerun it with: qlora-kit {' '.join(args)}"
+            if crash:
+                crash.args = (f"{crash}. {rerun}",)
+                raise crash
             raise StageError(f"training is complete (adapter saved); the {name} stage failed (exit code "
-                             f"{proc.returncode}). Rerun it with: qlora-kit {' '.join(args)}")
+                             f"{proc.returncode}). {rerun}")
 
 
 def _stage_failed_logged(run: RunDir, name: str) -> bool:
