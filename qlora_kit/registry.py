@@ -9,6 +9,7 @@ first time the registry is asked what it holds. The recipe schema's choices come
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import warnings
 from typing import Annotated, Any, TypeVar
@@ -55,10 +56,18 @@ class Registry(dict):
         return super().__contains__(name)
 
 
-def registry_choice(where: str, extra: tuple[str, ...] = ()) -> Any:
+def did_you_mean(word: str, choices) -> str:
+    """" (did you mean 'X'?)" naming the closest of `choices` (in any case: Q8_O finds q8_0), or "" if none is close."""
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean '{by_lower[close[0]]}'?)" if close else ""
+
+
+def registry_choice(where: str, extra: tuple[str, ...] = (), fold_case: bool = False) -> Any:
     """A string field whose allowed values are a registry's names (`module:ATTR`, imported when first needed, so
     the schema module stays light and free of import cycles) plus `extra` (e.g. "auto"). A miss is pydantic's
-    literal_error, so `validate` words it like any other choice; the JSON schema lists the values as an enum."""
+    literal_error, so `validate` words it like any other choice; the JSON schema lists the values as an enum.
+    `fold_case`: any case is accepted and stored as the registry spells it (lower case), as its CLI flag does."""
     from pydantic import AfterValidator, Field
     from pydantic_core import PydanticCustomError
 
@@ -69,6 +78,8 @@ def registry_choice(where: str, extra: tuple[str, ...] = ()) -> Any:
 
     def check(value: str) -> str:
         allowed = names()
+        if fold_case:
+            value = value.lower()
         if value not in allowed:
             expected = ", ".join(repr(n) for n in allowed[:-1]) + f" or {allowed[-1]!r}"
             raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})

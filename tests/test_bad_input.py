@@ -135,6 +135,20 @@ def test_resume_without_a_run(tmp_path):
                 "start it", "--resume")
 
 
+def test_a_complete_run_names_what_to_do_instead_of_resume(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"status": "complete"}))
+    instead = (f"use it (qlora-kit eval|merge|export {run_dir}), --overwrite to train it again, or --set "
+               "output.name=NEW_NAME for another run")
+    for extra, expected in (((), f"{run_dir} already exists and is complete (nothing left to train); {instead}"),
+                            (("--resume",), f"{run_dir}: this run is already complete, nothing to resume; {instead}")):
+        result = run_cli("train", str(recipe), *extra)
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [f"qlora-kit: error: {expected}"]
+
+
 def test_cuda_requested_without_a_gpu(tmp_path):
     pytest.importorskip("torch")
     import torch
@@ -194,8 +208,53 @@ def test_data_check_json_and_nothing_to_train(tmp_path):
     assert result.returncode == 2
     report = json.loads(result.stdout)
     assert report["ok"] is False and report["total_trained_tokens"] == 0 and report["over_max_length"] == 74
-    assert result.stderr.strip() == ("qlora-kit: error: no token would be trained: every row is masked out or truncated "
-                                     "away (check data.train_on, the chat template, and model.max_seq_length)")
+    assert result.stderr.strip() == ("qlora-kit: error: data.path: no token would be trained in any of 74 rows (all "
+                                     "masked or truncated away); run `qlora-kit data check` to see the masking")
+
+
+def _long_rows(n: int) -> list[dict]:
+    """Rows whose answer starts past token 32 of the tiny tokenizer: cut at 32, nothing of them is trained."""
+    prompt = "please read all of this carefully " * 20
+    return [{"messages": [{"role": "user", "content": f"{prompt}question {i}"},
+                          {"role": "assistant", "content": f"answer {i}"}]} for i in range(n)]
+
+
+def test_data_check_refuses_what_train_refuses_in_the_same_words(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", _long_rows(10))
+    recipe = write_recipe(tmp_path / "r.yaml", model={"max_seq_length": 32}, data={"path": str(data)})
+    expected = ("qlora-kit: error: data.path: no token would be trained in any of 10 rows (all masked or truncated "
+                "away); run `qlora-kit data check` to see the masking")
+    checked = run_cli("data", "check", str(recipe))
+    assert checked.returncode == 2
+    assert "rows with no trained token (dropped when training): 10" in checked.stdout.splitlines()
+    assert checked.stderr.splitlines() == [expected]
+    trained = run_cli("train", str(recipe))
+    assert trained.returncode == 2 and trained.stderr.splitlines()[-1] == expected
+
+
+def test_data_check_warns_when_some_rows_would_be_dropped(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", _long_rows(2) + [GOOD] * 3)
+    recipe = write_recipe(tmp_path / "r.yaml", model={"max_seq_length": 32}, data={"path": str(data)})
+    result = run_cli("data", "check", str(recipe))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["qlora-kit: warning: data.path: 2 of 5 training rows have no trained token "
+                                          "(masked or truncated away at model.max_seq_length 32); training drops them"]
+
+
+def test_data_check_counts_held_out_rows_apart_from_training_rows(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", data={"path": "builtin:tiny-demo"})
+    alone = json.loads(run_cli("data", "check", str(recipe), "--json").stdout)
+    result = run_cli("data", "check", str(recipe), "--set", "data.eval_path=builtin:tiny-demo-heldout")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert "rows: 154 read, 154 valid, 0 with problems" in out
+    assert "held-out rows (data.eval_path): 28 read, 28 valid, 0 with problems" in out
+    assert "training rows: 154, held-out rows: 28 (data.eval_path); the counts below are of the training rows" in out
+    assert f"training tokens: {alone['total_tokens']:,} per pass over the data ({alone['total_trained_tokens']:,} " \
+           "trained); train.max_steps = 30 decides how many passes" in out
+    split = json.loads(run_cli("data", "check", str(recipe), "--json", "--set", "data.eval_split=0.1").stdout)
+    assert (split["rows"], split["train_rows"], split["held_out_rows"]) == (154, 139, 15)  # as `train` splits them
+    assert split["total_tokens"] < alone["total_tokens"]
 
 
 def test_hub_dataset_that_cannot_be_loaded(tmp_path, monkeypatch):

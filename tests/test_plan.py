@@ -159,10 +159,11 @@ def test_plan_cli_json_is_consistent(tmp_path):
 
 def test_plan_cli_says_when_it_does_not_fit(tmp_path):
     recipe = _local_recipe(tmp_path)
-    r = run_cli("plan", str(recipe), "--gpu-mem", "100MB", "--device", "t4")
+    r = run_cli("plan", str(recipe), "--gpu-mem", "1", "--device", "t4", "--batch-size", "1024")
     assert r.returncode == 0, r.stderr
-    assert "does NOT fit" in r.stdout and "float16" in r.stdout  # a T4 has no bf16
-    assert "largest seq_len at batch 8: none fits" in r.stdout
+    assert "of 1.0 GiB (t4): does NOT fit" in r.stdout and "float16" in r.stdout  # a T4 has no bf16
+    largest = r.stdout.splitlines()[-1]
+    assert largest.startswith("largest seq_len at batch 1024: ") and int(largest.rsplit(": ", 1)[1]) < 1024
 
 
 @pytest.mark.parametrize("args,message", [
@@ -170,12 +171,22 @@ def test_plan_cli_says_when_it_does_not_fit(tmp_path):
     (["--seq-len", "100000"], "qlora-kit: error: --seq-len: 100000 is above the model's context of"),
     (["--batch-size", "0"], "qlora-kit: error: --batch-size: 0 must be at least 1"),
     (["--gpu-mem", "lots"], "qlora-kit: error: --gpu-mem: 'lots' is not a size"),
+    (["--gpu-mem", "100MB"], "qlora-kit: error: --gpu-mem: '100MB' is under 1 GiB, too little for a GPU; give its "
+     "memory in GiB, e.g. 24 or 24GiB"),
 ])
 def test_plan_cli_bad_input(tmp_path, args, message):
     r = run_cli("plan", str(_local_recipe(tmp_path)), *args)
     assert r.returncode == 2
     assert r.stderr.startswith(message), r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("size", ["24", "24G", "24GB", "24GiB", "24gib", "24576MiB"])
+def test_gpu_mem_is_binary_whatever_the_spelling(tmp_path, size):
+    # GPU makers' "24 GB" is 24 GiB; a bare number is GiB too (it was read as 24 bytes).
+    r = run_cli("plan", str(_local_recipe(tmp_path)), "--gpu-mem", size, "--device", "t4", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["budget_bytes"] == 24 * 2**30
 
 
 def test_plan_cli_cuda_without_gpu(tmp_path):

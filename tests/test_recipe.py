@@ -90,13 +90,43 @@ def test_validate_cli_negative_lr_and_missing_paths(tmp_path):
                         data={"path": str(tmp_path / "missing.jsonl")}, train={"lr": -0.1})
     result = run_cli("validate", str(path))
     assert result.returncode == 2
+    # One pass: the schema's problems and the paths' together, not the paths only once lr is fixed.
     assert "train.lr: -0.1: input should be greater than 0" in result.stderr
-    # Path problems are checked once the schema is valid; fix lr and they show up together.
-    result = run_cli("validate", str(path), "--set", "train.lr=0.001")
-    assert result.returncode == 2
     assert f"model.name: {tmp_path / 'nope'}: no such directory" in result.stderr
     assert f"data.path: {tmp_path / 'missing.jsonl'}: no such file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_validate_shows_every_problem_in_one_pass_with_suggestions_for_registry_names(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", model={"name": "builtin:tiny-lama"},
+                        data={"path": "builtin:tiny-chta", "chat_template": "llama3"}, train={"max_step": 3})
+    result = run_cli("validate", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"qlora-kit: error: {path}: 4 problems:",
+        "  - train.max_step: unknown key (did you mean 'max_steps'?); allowed here: epochs, max_steps, lr, "
+        "lr_scheduler, warmup_ratio, batch_size, grad_accum, optimizer, weight_decay, max_grad_norm, "
+        "gradient_checkpointing, seed, device, logging_steps, eval_steps, save_steps, save_total_limit, report_to",
+        "  - model.name: unknown built-in model 'builtin:tiny-lama'; available: builtin:tiny-llama (did you mean "
+        "'builtin:tiny-llama'?)",
+        "  - data.path: unknown built-in dataset 'builtin:tiny-chta'; available: builtin:tiny-chat, builtin:tiny-demo, "
+        "builtin:tiny-demo-heldout, builtin:iso-dates, builtin:iso-dates-eval (did you mean 'builtin:tiny-chat'?)",
+        "  - data.chat_template: 'llama3' is not a built-in template; choose auto (the tokenizer's) or one of: chatml, "
+        "llama-3, alpaca, gemma, mistral (did you mean 'llama-3'?)",
+    ]
+
+
+def test_quant_names_follow_one_rule_in_any_case(tmp_path):
+    from qlora_kit.export.quants import get_quant_type
+
+    path = write_recipe(tmp_path / "r.yaml")
+    recipe = load_recipe(path, ["export.quant=[Q8_0, Q4_K_M]"])
+    assert recipe.export.quant == ["q8_0", "q4_k_m"]  # stored as the registry spells them
+    assert [get_quant_type(q).name for q in ("Q8_0", "Q4_K_M")] == recipe.export.quant  # what --quant accepts
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["export.quant=[Q8_O]"])
+    assert info.value.problems == ["export.quant.0: 'Q8_O' is not allowed; choose one of: f32, f16, bf16, q8_0, "
+                                   "q4_0, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k (did you mean 'q8_0'?)"]
 
 
 def test_validate_cli_unwritable_output_dir(tmp_path):

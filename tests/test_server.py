@@ -135,7 +135,8 @@ def test_unknown_jobs_are_404_and_invalid_recipes_are_422_with_validates_problem
     cli = run_cli("validate", str(path), timeout=120)
     assert cli.returncode == 2
     assert [line[4:] for line in cli.stderr.splitlines() if line.startswith("  - ")] == problems
-    assert len(problems) == 2  # schema problems first (as validate): lr and the typo
+    # Every problem at once (as validate): the schema's (lr and the typo), then the unknown built-in dataset.
+    assert len(problems) == 3 and problems[2].startswith("data.path: unknown built-in dataset 'builtin:nope'")
 
 
 def test_qk_client_wraps_the_api_and_raises_server_errors(guarded):

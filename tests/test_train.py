@@ -147,11 +147,13 @@ def test_existing_run_is_not_clobbered(demo_run, tmp_path):
     args = ("recipes/tiny-demo.yaml", "--set", f"output.dir={run_dir.parent}")
     result = run_cli("train", *args)
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"qlora-kit: error: {run_dir} already exists (status: complete); use --resume to "
-                                     "continue it, --overwrite to replace it, or --set output.name=NEW_NAME")
+    instead = (f"use it (qlora-kit eval|merge|export {run_dir}), --overwrite to train it again, or --set "
+               "output.name=NEW_NAME for another run")
+    assert result.stderr.strip() == (f"qlora-kit: error: {run_dir} already exists and is complete (nothing left to "
+                                     f"train); {instead}")
     result = run_cli("train", *args, "--resume")
     assert result.returncode == 2
-    assert f"{run_dir}: this run is already complete; nothing to resume" in result.stderr
+    assert f"{run_dir}: this run is already complete, nothing to resume; {instead}" in result.stderr
 
 
 def test_hf_baseline_matches_unsloth_at_the_first_step(demo_run, tmp_path):

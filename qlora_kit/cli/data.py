@@ -15,7 +15,9 @@ def register(subparsers, common) -> None:
     c = sub.add_parser("check", parents=[common], help="format errors, token stats and a masking preview",
                        description="Check the recipe's dataset: format errors by kind (with row numbers), token "
                                    "lengths, truncation, total training tokens and which tokens are trained. "
-                                   "Exits 2 if any row has a problem or no token would be trained.")
+                                   "Exits 2 where `train` would refuse the data: a row with a problem "
+                                   "(unless data.on_bad_rows: skip) or no token to train; warns when some rows "
+                                   "would be dropped.")
     add_recipe_args(c)
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=run)
@@ -23,6 +25,7 @@ def register(subparsers, common) -> None:
 
 def run(args) -> int:
     from qlora_kit.errors import DataError
+    from qlora_kit.messages import warn
     from qlora_kit.recipe import load_recipe
     from qlora_kit.recipe.checks import check_paths
 
@@ -39,9 +42,11 @@ def run(args) -> int:
         n = sum(e["count"] for e in report.problems.values())
         raise DataError(f"{n} row(s) with problems; training would stop at the first ({_first(report)}); fix them, "
                         "or set data.on_bad_rows: skip to drop them")
-    if report.total_trained_tokens == 0:
-        raise DataError("no token would be trained: every row is masked out or truncated away "
-                        "(check data.train_on, the chat template, and model.max_seq_length)")
+    if report.refusal:
+        raise DataError(report.refusal)
+    if report.nothing_to_train:
+        warn(f"data.path: {report.nothing_to_train} of {report.train_rows} training rows have no trained token "
+             f"(masked or truncated away at model.max_seq_length {report.max_seq_length}); training drops them")
     return 0
 
 

@@ -21,7 +21,9 @@ def register(subparsers, common) -> None:
                     "activations, logits, runtime overhead), say whether it fits, and find the longest sequence "
                     "and the largest batch that do. A Hub model's config.json is fetched; nothing else is.")
     add_recipe_args(p)
-    p.add_argument("--gpu-mem", metavar="SIZE", help="GPU memory to plan for, e.g. 24GiB (default: --device's)")
+    p.add_argument("--gpu-mem", metavar="SIZE",
+                   help="GPU memory to plan for, in GiB: 24, 24G, 24GB and 24GiB all mean 24 GiB (as GPU makers "
+                        "write it); M/MB/MiB are MiB; under 1 GiB is refused (default: --device's)")
     p.add_argument("--device", metavar="NAME",
                    help=f"a GPU by name ({', '.join(GPUS)}), 'cuda' for this machine's GPU, or 'cpu' "
                         "(default: this machine's GPU if it has one)")
@@ -114,12 +116,12 @@ def _target(args) -> tuple[str, str | None, int | None, bool]:
     """-> (device kind, GPU name, memory budget in bytes or None, bf16 supported)."""
     from qlora_kit.errors import UsageError
     from qlora_kit.plan.gpus import GPUS, find_gpu
-    from qlora_kit.sizes import parse_size
+    from qlora_kit.sizes import parse_gpu_memory
 
     budget = None
     if args.gpu_mem:
         try:
-            budget = parse_size(args.gpu_mem)
+            budget = parse_gpu_memory(args.gpu_mem)
         except ValueError as exc:
             raise UsageError(f"--gpu-mem: {exc}") from None
     name = (args.device or "").strip().lower()

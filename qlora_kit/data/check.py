@@ -4,6 +4,9 @@ Per-kind format error counts with the first rows that have them, conversation sh
 messages, messages per example), token lengths (min/mean/p95/max), rows over max_seq_length, rows left with
 nothing to train, total training tokens x epochs, and a masking preview of one sample showing exactly which tokens
 the loss is computed on. Uses only the tokenizer (no model, no Unsloth).
+
+The rows are split as `train` splits them (data.max_rows, data.eval_split or data.eval_path): the statistics are of
+the training rows, and `train`'s own rule (`prepare.untrainable`) says whether it would refuse them.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass, field
 
 from qlora_kit.data.encode import IGNORE_INDEX, Encoded, apply_chat_template_choice, encode_example
 from qlora_kit.data.formats import PROBLEM_KINDS
-from qlora_kit.data.prepare import Examples, add_system_prompt, convert_rows
+from qlora_kit.data.prepare import convert_rows, keep_trainable, split_examples, untrainable
 from qlora_kit.data.sources import read_rows
 from qlora_kit.recipe.schema import Recipe
 
@@ -31,8 +34,13 @@ class CheckReport:
     sources: list[str]
     format: str
     format_detected: bool
-    rows: int
+    rows: int  # data.path's rows; the held-out file's are counted apart (eval_rows)
     valid: int
+    eval_rows: int = 0  # data.eval_path's rows read, and how many of them are valid
+    eval_valid: int = 0
+    train_rows: int = 0  # after data.max_rows and data.eval_split, as `train` splits them
+    held_out_rows: int = 0
+    held_out_from: str = ""  # data.eval_path, data.eval_split, or "" (none)
     problems: dict[str, dict] = field(default_factory=dict)  # kind -> {count, label, first: [where: detail]}
     missing_system: int = 0
     missing_user: int = 0
@@ -50,29 +58,38 @@ class CheckReport:
     preview: list[tuple[str, bool]] = field(default_factory=list)  # (text piece, trained?)
     preview_row: str = ""
     on_bad_rows: str = "error"
+    refusal: str | None = None  # why `train` would refuse this data (besides the rows with problems)
 
     @property
     def ok(self) -> bool:
-        return (not self.problems or self.on_bad_rows == "skip") and self.total_trained_tokens > 0
+        return (not self.problems or self.on_bad_rows == "skip") and self.refusal is None
 
 
 def check(recipe: Recipe, tokenizer) -> CheckReport:
+    """Statistics of the rows `train` would train on (held-out rows counted apart), and whether it would refuse."""
     d = recipe.data
-    converted: list[Examples] = [convert_rows(read_rows(d.path, "data.path", d.split), d.format)]
-    if d.eval_path:
-        converted.append(convert_rows(read_rows(d.eval_path, "data.eval_path", d.split), d.format))
-    first = converted[0]
-    report = CheckReport(sources=[c.origin for c in converted], format=first.format.name,
-                         format_detected=first.detected, rows=sum(c.total_rows for c in converted),
-                         valid=sum(len(c.items) for c in converted), max_seq_length=recipe.model.max_seq_length,
-                         epochs=recipe.train.epochs, max_steps=recipe.train.max_steps, on_bad_rows=d.on_bad_rows)
+    train = convert_rows(read_rows(d.path, "data.path", d.split), d.format)
+    held = convert_rows(read_rows(d.eval_path, "data.eval_path", d.split), d.format) if d.eval_path else None
+    converted = [train] + ([held] if held else [])
+    report = CheckReport(sources=[c.origin for c in converted], format=train.format.name,
+                         format_detected=train.detected, rows=train.total_rows, valid=len(train.items),
+                         eval_rows=held.total_rows if held else 0, eval_valid=len(held.items) if held else 0,
+                         held_out_from="data.eval_path" if held else "data.eval_split" if d.eval_split else "",
+                         max_seq_length=recipe.model.max_seq_length, epochs=recipe.train.epochs,
+                         max_steps=recipe.train.max_steps, on_bad_rows=d.on_bad_rows)
     for c in converted:
         for p in c.problems:
             entry = report.problems.setdefault(p.kind, {"label": PROBLEM_KINDS[p.kind], "count": 0, "first": []})
             entry["count"] += 1
             if len(entry["first"]) < 3:
                 entry["first"].append(f"{p.where}: {p.detail}")
-    items = [(w, add_system_prompt(e, d.system_prompt)) for c in converted for w, e in c.items]
+    empty = next((c for c in converted if not c.items), None)
+    if empty is not None:  # what `train` says once the rows with problems are skipped
+        _token_stats(report, [], recipe.model.max_seq_length)
+        report.refusal = f"{empty.origin}: no rows"
+        return report
+    items, held_items = split_examples(train, held, d, recipe.train.seed)
+    report.train_rows, report.held_out_rows = len(items), len(held_items)
     chats = [e.messages for _, e in items if e.messages is not None]
     report.missing_system = sum(1 for m in chats if not any(x["role"] == "system" for x in m))
     report.missing_user = sum(1 for m in chats if not any(x["role"] == "user" for x in m))
@@ -90,10 +107,11 @@ def _token_stats(report: CheckReport, encoded: list[Encoded], max_len: int) -> N
     report.tokens_per_example = stats([len(e.input_ids) for e in encoded])
     report.trained_tokens_per_example = stats([e.trained_tokens for e in encoded])
     report.over_max_length = sum(1 for e in encoded if len(e.input_ids) > max_len)
-    kept = [Encoded(e.input_ids[:max_len], e.labels[:max_len]) for e in encoded]
-    report.nothing_to_train = sum(1 for e in kept if e.trained_tokens == 0)
-    report.total_tokens = sum(len(e.input_ids) for e in kept if e.trained_tokens)
-    report.total_trained_tokens = sum(e.trained_tokens for e in kept)
+    kept = keep_trainable(encoded, max_len)
+    report.nothing_to_train = kept.dropped
+    report.total_tokens = kept.tokens
+    report.total_trained_tokens = kept.trained_tokens
+    report.refusal = untrainable(kept, len(encoded))
 
 
 def masking_preview(tokenizer, enc: Encoded, limit: int = 400) -> list[tuple[str, bool]]:
@@ -112,12 +130,18 @@ def render_text(r: CheckReport, color: bool = False) -> str:
     out = [f"Data check: {', '.join(r.sources)}",
            f"format: {r.format} ({'detected' if r.format_detected else 'from data.format'})",
            f"rows: {r.rows} read, {r.valid} valid, {r.rows - r.valid} with problems"]
+    if r.held_out_from == "data.eval_path":
+        out.append(f"held-out rows (data.eval_path): {r.eval_rows} read, {r.eval_valid} valid, "
+                   f"{r.eval_rows - r.eval_valid} with problems")
     out.append("format errors:" if r.problems else "format errors: none found")
     for kind, e in r.problems.items():
         out.append(f"  {e['label']} ({kind}): {e['count']}")
         out.extend(f"      {line}" for line in e["first"])
     if r.problems and r.on_bad_rows == "skip":
-        out.append(f"  data.on_bad_rows is skip: training drops these {r.rows - r.valid} row(s)")
+        n = sum(e["count"] for e in r.problems.values())
+        out.append(f"  data.on_bad_rows is skip: training drops these {n} row(s)")
+    out.append(f"training rows: {r.train_rows}, held-out rows: {r.held_out_rows}"
+               f"{f' ({r.held_out_from})' if r.held_out_from else ''}; the counts below are of the training rows")
     mpe, tpe, tte = r.messages_per_example, r.tokens_per_example, r.trained_tokens_per_example
     out += [
         f"examples missing a system message: {r.missing_system}",

@@ -69,22 +69,29 @@ def load_examples(cfg: DataSection, seed: int, notes: list[str] | None = None
     """Read and validate rows; return (train, eval, format name). Raises DataError on the first bad row, unless
     data.on_bad_rows is skip: then such rows are dropped, and said so on stderr and in `notes` (run events)."""
     train = _strict(convert_rows(read_rows(cfg.path, "data.path", cfg.split), cfg.format), cfg.on_bad_rows, notes)
+    held = None
+    if cfg.eval_path:
+        held = _strict(convert_rows(read_rows(cfg.eval_path, "data.eval_path", cfg.split), cfg.format),
+                       cfg.on_bad_rows, notes)
+    items, eval_items = split_examples(train, held, cfg, seed)
+    return items, eval_items, train.format.name
+
+
+def split_examples(train: Examples, held: Examples | None, cfg: DataSection, seed: int
+                   ) -> tuple[list[tuple[str, Example]], list[tuple[str, Example]]]:
+    """(training, held-out) items as `train` uses them; `data check` calls this too, so both count the same rows."""
     items = [(w, add_system_prompt(e, cfg.system_prompt)) for w, e in train.items]
     random.Random(seed).shuffle(items)
     if cfg.max_rows:
         items = items[: cfg.max_rows]
-    if cfg.eval_path:
-        ev = _strict(convert_rows(read_rows(cfg.eval_path, "data.eval_path", cfg.split), cfg.format),
-                     cfg.on_bad_rows, notes)
-        eval_items = [(w, add_system_prompt(e, cfg.system_prompt)) for w, e in ev.items]
-    elif cfg.eval_split > 0:
+    if held is not None:
+        return items, [(w, add_system_prompt(e, cfg.system_prompt)) for w, e in held.items]
+    if cfg.eval_split > 0:
         n_eval = max(1, round(len(items) * cfg.eval_split))
         if n_eval >= len(items):
             raise DataError(f"data.eval_split: {cfg.eval_split} leaves no training rows out of {len(items)}")
-        eval_items, items = items[:n_eval], items[n_eval:]
-    else:
-        eval_items = []
-    return items, eval_items, train.format.name
+        return items[n_eval:], items[:n_eval]
+    return items, []
 
 
 def _strict(examples: Examples, on_bad_rows: str = "error", notes: list[str] | None = None) -> Examples:
@@ -128,9 +135,13 @@ class EncodedSplit:
 
 def encode_split(tokenizer, items: list[tuple[str, Example]], train_on: str, max_len: int,
                  packing: bool = False) -> EncodedSplit:
+    return keep_trainable([encode_example(tokenizer, e, train_on, w) for w, e in items], max_len, packing)
+
+
+def keep_trainable(encoded: list[Encoded], max_len: int, packing: bool = False) -> EncodedSplit:
+    """Truncate to max_len and drop the rows left with no trained token (then pack, if asked)."""
     out = EncodedSplit([])
-    for where, example in items:
-        enc = encode_example(tokenizer, example, train_on, where)
+    for enc in encoded:
         enc = truncate(enc, max_len)
         out.truncated += enc.truncated
         if enc.trained_tokens == 0:
@@ -140,3 +151,11 @@ def encode_split(tokenizer, items: list[tuple[str, Example]], train_on: str, max
     if packing:
         out.rows = pack(out.rows, max_len)
     return out
+
+
+def untrainable(split: EncodedSplit, rows: int) -> str | None:
+    """Why `train` refuses these training rows (None: it trains them). `train` and `data check` both ask this."""
+    if split.rows:
+        return None
+    return (f"data.path: no token would be trained in any of {rows} rows (all masked or truncated away); run "
+            "`qlora-kit data check` to see the masking")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlora_kit.errors import DataError, first_line
+from qlora_kit.registry import did_you_mean
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -51,8 +52,9 @@ def check_source(spec: str, field_name: str) -> None:
     """Cheap existence checks for `validate` (no file parsing, no network)."""
     if spec.startswith("builtin:"):
         if spec[len("builtin:"):] not in BUILTIN_DATASETS:
-            raise DataError(f"{field_name}: unknown built-in dataset {spec!r}; available: "
-                            + ", ".join(f"builtin:{k}" for k in BUILTIN_DATASETS))
+            names = [f"builtin:{k}" for k in BUILTIN_DATASETS]
+            raise DataError(f"{field_name}: unknown built-in dataset {spec!r}; available: {', '.join(names)}"
+                            f"{did_you_mean(spec, names)}")
         return
     if spec.startswith("hf:"):
         if not spec[3:].strip():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from qlora_kit.errors import UsageError
 from qlora_kit.model import builtin, gguf_source
+from qlora_kit.registry import did_you_mean
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FORMS = "a Hub id ORG/NAME, a GGUF (gguf:PATH, pkg:PACKAGE/FILE.gguf, ollama:NAME[:TAG]) or a built-in model: "
@@ -26,8 +27,9 @@ def check_model_name(name: str) -> str:
         try:
             builtin.lookup(name)
         except KeyError:
-            raise UsageError(f"model.name: unknown built-in model {name!r}; available: "
-                             + ", ".join(f"builtin:{k}" for k in builtin.BUILTIN_MODELS)) from None
+            names = [f"builtin:{k}" for k in builtin.BUILTIN_MODELS]
+            raise UsageError(f"model.name: unknown built-in model {name!r}; available: {', '.join(names)}"
+                             f"{did_you_mean(name, names)}") from None
         return "builtin"
     if gguf_source.is_gguf_name(name):
         gguf_source.check(name)

@@ -11,33 +11,49 @@ from pathlib import Path
 
 from qlora_kit.errors import QKError, RecipeError
 from qlora_kit.recipe.schema import Recipe
+from qlora_kit.registry import did_you_mean
 
 
 def check_paths(recipe: Recipe, source: str) -> None:
+    problems = reference_problems(recipe.model_dump(mode="json"))
+    if problems:
+        raise RecipeError(source, problems)
+
+
+def reference_problems(raw: dict, skip: frozenset[str] = frozenset()) -> list[str]:
+    """What is wrong with the names a recipe gives (model, data files, chat template, output dir), one line each.
+
+    `raw` may be a recipe the schema refused: `load_recipe` adds these lines to the schema's, so one pass shows
+    every problem. Fields in `skip` (the schema already refused them) and values that are not strings are left out.
+    """
     from qlora_kit.data.sources import check_source
     from qlora_kit.data.templates import CHAT_TEMPLATES
     from qlora_kit.model.resolve import check_model_name
 
+    def value(key: str) -> str | None:
+        section, name = key.split(".")
+        v = raw.get(section, {}).get(name) if isinstance(raw.get(section), dict) else None
+        return v if isinstance(v, str) and key not in skip else None
+
     problems: list[str] = []
-    for fn, args in ((check_model_name, (recipe.model.name,)),
-                     (check_source, (recipe.data.path, "data.path"))):
+    checks = {"model.name": check_model_name, "data.path": lambda v: check_source(v, "data.path"),
+              "data.eval_path": lambda v: check_source(v, "data.eval_path")}
+    for key, check in checks.items():
+        if value(key) is None:
+            continue
         try:
-            fn(*args)
+            check(value(key))
         except QKError as exc:
             problems.append(str(exc))
-    if recipe.data.eval_path:
-        try:
-            check_source(recipe.data.eval_path, "data.eval_path")
-        except QKError as exc:
-            problems.append(str(exc))
-    if recipe.data.chat_template != "auto" and recipe.data.chat_template not in CHAT_TEMPLATES:
-        problems.append(f"data.chat_template: {recipe.data.chat_template!r} is not a built-in template; choose auto "
-                        f"(the tokenizer's) or one of: {', '.join(CHAT_TEMPLATES)}")
-    out_problem = _writable_dir_problem(Path(recipe.output.dir))
+    template = value("data.chat_template")
+    if template is not None and template != "auto" and template not in CHAT_TEMPLATES:
+        problems.append(f"data.chat_template: {template!r} is not a built-in template; choose auto (the tokenizer's) "
+                        f"or one of: {', '.join(CHAT_TEMPLATES)}{did_you_mean(template, CHAT_TEMPLATES)}")
+    out_dir = value("output.dir")
+    out_problem = _writable_dir_problem(Path(out_dir)) if out_dir is not None else None
     if out_problem:
-        problems.append(f"output.dir: {recipe.output.dir}: {out_problem}")
-    if problems:
-        raise RecipeError(source, problems)
+        problems.append(f"output.dir: {out_dir}: {out_problem}")
+    return problems
 
 
 def _writable_dir_problem(path: Path) -> str | None:

@@ -7,7 +7,6 @@ Nothing here imports torch or transformers: `validate` must stay fast.
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from qlora_kit.errors import RecipeError, UsageError
 from qlora_kit.recipe.schema import Recipe
+from qlora_kit.registry import did_you_mean
 
 
 DEFAULT_RUN_NAME = "run"  # for a recipe given as a dict without output.name (no file name to borrow)
@@ -46,7 +46,12 @@ def load_recipe(source: "str | Path | dict | Recipe", overrides: "list[str] | di
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise RecipeError(label, [_describe(err, raw) for err in exc.errors()]) from None
+        from qlora_kit.recipe.checks import reference_problems
+
+        # The names the recipe gives (model, files, template) are checked too, so one pass shows every problem.
+        refused = frozenset(".".join(str(p) for p in err["loc"][:2]) for err in exc.errors())
+        problems = [_describe(err, raw) for err in exc.errors()] + reference_problems(raw, refused)
+        raise RecipeError(label, problems) from None
 
 
 def dump_recipe(recipe: Recipe) -> str:
@@ -164,8 +169,7 @@ _SYNONYMS = {
 def _did_you_mean(word: str, choices: list[str]) -> str:
     if _SYNONYMS.get(word) in choices:
         return f" (did you mean '{_SYNONYMS[word]}'?)"
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return did_you_mean(word, choices)
 
 
 def _short(value: Any) -> str:

@@ -20,7 +20,7 @@ Auto = Literal["auto"]
 # accepted here too, and `qlora-kit schema` lists whatever is registered.
 BackendName = registry_choice("qlora_kit.model.backends:BACKENDS")
 FormatName = registry_choice("qlora_kit.data.formats:FORMATS", extra=("auto",))
-QuantName = registry_choice("qlora_kit.export.quants:QUANT_TYPES")
+QuantName = registry_choice("qlora_kit.export.quants:QUANT_TYPES", fold_case=True)  # Q4_K_M as llama.cpp writes it
 OPTIMIZERS = ("auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -87,15 +87,22 @@ class RunDir:
             if not exists:
                 raise UsageError(f"{self.root}: nothing to resume (no such run); drop --resume to start it")
             if self.status == "complete":
-                raise UsageError(f"{self.root}: this run is already complete; nothing to resume")
+                raise UsageError(f"{self.root}: this run is already complete, nothing to resume; {self._done_hint()}")
             if self.latest_checkpoint() is None:
                 raise UsageError(f"{self.root}: no complete checkpoint to resume from; rerun with --overwrite to "
                                  "start again")
             return
+        if exists and not overwrite and self.status == "complete":
+            raise UsageError(f"{self.root} already exists and is complete (nothing left to train); {self._done_hint()}")
         if exists and not overwrite:
             status = self.status or "unknown"
             raise UsageError(f"{self.root} already exists (status: {status}); use --resume to continue it, "
                              "--overwrite to replace it, or --set output.name=NEW_NAME")
+
+    def _done_hint(self) -> str:
+        # --resume has nothing left to do on a finished run: name what does something.
+        return (f"use it (qlora-kit eval|merge|export {self.root}), --overwrite to train it again, or "
+                "--set output.name=NEW_NAME for another run")
 
     def check_world_size(self, world_size: int) -> None:
         """Resume with the processes the run was trained on: the data order, the global batch and the RNG state of

@@ -20,7 +20,7 @@ from typing import Callable
 from qlora_kit import __version__
 from qlora_kit.control import STOP_FILE, CancelToken
 from qlora_kit.data.encode import apply_chat_template_choice
-from qlora_kit.data.prepare import encode_split, load_examples
+from qlora_kit.data.prepare import encode_split, load_examples, untrainable
 from qlora_kit.distributed.env import DistEnv, check_fsdp_device, topology
 from qlora_kit.distributed.env import current as current_dist
 from qlora_kit.errors import (DataError, DiskFullError, OutOfMemoryError, QKError, StageError, UsageError,
@@ -173,9 +173,9 @@ def _train(run, recipe, rt, backend, train_items, eval_items, fmt, checkpoint, t
     max_len, d = recipe.model.max_seq_length, recipe.data
     train_split = encode_split(tokenizer, train_items, d.train_on, max_len, d.packing)
     eval_split = encode_split(tokenizer, eval_items, d.train_on, max_len, False)
-    if not train_split.rows:
-        raise DataError(f"data.path: no token would be trained in any of {len(train_items)} rows (all masked or "
-                        "truncated away); run `qlora-kit data check` to see the masking")
+    refusal = untrainable(train_split, len(train_items))  # the same rule and words as `qlora-kit data check`
+    if refusal:
+        raise DataError(refusal)
     run.event("data", format=fmt, chat_template=template, train_rows=len(train_split.rows),
               eval_rows=len(eval_split.rows), truncated=train_split.truncated + eval_split.truncated,
               dropped=train_split.dropped + eval_split.dropped, train_tokens=train_split.tokens,
