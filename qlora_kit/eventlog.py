@@ -143,6 +143,47 @@ def attach_run(log: EventLog, run_dir: Path | None) -> None:
 
 
 @contextlib.contextmanager
+def run_stage(log: EventLog, run_dir: Path | None):
+    """Record a stage run on a run directory (merge, export, eval) into its events.jsonl, keeping `run_end` last.
+
+    Inside a training pipeline the log is still open (the trainer ends it once its stages are done). A stage run
+    later by hand finds the log ended (its last event is a `run_end`): it appends its events after that, then
+    ends the log again as the pipeline would have, with `error` (when it failed) and `run_end`, so a reader who
+    stops at `run_end` misses nothing. Callers check what they can refuse before any work first: a refused command
+    leaves the run's log untouched."""
+    attach_run(log, run_dir)
+    if log.path is None or not log.path.is_file() or not _ended(log.path):
+        yield
+        return
+    from qlora_kit.errors import QKError, first_line
+
+    try:
+        yield
+    except QKError as exc:
+        if not getattr(exc, "reported", False):  # the CLI reports it after this block: it would follow run_end
+            log.emit("error", kind=exc.kind, message=str(exc), exit_code=exc.exit_code)
+            exc.reported = True
+        log.emit("run_end", status="failed", error=str(exc))
+        raise
+    except KeyboardInterrupt:
+        log.emit("run_end", status="interrupted")
+        raise
+    except Exception as exc:
+        log.emit("run_end", status="failed", error=f"{type(exc).__name__}: {first_line(exc)}")
+        raise
+    log.emit("run_end", status="complete")
+
+
+def _ended(path: Path) -> bool:
+    """Whether the log's last event is a `run_end`."""
+    last = next((line for line in reversed(path.read_bytes().splitlines()) if line.strip()), b"")
+    try:
+        return bool(last) and json.loads(last).get("event") == "run_end"
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
 def stage(log: EventLog | None, name: str):
     """`stage` events around a block: start, then end (with seconds) or failed (with the error's first line)."""
     if log is None:

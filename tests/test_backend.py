@@ -80,6 +80,31 @@ def test_event_log_numbers_without_gaps_across_processes_and_delivers_what_other
         first.emit("step", step=1)  # fields outside the schema are a programming error, never written
 
 
+def test_a_stage_run_later_on_a_finished_run_ends_the_log_again_and_one_in_the_pipeline_does_not(tmp_path):
+    from qlora_kit.errors import StageError
+    from qlora_kit.eventlog import EventLog, read_events, run_stage, stage
+
+    (tmp_path / "run.json").write_text(json.dumps({"status": "complete", "run_id": "abc"}))
+    trainer = EventLog()
+    trainer.attach(tmp_path / "events.jsonl", "abc")
+    trainer.emit("run_start", run_dir=str(tmp_path), backend="hf", device="cpu")
+    with run_stage(child := EventLog(), tmp_path), stage(child, "merge"):  # in the pipeline: the trainer ends it
+        pass
+    trainer.emit("run_end", status="complete")
+    with run_stage(log := EventLog(), tmp_path), stage(log, "eval"):  # by hand, later
+        pass
+    with pytest.raises(StageError) as failed, run_stage(log := EventLog(), tmp_path), stage(log, "export"):
+        raise StageError("verification failed for q4_k_m")
+    assert failed.value.reported, "the CLI must not report it a second time, after run_end"
+    events = read_events(tmp_path / "events.jsonl")
+    assert [e.seq for e in events] == list(range(1, 12)) and {e.run_id for e in events} == {"abc"}
+    assert [(e.event, getattr(e, "name", None) or getattr(e, "status", None)) for e in events] == [
+        ("run_start", None), ("stage", "merge"), ("stage", "merge"), ("run_end", "complete"),
+        ("stage", "eval"), ("stage", "eval"), ("run_end", "complete"),
+        ("stage", "export"), ("stage", "export"), ("error", None), ("run_end", "failed")]
+    assert events[-1].error == "verification failed for q4_k_m" and events[-3].status == "failed"
+
+
 def test_a_hook_that_raises_becomes_a_warning_and_the_others_still_hear_everything():
     from qlora_kit.eventlog import EventLog
     from qlora_kit.hooks import Hook, HookSet

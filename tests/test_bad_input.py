@@ -309,7 +309,7 @@ def _model_copy(tmp_path, tiny_model_dir, **config_changes):
     return model
 
 
-def test_a_config_transformers_cannot_build_is_one_line_for_train_and_data_check(tmp_path, tiny_model_dir):
+def test_a_config_transformers_cannot_build_is_one_line_for_train_data_check_and_export(tmp_path, tiny_model_dir):
     # A Llama checkpoint labelled Falcon: FalconConfig refuses Llama's head_dim (transformers 5.17 logs the whole
     # config, then raises AttributeError).
     model = _model_copy(tmp_path, tiny_model_dir, model_type="falcon", architectures=["FalconForCausalLM"])
@@ -320,6 +320,16 @@ def test_a_config_transformers_cannot_build_is_one_line_for_train_and_data_check
     train_fails(tmp_path, recipe, expected)
     result = run_cli("data", "check", str(recipe))
     assert result.returncode == 2 and result.stderr.splitlines() == [f"qlora-kit: error: {expected}"]
+    # export reads a model directory without a recipe (transformers not yet imported): the same line, no dump.
+    gguf = tmp_path / "other.gguf"
+    gguf.write_bytes(b"GGUF")
+    for args in (("export", str(model)), ("export", "--check-only", str(gguf), str(model))):
+        result = run_cli(*args)
+        assert result.returncode == 2 and result.stderr.splitlines() == [
+            f"qlora-kit: error: {expected.removeprefix('model.name: ')}"], args
+    assert not (model / "gguf").exists()
+    debug = run_cli("export", str(model), "--debug")  # the rest: transformers' own error, as the cause
+    assert "AttributeError: property 'head_dim'" in debug.stderr and "direct cause" in debug.stderr
 
 
 def test_weights_that_do_not_fit_the_config_or_are_cut_short_are_one_line(tmp_path, tiny_model_dir):

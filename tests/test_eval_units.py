@@ -51,6 +51,24 @@ def test_verdict_says_better_worse_or_unclear_from_the_interval():
     assert unclear["outcome"] == "unclear" and "includes zero" in unclear["text"]
 
 
+def test_token_savings_are_claimed_only_where_the_tuned_system_is_as_good_as_few_shot():
+    opts = EvalOptions()
+    # Learned nothing: every system answers as badly; few-shot's 60 extra tokens buy nothing, but nothing is saved.
+    nothing, _ = judge(_results(base=[0.0] * 30, fewshot=[0.0] * 30, adapter=[0.0] * 30), "exact_match", opts)
+    assert nothing["outcome"] == "unclear" and "saves" not in nothing["text"]
+    assert nothing["text"].endswith("includes zero; few-shot prompting is as good or better, at 60 more prompt "
+                                    "tokens per request.")
+    # Few-shot answers 10 of 30, the adapter 8 of them: not clearly worse, not as good either.
+    behind, _ = judge(_results(base=[0.0] * 30, fewshot=[1.0] * 10 + [0.0] * 20, adapter=[1.0] * 8 + [0.0] * 22),
+                      "exact_match", opts)
+    assert behind["outcome"] == "unclear" and behind["difference"] == pytest.approx(-2 / 30, abs=1e-6)
+    assert behind["text"].endswith("; few-shot prompting is as good or better, at 60 more prompt tokens per request.")
+    # As good as few-shot on every row and far better than zero-shot: the 60 tokens are a real saving.
+    matched, _ = judge(_results(base=[0.0] * 30, fewshot=[1.0] * 30, adapter=[1.0] * 30), "exact_match", opts)
+    assert matched["outcome"] == "unclear"
+    assert matched["text"].endswith("; it saves 60 prompt tokens per request against few-shot prompting.")
+
+
 def test_gguf_that_loses_the_gain_is_warned_about():
     _, warnings = judge(_results(base=[0.0] * 20, adapter=[1.0] * 20, merged=[1.0] * 20,
                                  **{"gguf:q2_k": [1.0] * 10 + [0.0] * 10}), "exact_match", EvalOptions())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli, run_cli_here
+from conftest import run_cli, run_cli_here, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -232,6 +232,37 @@ def test_run_without_a_merge_is_refused(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"qlora-kit: error: {run}: no merged model to export; merge it first: " \
                                     f"qlora-kit merge {run}"
+
+
+def test_export_of_a_finished_run_keeps_run_end_last_and_a_refusal_appends_nothing(tiny_model_dir, tmp_path,
+                                                                                    capsys):
+    """A finished run's log ends with `run_end`. An export run on it later (here with --out elsewhere) appends its
+    events and a `run_end` of its own; refusals before any work (a bad --quant, an existing file) append nothing."""
+    from qlora_kit.eventlog import EventLog
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "merged")
+    (run / "run.json").write_text(json.dumps({"status": "complete", "run_id": "r1"}))
+    write_recipe(run / "recipe.yaml")
+    log = EventLog()
+    log.attach(run / "events.jsonl", "r1")
+    log.emit("run_start", run_dir=str(run), backend="hf", device="cpu")
+    log.emit("run_end", status="complete")
+    out = str(tmp_path / "elsewhere")
+
+    before = (run / "events.jsonl").read_bytes()
+    assert run_cli_here(capsys, "export", str(run), "--quant", "q9_9", "--out", out).returncode == 2
+    assert (run / "events.jsonl").read_bytes() == before
+    assert run_cli_here(capsys, "export", str(run), "--quant", "f16", "--out", out, "--no-verify").returncode == 0
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1)) and {e["run_id"] for e in events} == {"r1"}
+    assert [(e["event"], e.get("name") or e.get("kind") or e.get("status")) for e in events] == [
+        ("run_start", None), ("run_end", "complete"), ("stage", "export"), ("stage", "export"), ("artifact", "gguf"),
+        ("artifact", "modelfile"), ("artifact", "export_report"), ("run_end", "complete")]
+    before = (run / "events.jsonl").read_bytes()
+    result = run_cli_here(capsys, "export", str(run), "--quant", "f16", "--out", out, "--no-verify")
+    assert result.returncode == 2 and "already exists; pass --overwrite to replace it" in result.stderr
+    assert (run / "events.jsonl").read_bytes() == before
 
 
 def test_verification_catches_a_wrong_conversion(tiny_model_dir, tmp_path, monkeypatch):

@@ -218,8 +218,20 @@ def test_cancel_then_resume_equals_an_uninterrupted_run(tmp_path, straight_losse
     resumed_from = read_events(run_dir, "run_start")[-1]["resumed_from"]
     assert resumed_from.endswith(f"checkpoint-{stopped}")
     assert_same_losses(run_dir, straight_losses)
-    assert_seq_without_gaps(run_dir)  # seq continues across the resume
-    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 24
+    events = assert_seq_without_gaps(run_dir)  # seq continues across the resume
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 24
+    # metrics.json describes the whole run, not the session that finished it: both sessions' losses (every step
+    # logged, so the mean per step) and both sessions' training time.
+    losses = [straight_losses[step] for step in range(1, 25)]
+    assert metrics["first_loss"] == pytest.approx(losses[0], rel=1e-6)
+    assert metrics["final_loss"] == pytest.approx(losses[-1], rel=1e-6)
+    assert metrics["train_loss"] == pytest.approx(sum(losses) / 24, rel=1e-5)
+    first_session = events[:events.index(read_events(run_dir, "run_start")[-1])]
+    first_train = next(e["t"] for e in first_session if e["event"] == "stage" and e["name"] == "train")
+    second_train = [e for e in events if e["event"] == "stage" and e["name"] == "train" and e["status"] == "end"]
+    assert metrics["train_seconds"] == pytest.approx(first_session[-1]["t"] - first_train + second_train[0]["seconds"],
+                                                     abs=0.01)
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path):

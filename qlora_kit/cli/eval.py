@@ -46,8 +46,8 @@ def run(args) -> int:
 def execute(args, log, warnings=()):
     """Shared by the CLI and `qk.evaluate`; returns the report directory."""
     from qlora_kit.errors import UsageError
-    from qlora_kit.eval.run import EvalOptions, evaluate
-    from qlora_kit.eventlog import attach_run
+    from qlora_kit.eval.run import EvalOptions, check_eval, evaluate
+    from qlora_kit.eventlog import run_stage
 
     for flag, value, least in (("--samples", args.samples, 1), ("--max-new-tokens", args.max_new_tokens, 1),
                                ("--fewshot", args.fewshot, 1)):
@@ -55,7 +55,8 @@ def execute(args, log, warnings=()):
             raise UsageError(f"{flag}: {value} must be at least {least}")
     options = EvalOptions(systems=args.systems, samples=args.samples, data=args.data,
                           max_new_tokens=args.max_new_tokens, fewshot=args.fewshot, scorer=args.scorer)
-    attach_run(log, args.run_dir)
-    for message in warnings:
-        log.emit("warning", message=message, source="plugins")
-    return evaluate(args.run_dir, options, args.out, log=log)
+    check_eval(args.run_dir, options)  # refused here: nothing reaches the run's events.jsonl
+    with run_stage(log, args.run_dir):
+        for message in warnings:
+            log.emit("warning", message=message, source="plugins")
+        return evaluate(args.run_dir, options, args.out, log=log)

@@ -45,21 +45,20 @@ def run(args) -> int:
 def execute(args, log, warnings=()):
     """The export the arguments describe, reported into `log` (the run's events.jsonl when SOURCE is a run);
     returns the output dir. Shared by the CLI and `qk.export`."""
-    from pathlib import Path
-
     from qlora_kit.errors import UsageError
-    from qlora_kit.eventlog import attach_run
-    from qlora_kit.export.run import ExportOptions, export, resolve_source
+    from qlora_kit.eventlog import run_stage
+    from qlora_kit.export.run import ExportOptions, export_plan, plan_export
 
     quants = [q.strip() for q in args.quant.split(",") if q.strip()]
     if not quants:
         raise UsageError("--quant: name at least one type, e.g. --quant q4_k_m,q8_0")
     options = ExportOptions(quants=quants, verify=not args.no_verify, allow_mismatch=args.allow_mismatch,
                             overwrite=args.overwrite, samples=args.samples)
-    attach_run(log, resolve_source(Path(args.source))[1])
-    for message in warnings:
-        log.emit("warning", message=message, source="plugins")
-    return export(args.source, options, args.out, log=log)
+    plan = plan_export(args.source, options, args.out)  # refused here: nothing reaches the run's events.jsonl
+    with run_stage(log, plan.run_dir):
+        for message in warnings:
+            log.emit("warning", message=message, source="plugins")
+        return export_plan(plan, options, log=log)
 
 
 def _check_only(args) -> int:

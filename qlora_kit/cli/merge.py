@@ -42,9 +42,9 @@ def execute(args, log, warnings=()):
     """The merge the arguments describe, reported into `log` (the run's events.jsonl); returns the output dir.
     Shared by the CLI and `qk.merge`."""
     from qlora_kit.errors import UsageError
-    from qlora_kit.eventlog import attach_run
+    from qlora_kit.eventlog import run_stage
     from qlora_kit.merge.merge import MergeOptions
-    from qlora_kit.merge.run import merge_run
+    from qlora_kit.merge.run import check_merge, merge_run
     from qlora_kit.sizes import parse_size
 
     try:
@@ -55,7 +55,8 @@ def execute(args, log, warnings=()):
         raise UsageError("--samples: must be a positive number")
     options = MergeOptions(base=args.base, dtype=args.dtype, max_shard_bytes=shard, verify=not args.no_verify,
                            compare=not args.no_compare, samples=args.samples, allow_mismatch=args.allow_mismatch)
-    attach_run(log, args.run_dir)
-    for message in warnings:
-        log.emit("warning", message=message, source="plugins")
-    return merge_run(args.run_dir, options, args.out, overwrite=args.overwrite, log=log)
+    check_merge(args.run_dir, args.out, args.overwrite)  # refused here: nothing reaches the run's events.jsonl
+    with run_stage(log, args.run_dir):
+        for message in warnings:
+            log.emit("warning", message=message, source="plugins")
+        return merge_run(args.run_dir, options, args.out, overwrite=args.overwrite, log=log)

@@ -4,7 +4,8 @@ The verdict compares the tuned model (adapter, else merged, else the first GGUF)
 cheaper alternatives (base zero-shot, base few-shot) on the primary metric (a custom scorer when the recipe names
 one, else exact match), row by row, with a 95% paired bootstrap interval: "beat" only when the interval is above
 zero, "did NOT help" when it is below, otherwise "could not tell". It also says how many prompt tokens per request
-fine-tuning saves against few-shot prompting and how much of the gain each GGUF keeps.
+fine-tuning saves against few-shot prompting (only where the tuned system is at least as good; otherwise what
+few-shot prompting costs) and how much of the gain each GGUF keeps.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ def judge(results: dict, metric: str, options) -> tuple[dict, list[str]]:
                                     f"{delta * 100:+.0f} points of {metric.replace('_', ' ')}, and the {interval} "
                                     "includes zero")
     if "fewshot" in results:
-        saved = results["fewshot"]["prompt_tokens_per_request"] - results[tuned]["prompt_tokens_per_request"]
-        text += f"; it saves {saved:.0f} prompt tokens per request against few-shot prompting"
+        text += _against_fewshot(results, tuned, metric, outcome, options.seed)
     keeps = []
     base_score = results[baseline][metric]
     gain = results[tuned][metric] - base_score
@@ -74,6 +74,28 @@ def judge(results: dict, metric: str, options) -> tuple[dict, list[str]]:
     return {"text": text, "outcome": outcome, "tuned": tuned, "baseline": baseline, "metric": metric,
             "difference": round(delta, 6), "interval95": [round(low, 6), round(high, 6)], "rows": len(diffs)}, \
         warnings
+
+
+def _against_fewshot(results: dict, tuned: str, metric: str, outcome: str, seed: int) -> str:
+    """What the tuned system's shorter prompt is worth against few-shot prompting. Saved tokens mean something only
+    where the tuned system is at least as good as few-shot (the 95% interval of tuned - fewshot does not reach below
+    zero) and learned something (it beat base zero-shot, whose prompt is as short): a model that learned nothing
+    "saves" tokens only by answering as badly without the examples. Otherwise few-shot prompting is as good or
+    better, and its cost is said instead; where few-shot is clearly worse but base is not, the verdict says it all."""
+    extra = results["fewshot"]["prompt_tokens_per_request"] - results[tuned]["prompt_tokens_per_request"]
+    low = _interval(results, tuned, "fewshot", metric, seed)[0]
+    learned = _interval(results, tuned, "base", metric, seed)[0] > 0 if "base" in results else outcome == "better"
+    if low >= 0 and learned:
+        return f"; it saves {extra:.0f} prompt tokens per request against few-shot prompting"
+    if low <= 0:
+        return f"; few-shot prompting is as good or better, at {extra:.0f} more prompt tokens per request"
+    return ""
+
+
+def _interval(results: dict, tuned: str, other: str, metric: str, seed: int) -> tuple[float, float]:
+    """95% paired bootstrap interval of tuned - other on `metric`, row by row."""
+    diffs = [t["scores"][metric] - o["scores"][metric] for t, o in zip(results[tuned]["rows"], results[other]["rows"])]
+    return bootstrap_interval(diffs, seed=seed)
 
 
 def _label(name: str) -> str:

@@ -57,16 +57,24 @@ def evaluate(run_dir: str | Path, options: EvalOptions, out: str | Path | None =
     return out
 
 
-def _evaluate(run_dir: Path, options: EvalOptions, out) -> tuple[Path, list[str]]:
-    from qlora_kit.recipe import load_recipe
+def check_eval(run_dir: str | Path, options: EvalOptions) -> tuple:
+    """What eval refuses before any work (exit 2): (run, its status, systems, their paths). The CLI checks it before
+    it records into the run's log, so a refused eval leaves no event there."""
     from qlora_kit.train.rundir import RunDir
 
-    run = RunDir(run_dir)
+    run = RunDir(Path(run_dir))
     status = run.require_complete("eval")
     systems = parse_systems(options.systems) if options.systems else default_systems(run.root)
     paths = {s: gguf_path(run.root, s.split(":", 1)[1]) for s in systems if s.startswith("gguf:")}
     if "merged" in systems:
         paths["merged"] = merged_dir(run.root)
+    return run, status, systems, paths
+
+
+def _evaluate(run_dir: Path, options: EvalOptions, out) -> tuple[Path, list[str]]:
+    from qlora_kit.recipe import load_recipe
+
+    run, status, systems, paths = check_eval(run_dir, options)
     scorer = load_scorer(options.scorer) if options.scorer else None
     recipe = load_recipe(run.recipe)
     held, train, source = evrows.held_out(recipe, options.data)

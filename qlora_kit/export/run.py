@@ -42,13 +42,50 @@ def resolve_source(source: Path) -> tuple[Path, Path | None]:
     raise UsageError(f"{source}: neither a run directory (run.json) nor a Hugging Face model directory (config.json)")
 
 
+@dataclass
+class ExportPlan:
+    """What an export will read and write, decided before any work."""
+    model_dir: Path
+    run_dir: Path | None
+    quants: list
+    out: Path
+    config: dict
+    stem: str
+    targets: dict[str, Path]
+
+
+def plan_export(source: str | Path, options: ExportOptions, out: str | Path | None = None) -> ExportPlan:
+    """Everything export refuses before any work (exit 2), so a refused command writes nothing: no file, and no
+    event in the run's events.jsonl (the CLI attaches to the run's log only after this)."""
+    from qlora_kit.model.check import check_config
+
+    model_dir, run_dir = resolve_source(Path(source))
+    quants = [get_quant_type(q) for q in options.quants]
+    out = Path(out) if out else (run_dir or model_dir) / "gguf"
+    config = json.loads((model_dir / "config.json").read_text())
+    if config.get("quantization_config"):
+        raise UsageError(f"{model_dir}: a quantized ({config['quantization_config'].get('quant_method')}) checkpoint "
+                         "cannot be converted; merge into 16-bit weights first: qlora-kit merge RUN_DIR")
+    check_config(model_dir)  # one line, not transformers' dump of the config, when it cannot build it
+    stem = run_dir.name if run_dir else model_dir.name
+    targets = {q.name: out / f"{stem}-{q.name}.gguf" for q in quants}
+    existing = [p for p in targets.values() if p.exists()]
+    if existing and not options.overwrite:
+        raise UsageError(f"{existing[0]} already exists; pass --overwrite to replace it")
+    return ExportPlan(model_dir, run_dir, quants, out, config, stem, targets)
+
+
 def export(source: str | Path, options: ExportOptions, out: str | Path | None = None, log=None) -> Path:
     """Export; with an EventLog, `stage` events for "export" and an `artifact` event per GGUF, the Modelfile and
-    the report."""
+    the report (none when the export is refused before any work)."""
+    return export_plan(plan_export(source, options, out), options, log)
+
+
+def export_plan(plan: ExportPlan, options: ExportOptions, log=None) -> Path:
     from qlora_kit.eventlog import emit_artifact, stage
 
     with stage(log, "export"):
-        out = _export(source, options, out)
+        out = _export(plan, options)
     report = json.loads((out / "export_report.json").read_text())
     for entry in report["exports"].values():
         emit_artifact(log, "gguf", out / entry["file"])
@@ -58,19 +95,9 @@ def export(source: str | Path, options: ExportOptions, out: str | Path | None = 
     return out
 
 
-def _export(source: str | Path, options: ExportOptions, out: str | Path | None = None) -> Path:
-    model_dir, run_dir = resolve_source(Path(source))
-    quants = [get_quant_type(q) for q in options.quants]
-    out = Path(out) if out else (run_dir or model_dir) / "gguf"
-    config = json.loads((model_dir / "config.json").read_text())
-    if config.get("quantization_config"):
-        raise UsageError(f"{model_dir}: a quantized ({config['quantization_config'].get('quant_method')}) checkpoint "
-                         "cannot be converted; merge into 16-bit weights first: qlora-kit merge RUN_DIR")
-    stem = (run_dir or model_dir).name if run_dir else model_dir.name
-    targets = {q.name: out / f"{stem}-{q.name}.gguf" for q in quants}
-    existing = [p for p in targets.values() if p.exists()]
-    if existing and not options.overwrite:
-        raise UsageError(f"{existing[0]} already exists; pass --overwrite to replace it")
+def _export(plan: ExportPlan, options: ExportOptions) -> Path:
+    model_dir, run_dir, out, stem, targets = plan.model_dir, plan.run_dir, plan.out, plan.stem, plan.targets
+    quants, config = plan.quants, plan.config
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -198,6 +225,9 @@ def check_only(gguf_path: str | Path, hf_dir: str | Path, samples: int = 4) -> d
     if not gguf_path.is_file():
         raise UsageError(f"{gguf_path}: no such file")
     model_dir, run_dir = resolve_source(hf_dir)
+    from qlora_kit.model.check import check_config
+
+    check_config(model_dir)
     quant = _quant_of(gguf_path)
     result = _Verifier(model_dir, run_dir, samples).check(quant, gguf_path)
     return {"file": str(gguf_path), "source": str(model_dir), "quant": quant, **result}

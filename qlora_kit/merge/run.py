@@ -35,9 +35,19 @@ def merge_run(run_dir: str | Path, options: MergeOptions, out: str | Path | None
     return out
 
 
-def _merge_run(run_dir: str | Path, options: MergeOptions, out: str | Path | None, overwrite: bool) -> Path:
+def check_merge(run_dir: str | Path, out: str | Path | None, overwrite: bool) -> tuple[RunDir, dict, Path]:
+    """What merge refuses before any work (exit 2); the CLI checks it before it records into the run's log, so a
+    refused merge leaves no event there."""
     run = RunDir(Path(run_dir))
     status = run.require_complete("merge")
+    out = Path(out) if out else run.root / "merged"
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists; pass --overwrite to replace it")
+    return run, status, out
+
+
+def _merge_run(run_dir: str | Path, options: MergeOptions, out: str | Path | None, overwrite: bool) -> Path:
+    run, status, out = check_merge(run_dir, out, overwrite)
     from qlora_kit.recipe import load_recipe
 
     recipe = load_recipe(run.recipe)
@@ -47,9 +57,6 @@ def _merge_run(run_dir: str | Path, options: MergeOptions, out: str | Path | Non
         raise UsageError(f"{ckpt.path} is a pre-quantized 4-bit checkpoint: there are no original 16-bit weights, "
                          "so only --base dequantized is possible")
     check_tied(ckpt, adapter)
-    out = Path(out) if out else run.root / "merged"
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists; pass --overwrite to replace it")
     train_dtype = getattr(torch, recipe.model.dtype)
     out_dtype = resolve_out_dtype(options.dtype, ckpt)
     tmp = temp_dir_for(out)

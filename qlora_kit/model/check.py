@@ -41,16 +41,24 @@ def check_model(cfg: ModelSection) -> list[str]:
     return notes
 
 
-def _config_dict(path: str, cfg: ModelSection) -> dict:
+def check_config(path: Path) -> None:
+    """config.json of a model directory a command reads without a recipe (export's SOURCE) builds, or one line
+    naming the directory (exit 2); transformers' own error would follow its dump of the whole config."""
+    cfg = ModelSection(name=str(path))
+    with _quiet_transformers():
+        _build_config(_config_dict(str(path), cfg, str(path)), str(path), cfg, str(path))
+
+
+def _config_dict(path: str, cfg: ModelSection, where: str = "") -> dict:
     from transformers import PretrainedConfig
 
+    where = where or f"model.name: {path}"
     try:
         raw, _ = PretrainedConfig.get_config_dict(path, revision=cfg.revision)
     except Exception as exc:  # unreadable JSON, no config.json, not in the cache: one line either way
-        raise UsageError(f"model.name: {path}: cannot read config.json ({first_line(exc, type(exc).__name__)})") \
-            from None
+        raise UsageError(f"{where}: cannot read config.json ({first_line(exc, type(exc).__name__)})") from None
     if not isinstance(raw, dict) or not raw.get("model_type"):
-        raise UsageError(f"model.name: {path}: config.json has no model_type; it is not a transformers model config")
+        raise UsageError(f"{where}: config.json has no model_type; it is not a transformers model config")
     return raw
 
 
@@ -73,16 +81,17 @@ def _remote_code_notes(raw: dict, path: str, cfg: ModelSection) -> list[str]:
             "(set model.trust_remote_code: true only if you trust that code)"]
 
 
-def _build_config(raw: dict, path: str, cfg: ModelSection):
+def _build_config(raw: dict, path: str, cfg: ModelSection, where: str = ""):
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     except Exception as exc:
         label = "".join((raw.get("architectures") or [""])[:1])
-        raise UsageError(f"model.name: {path}: transformers cannot build a config from config.json (model_type "
-                         f"{raw['model_type']!r}{', ' + label if label else ''}): {type(exc).__name__}: "
-                         f"{first_line(exc)}; check that config.json belongs with these weights") from None
+        raise UsageError(f"{where or 'model.name: ' + path}: transformers cannot build a config from config.json "
+                         f"(model_type {raw['model_type']!r}{', ' + label if label else ''}): "
+                         f"{type(exc).__name__}: {first_line(exc)}; check that config.json belongs with these "
+                         "weights") from exc  # --debug: transformers' own traceback too
 
 
 def check_weights(path: Path, config=None, trust_remote_code: bool = False) -> None:
@@ -146,6 +155,8 @@ def loading(path: str):
 @contextlib.contextmanager
 def _quiet_transformers():
     """transformers logs the whole config (dozens of lines) before raising on a bad one; our one line says it."""
+    import transformers.utils.logging  # noqa: F401  sets its logger's level on first import, undoing ours below
+
     logger = logging.getLogger("transformers")
     level = logger.level
     logger.setLevel(logging.CRITICAL)

@@ -25,9 +25,6 @@ class EventsCallback(TrainerCallback):
         self.device = device
         self._started = None  # (time, step) of the first step log, for the ETA
         self._last = None  # (time, num_tokens) at the previous step log, for tokens/s
-        self.first_loss = None
-        self.last_loss = None
-        self.tokens_per_s = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -41,11 +38,8 @@ class EventsCallback(TrainerCallback):
         rate = None
         if self._last is not None and tokens > self._last[1] and now > self._last[0]:
             rate = (tokens - self._last[1]) / (now - self._last[0])
-            self.tokens_per_s.append(rate)
         self._last = (now, tokens)
         loss = float(logs["loss"])
-        self.first_loss = loss if self.first_loss is None else self.first_loss
-        self.last_loss = loss
         from qlora_kit.train.runner import peak_memory
 
         eta = self._eta(now, state.global_step, state.max_steps)

@@ -317,21 +317,27 @@ def _stage_failed_logged(run: RunDir, name: str) -> bool:
 
 
 def _metrics(events, result, trainer, split, eval_loss, rt, train_seconds, wall) -> dict:
+    """The whole run's numbers, over every session a cancel or crash and --resume made (train/sessions.py):
+    the trainer's state (steps, epochs, tokens seen) is restored from the checkpoint, but its loss and timers, and
+    the callbacks, saw this session only. HF's training_loss (`result`) is used only when no step was logged."""
+    from qlora_kit.train.sessions import whole_run
+
     steps = trainer.state.global_step
     epochs = float(trainer.state.epoch or 0)
     tokens_seen = trainer.state.num_input_tokens_seen
-    rates = events.tokens_per_s
+    run = whole_run(events.run.events, train_seconds, wall)
     return {
         "steps": steps, "epochs": round(epochs, 4),
-        "first_loss": events.first_loss, "final_loss": events.last_loss,
-        "train_loss": float(result.training_loss), "eval_loss": eval_loss,
+        "first_loss": run["first_loss"], "final_loss": run["final_loss"],
+        "train_loss": float(result.training_loss) if run["train_loss"] is None else run["train_loss"],
+        "eval_loss": eval_loss,
         "train_rows": len(split.rows), "train_tokens_per_epoch": split.tokens,
         "trained_tokens_per_epoch": split.trained_tokens,
         "tokens_seen": int(tokens_seen) if tokens_seen else None,
-        "tokens_per_second": round(sum(rates) / len(rates), 1) if rates else None,
-        "peak_memory_bytes": int(peak_memory(rt.device)),
+        "tokens_per_second": run["tokens_per_second"],
+        "peak_memory_bytes": max(int(peak_memory(rt.device)), run["step_memory_bytes"]),
         "peak_memory_kind": "cuda_max_memory_allocated" if rt.device == "cuda" else "cpu_peak_rss",
-        "train_seconds": round(train_seconds, 3), "wall_seconds": round(wall, 3),
+        "train_seconds": round(run["train_seconds"], 3), "wall_seconds": round(run["wall_seconds"], 3),
         "device": rt.device, "dtype": rt.dtype,
     }
 
