@@ -92,7 +92,8 @@ def test_a_custom_scorer_is_reported_and_one_that_raises_is_one_line(useless_run
     (["--systems", "gguf:q4_k_m"], "--systems gguf:q4_k_m: {run}/gguf/useless-q4_k_m.gguf does not exist; make it "
                                    "with: qlora-kit export {run} --quant q4_k_m"),
     (["--systems", "tuned"], "--systems: unknown system 'tuned'; choose from base, fewshot, adapter, merged, "
-                             "gguf:TYPE (e.g. gguf:q4_k_m)"),
+                             "gguf:TYPE (e.g. gguf:q4_k_m), recorded:FILE (an old model's answers, .jsonl)"),
+    (["--systems", "adapter,recorded:nowhere.jsonl"], "--systems recorded:nowhere.jsonl: no such file"),
     (["--scorer", "no_such_module:score"], "eval.scorer no_such_module:score: cannot load it: ModuleNotFoundError: "
                                            "No module named 'no_such_module'"),
     (["--samples", "0"], "--samples: 0 must be at least 1"),
@@ -116,3 +117,50 @@ def test_eval_needs_a_finished_run_and_rows_to_score(useless_run, tmp_path):
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     result = run_cli("eval", str(useless_run), "--data", str(empty), "--out", str(tmp_path / "eval"))
     assert result.returncode == 2 and str(empty) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_recorded_answers_of_the_old_model_are_one_more_system_in_the_verdict(useless_run, tmp_path):
+    """The migration check: a perfect old model (the gold answers, saved in the three shapes) beats the useless
+    adapter; a bad one (always "banana") does not. Lines for training prompts are not scored; a file that misses
+    held-out rows is refused before anything is written."""
+    held = [json.loads(line) for line in (ASSETS / "tiny_demo_heldout.jsonl").read_text().splitlines()]
+    shapes = [lambda p, a: {"messages": p, "answer": a},
+              lambda p, a: {"messages": p, "response": {"choices": [{"message": {"role": "assistant", "content": a}}]}},
+              lambda p, a: {"messages": p + [{"role": "assistant", "content": a}]}]
+    perfect = write_jsonl(tmp_path / "perfect.jsonl", [shapes[i % 3](r["messages"][:-1], r["messages"][-1]["content"])
+                                                       for i, r in enumerate(held)])
+    training = (ASSETS / "tiny_demo.jsonl").read_text().splitlines()[:2]
+    bad = write_jsonl(tmp_path / "bad.jsonl", training + [{"messages": r["messages"][:-1], "answer": "banana"}
+                                                          for r in reversed(held)])
+    result = run_cli("eval", str(useless_run), "--systems", f"adapter,recorded:{perfect},recorded:{bad}",
+                     "--max-new-tokens", "4", "--out", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    old, banana, adapter = (report["results"][n] for n in (f"recorded:{perfect}", f"recorded:{bad}", "adapter"))
+    assert old["exact_match"] == old["chrf"] == 1.0 and banana["exact_match"] == 0.0
+    assert old["loss"] is None and old["perplexity"] is None and old["prompt_tokens_per_request"] is None
+    assert adapter["exact_match"] == 0.0 and adapter["loss"] > 0, "lr 1e-9: the adapter learned nothing"
+    assert report["recorded"][f"recorded:{bad}"] == {"file": str(bad), "lines": 30, "rows_scored": 28,
+                                                     "prompts_not_scored": 2, "prompts_matching_no_row": 0}
+    lost, same = report["verdict"]["recorded"]
+    assert report["verdict"]["outcome"] == "none", "no base or fewshot: nothing said about fine-tuning itself"
+    assert lost["outcome"] == "worse" and lost["interval95"] == [-1.0, -1.0]
+    assert lost["text"] == (f"The tuned model (adapter) did NOT match the recorded model ({perfect}): it scores 100 "
+                            "points of exact match lower (95% interval -100 to -100 points over 28 rows).")
+    assert same["outcome"] == "matches" and same["difference"] == 0.0
+    assert report["verdict"]["text"] == f"{lost['text']} {same['text']}" and report["verdict"]["text"] in result.stdout
+    assert "loss n/a  prompt tokens n/a" in result.stdout
+    first = json.loads((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()[0])
+    assert first["systems"][f"recorded:{perfect}"]["prediction"] == first["reference"]
+    assert first["systems"][f"recorded:{bad}"] == {"prediction": "banana", "scores": first["systems"][
+        f"recorded:{bad}"]["scores"], "prompt_tokens": None, "generated_tokens": None, "loss": None}
+    assert "no prompt-token figure" in (tmp_path / "eval" / "report.md").read_text()
+
+    short = write_jsonl(tmp_path / "short.jsonl", (tmp_path / "perfect.jsonl").read_text().splitlines()[:27])
+    refused = run_cli("eval", str(useless_run), "--systems", f"adapter,recorded:{short}", "--out",
+                      str(tmp_path / "refused"))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        f"qlora-kit: error: --systems recorded:{short}: no recorded answer for held-out row "
+        "builtin:tiny-demo-heldout:28 (1 of 28 have none)")
+    assert not (tmp_path / "refused").exists()

@@ -1,4 +1,5 @@
-"""`qlora-kit eval RUN_DIR`: did fine-tuning help? base vs few-shot vs adapter vs merged vs GGUF, one report."""
+"""`qlora-kit eval RUN_DIR`: did fine-tuning help? base vs few-shot vs adapter vs merged vs GGUF (vs an old model's
+recorded answers), one report."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ def register(subparsers, common) -> None:
                     "report.md, predictions.jsonl, charts) and ends with a verdict backed by a 95% bootstrap "
                     "interval.")
     p.add_argument("run_dir", help="a complete run directory")
-    p.add_argument("--systems", help="comma-separated: base, fewshot, adapter, merged, gguf:TYPE (default: base, "
-                                     "fewshot, adapter, and merged and every GGUF the run has)")
+    p.add_argument("--systems", help="comma-separated: base, fewshot, adapter, merged, gguf:TYPE, recorded:FILE "
+                                     "(an old model's answers to the held-out rows, JSONL; see the README) "
+                                     "(default: base, fewshot, adapter, and merged and every GGUF the run has)")
     p.add_argument("--samples", type=int, help="evaluate at most N held-out rows (default: all)")
     p.add_argument("--data", help="held-out rows from this file instead of the run's eval split")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest generated answer (default 64)")
@@ -34,13 +36,17 @@ def run(args) -> int:
         report = json.loads((out / "report.json").read_text())
         for name, r in report["results"].items():
             print(f"{name:<12} exact {r['exact_match']:.3f}  norm {r['normalized_exact_match']:.3f}  "
-                  f"F1 {r['token_f1']:.3f}  chrF {r['chrf']:.3f}  loss {r['loss']:.4f}  "
-                  f"prompt tokens {r['prompt_tokens_per_request']:.0f}")
+                  f"F1 {r['token_f1']:.3f}  chrF {r['chrf']:.3f}  loss {_num(r['loss'], '.4f')}  "
+                  f"prompt tokens {_num(r['prompt_tokens_per_request'], '.0f')}")
         for warning in report["warnings"]:
             print(f"warning: {warning}")
         print(report["verdict"]["text"])
         print(f"report: {out / 'report.md'}")
     return 0
+
+
+def _num(value, spec: str) -> str:
+    return "n/a" if value is None else f"{value:{spec}}"  # a recorded system has no loss and no prompt tokens
 
 
 def execute(args, log, warnings=()):

@@ -5,7 +5,10 @@ cheaper alternatives (base zero-shot, base few-shot) on the primary metric (a cu
 one, else exact match), row by row, with a 95% paired bootstrap interval: "beat" only when the interval is above
 zero, "did NOT help" when it is below, otherwise "could not tell". It also says how many prompt tokens per request
 fine-tuning saves against few-shot prompting (only where the tuned system is at least as good; otherwise what
-few-shot prompting costs) and how much of the gain each GGUF keeps.
+few-shot prompting costs) and how much of the gain each GGUF keeps. Each `recorded:FILE` system (an old model's
+answers) gets one more sentence on the same rows and the same interval rule: the tuned model beat it, matches it
+(the interval includes zero and rules out a loss of more than 5 points), did NOT match it, or it could not tell.
+A recorded system has no loss, perplexity, prompt tokens or speed: null in report.json, "n/a" in report.md.
 """
 
 from __future__ import annotations
@@ -38,10 +41,21 @@ def judge(results: dict, metric: str, options) -> tuple[dict, list[str]]:
     tuned = next((n for n in ("adapter", "merged") if n in results), None) or \
         next((n for n in results if n.startswith("gguf:")), None)
     cheap = [n for n in ("base", "fewshot") if n in results]
-    warnings: list[str] = []
-    if tuned is None or not cheap:
-        return {"text": "no verdict: compare a tuned system (adapter, merged or gguf:TYPE) with base or fewshot",
-                "outcome": "none"}, warnings
+    recorded = [n for n in results if n.startswith("recorded:")]
+    if tuned is None or not (cheap or recorded):
+        return {"text": "no verdict: compare a tuned system (adapter, merged or gguf:TYPE) with base, fewshot or "
+                        "recorded:FILE", "outcome": "none"}, []
+    # `outcome` stays the answer to "did fine-tuning help?" (none without a cheaper alternative to compare with).
+    verdict = _against_cheap(results, tuned, cheap, metric, options) if cheap else \
+        {"text": "", "outcome": "none", "tuned": tuned, "metric": metric}
+    against = [_against_recorded(results, tuned, name, metric, options) for name in recorded]
+    if against:
+        verdict["recorded"] = against
+        verdict["text"] = " ".join([verdict["text"], *(a["text"] for a in against)]).strip()
+    return verdict, _gguf_warnings(results, metric, options)
+
+
+def _against_cheap(results: dict, tuned: str, cheap: list[str], metric: str, options) -> dict:
     baseline = max(cheap, key=lambda n: results[n][metric])
     diffs = [t["scores"][metric] - b["scores"][metric]
              for t, b in zip(results[tuned]["rows"], results[baseline]["rows"])]
@@ -66,14 +80,45 @@ def judge(results: dict, metric: str, options) -> tuple[dict, list[str]]:
         if gain > 0:
             keeps.append(f"{name.split(':')[1].upper()} keeps {(results[name][metric] - base_score) / gain:.0%} "
                          "of the gain")
-        if "merged" in results and results["merged"][metric] - results[name][metric] > options.gguf_drop:
-            warnings.append(f"{name} scores {(results['merged'][metric] - results[name][metric]) * 100:.0f} points "
-                            f"of {metric} below the merged model (more than {options.gguf_drop * 100:.0f}): "
-                            "try a larger quantization type")
     text += ("; " + ", ".join(keeps) if keeps else "") + "."
     return {"text": text, "outcome": outcome, "tuned": tuned, "baseline": baseline, "metric": metric,
-            "difference": round(delta, 6), "interval95": [round(low, 6), round(high, 6)], "rows": len(diffs)}, \
-        warnings
+            "difference": round(delta, 6), "interval95": [round(low, 6), round(high, 6)], "rows": len(diffs)}
+
+
+def _against_recorded(results: dict, tuned: str, name: str, metric: str, options) -> dict:
+    """The migration check, tuned - recorded row by row: "beat" only when the 95% interval is above zero, "did NOT
+    match" when it is below; "matches" when it includes zero and rules out a loss of more than
+    options.match_margin (the question is whether the old model can go without losing quality); else unclear."""
+    diffs = [t["scores"][metric] - o["scores"][metric] for t, o in zip(results[tuned]["rows"], results[name]["rows"])]
+    low, high = bootstrap_interval(diffs, seed=options.seed)
+    rows, delta = len(diffs), sum(diffs) / len(diffs)
+    what, words = f"the recorded model ({name.split(':', 1)[1]})", metric.replace("_", " ")
+    interval = f"95% interval {low * 100:+.0f} to {high * 100:+.0f} points over {rows} rows"
+    margin = f"{options.match_margin * 100:.0f} points"
+    if low > 0:
+        outcome, text = "better", f"The tuned model ({tuned}) beat {what} by {delta * 100:.0f} points of {words}"
+    elif high < 0:
+        outcome, text = "worse", (f"The tuned model ({tuned}) did NOT match {what}: it scores {-delta * 100:.0f} "
+                                  f"points of {words} lower")
+    elif low >= -options.match_margin:
+        outcome, text = "matches", (f"The tuned model ({tuned}) matches {what} within the interval: they differ by "
+                                    f"{delta * 100:+.0f} points of {words}, and the interval rules out a loss of more "
+                                    f"than {margin}")
+    else:
+        outcome, text = "unclear", (f"Could not tell whether the tuned model ({tuned}) matches {what}: they differ "
+                                    f"by {delta * 100:+.0f} points of {words}, and the interval includes zero and "
+                                    f"losses of more than {margin}")
+    return {"system": name, "text": f"{text} ({interval}).", "outcome": outcome, "tuned": tuned,
+            "difference": round(delta, 6), "interval95": [round(low, 6), round(high, 6)], "rows": rows}
+
+
+def _gguf_warnings(results: dict, metric: str, options) -> list[str]:
+    if "merged" not in results:
+        return []
+    return [f"{name} scores {(results['merged'][metric] - results[name][metric]) * 100:.0f} points of {metric} below "
+            f"the merged model (more than {options.gguf_drop * 100:.0f}): try a larger quantization type"
+            for name in results if name.startswith("gguf:")
+            and results["merged"][metric] - results[name][metric] > options.gguf_drop]
 
 
 def _against_fewshot(results: dict, tuned: str, metric: str, outcome: str, seed: int) -> str:
@@ -110,13 +155,23 @@ def _markdown(report: dict) -> str:
              "| system | " + " | ".join(metrics) + " | loss | ppl | prompt tok/req | gen tok/s |",
              "|---" * (len(metrics) + 5) + "|"]
     for name, r in report["results"].items():
-        rate = r["generated_tokens_per_s"]
-        lines.append(f"| {name} | " + " | ".join(f"{r[m]:.3f}" for m in metrics)
-                     + f" | {r['loss']:.4f} | {r['perplexity']:.2f} | {r['prompt_tokens_per_request']:.1f} | "
-                     + (f"{rate:.1f}" if rate else "-") + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{r[m]:.3f}" for m in metrics) + " | " + " | ".join(
+            _cell(r[k], spec) for k, spec in (("loss", ".4f"), ("perplexity", ".2f"),
+                                              ("prompt_tokens_per_request", ".1f"), ("generated_tokens_per_s", ".1f")))
+            + " |")
+    for name, rec in report.get("recorded", {}).items():
+        lines += ["", f"{name}: answers recorded from another model, scored as given ({rec['rows_scored']} rows; "
+                      f"{rec['prompts_not_scored']} prompt(s) of the file are not among them). It has no logits "
+                      "(no loss or perplexity) and no prompt-token figure: its prompts were never tokenized here, "
+                      "and its tokenizer is not the run's."]
     if report["warnings"]:
         lines += ["", "Warnings:", *[f"- {w}" for w in report["warnings"]]]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value, spec: str) -> str:
+    """A table number; n/a for what a system does not have (a recorded answer has no loss, no timing)."""
+    return "n/a" if value is None else f"{value:{spec}}"
 
 
 def _charts(out: Path, report: dict) -> None:

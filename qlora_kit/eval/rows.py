@@ -22,8 +22,12 @@ class EvalRow:
     reference: str
 
     @property
+    def prompt_key(self) -> tuple:
+        return tuple((m["role"], m["content"]) for m in self.prompt)
+
+    @property
     def key(self) -> tuple:
-        return tuple((m["role"], m["content"]) for m in self.prompt), self.reference
+        return self.prompt_key, self.reference
 
 
 def to_row(where: str, example: Example) -> EvalRow | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlora_kit.errors import UsageError
+from qlora_kit.eval import recorded as evrecorded
 from qlora_kit.eval import rows as evrows
 from qlora_kit.eval.scoring import METRICS, load_scorer, score
 from qlora_kit.eval.systems import GGUFSystem, HFSystem, gguf_path, merged_dir, parse_systems
@@ -30,6 +31,7 @@ class EvalOptions:
     fewshot: int = 3
     scorer: str | None = None
     gguf_drop: float = 0.05  # warn when a GGUF loses more than this (fraction of the metric) against merged
+    match_margin: float = 0.05  # "matches" a recorded model: the 95% interval rules out losing more than this
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -58,8 +60,9 @@ def evaluate(run_dir: str | Path, options: EvalOptions, out: str | Path | None =
 
 
 def check_eval(run_dir: str | Path, options: EvalOptions) -> tuple:
-    """What eval refuses before any work (exit 2): (run, its status, systems, their paths). The CLI checks it before
-    it records into the run's log, so a refused eval leaves no event there."""
+    """What eval refuses before any work (exit 2): (run, its status, systems, what they need: a GGUF file, the merged
+    directory, a parsed file of recorded answers). The CLI checks it before it records into the run's log, so a
+    refused eval leaves no event there."""
     from qlora_kit.train.rundir import RunDir
 
     run = RunDir(Path(run_dir))
@@ -68,6 +71,7 @@ def check_eval(run_dir: str | Path, options: EvalOptions) -> tuple:
     paths = {s: gguf_path(run.root, s.split(":", 1)[1]) for s in systems if s.startswith("gguf:")}
     if "merged" in systems:
         paths["merged"] = merged_dir(run.root)
+    paths.update({s: evrecorded.load_recorded(s.split(":", 1)[1]) for s in systems if s.startswith("recorded:")})
     return run, status, systems, paths
 
 
@@ -89,18 +93,22 @@ def _evaluate(run_dir: Path, options: EvalOptions, out) -> tuple[Path, list[str]
     if len(rows) < 20:
         warnings.append(f"only {len(rows)} held-out rows: the 95% interval on any difference is wide; 20 or more "
                         "rows are needed to tell small gains from luck")
+    matched = {s: evrecorded.match(paths[s], rows, held + train, recipe.data.system_prompt)
+               for s in systems if s.startswith("recorded:")}  # refused here, before anything is written
+    warnings += [m.warning for m in matched.values() if m.warning]
     out = Path(out) if out else run.root / "eval"
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         shots = evrows.few_shot(train, options.fewshot, options.seed, held)
-        results = _run_systems(run, recipe, status, systems, paths, rows, shots, options, scorer)
+        results = _run_systems(run, recipe, status, systems, paths, rows, shots, options, scorer, matched)
         from qlora_kit.eval.report import write_report
 
         report = {"version": REPORT_VERSION, "run": str(run.root), "rows_from": source, "rows": len(rows),
                   "leaked_rows_excluded": len(leaked), "fewshot_examples": [s.where for s in shots],
-                  "max_new_tokens": options.max_new_tokens, "scorer": options.scorer, "systems": systems}
+                  "max_new_tokens": options.max_new_tokens, "scorer": options.scorer, "systems": systems,
+                  **({"recorded": {s: m.summary for s, m in matched.items()}} if matched else {})}
         warnings += write_report(tmp, report, rows, results, options, warnings)
         if out.exists():
             shutil.rmtree(out)
@@ -111,7 +119,7 @@ def _evaluate(run_dir: Path, options: EvalOptions, out) -> tuple[Path, list[str]
     return out, warnings
 
 
-def _run_systems(run, recipe, status, systems, paths, rows, shots, options, scorer) -> dict:
+def _run_systems(run, recipe, status, systems, paths, rows, shots, options, scorer, matched) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run.adapter)
@@ -122,6 +130,9 @@ def _run_systems(run, recipe, status, systems, paths, rows, shots, options, scor
     results, peft_model = {}, None
     for name in systems:
         kind = name.split(":", 1)[0]
+        if kind == "recorded":
+            results[name] = _score_recorded(matched[name].answers, rows, scorer)
+            continue
         t0 = time.perf_counter()
         if kind in ("base", "fewshot", "adapter"):
             peft_model = peft_model or _peft_model(run, recipe, status)
@@ -165,6 +176,25 @@ def _score_system(system, encoded, rows, tokenizer, stop, eot, options, scorer) 
             "prompt_tokens_per_request": round(sum(r["prompt_tokens"] for r in per_row) / len(per_row), 2),
             "generated_tokens_per_s": round(gen_tokens / gen_seconds, 2) if gen_seconds else None,
             "process_peak_rss_bytes": peak_rss_bytes()}
+
+
+def _score_recorded(answers: list[str], rows, scorer) -> dict:
+    """Scored as a generated answer is (stripped, the same metrics); nothing a recorded answer lacks is made up:
+    no logits, so no loss or perplexity; its prompts were never tokenized here (and the old model's tokenizer is
+    not ours), so no prompt tokens; no timing."""
+    per_row = []
+    for text, row in zip(answers, rows):
+        text = text.strip()
+        scores = score(text, row.reference)
+        if scorer is not None:
+            scores["custom"] = _custom(scorer, text, row)
+        per_row.append({"prediction": text, "scores": scores, "prompt_tokens": None, "generated_tokens": None,
+                        "loss": None})
+    metrics = [*METRICS, *(["custom"] if scorer is not None else [])]
+    return {"rows": per_row, "loss": None, "perplexity": None,
+            **{m: round(sum(r["scores"][m] for r in per_row) / len(per_row), 6) for m in metrics},
+            "prompt_tokens_per_request": None, "generated_tokens_per_s": None, "load_seconds": None,
+            "not_available": ["loss", "perplexity", "prompt_tokens_per_request", "generated_tokens_per_s"]}
 
 
 def _custom(scorer, text: str, row) -> float:

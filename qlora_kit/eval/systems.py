@@ -4,6 +4,7 @@
 - fewshot: the same model with k training examples in the prompt (the prompt-engineering alternative).
 - adapter: base + the LoRA adapter (peft on the same 4-bit model: one load serves these three).
 - merged: RUN_DIR/merged in plain transformers. gguf:TYPE: RUN_DIR/gguf/NAME-TYPE.gguf through llama-cpp-python.
+- recorded:FILE: answers recorded from another model (the hosted one being retired); nothing runs (eval/recorded.py).
 Everything takes and returns token ids of the run's tokenizer (the GGUF export verified llama.cpp's to be equal).
 """
 
@@ -12,12 +13,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from qlora_kit.errors import UsageError
 
-KINDS = ("base", "fewshot", "adapter", "merged", "gguf")
+if TYPE_CHECKING:
+    import numpy as np
+
+KINDS = ("base", "fewshot", "adapter", "merged", "gguf", "recorded")
+WITH_ARGUMENT = ("gguf", "recorded")  # kind:ARGUMENT; the others are bare names
 
 
 @dataclass
@@ -82,6 +86,8 @@ class GGUFSystem:
         return Answer(ids, time.perf_counter() - t0)
 
     def nll(self, prompt: list[int], answer: list[int]) -> float:
+        import numpy as np
+
         from qlora_kit.native.loader import captured_native_output
 
         with captured_native_output():
@@ -109,15 +115,17 @@ def _until_stop(ids: list[int], stop: set[int]) -> list[int]:
     return ids
 
 
-def parse_systems(spec: str | list[str]) -> list[str]:
+def parse_systems(spec: str | list[str], field: str = "--systems") -> list[str]:
+    """Names as given (duplicates dropped); only the names are checked here, not what they point at. `recorded:FILE`
+    keeps the path as typed: the report names the system that way. Validate imports this (no numpy, no torch)."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     for name in names:
-        kind = name.split(":", 1)[0]
-        if kind not in KINDS or (kind == "gguf") != (":" in name):
-            raise UsageError(f"--systems: unknown system {name!r}; choose from base, fewshot, adapter, merged, "
-                             "gguf:TYPE (e.g. gguf:q4_k_m)")
+        kind, sep, arg = name.partition(":")
+        if kind not in KINDS or (kind in WITH_ARGUMENT) != bool(sep) or (sep and not arg.strip()):
+            raise UsageError(f"{field}: unknown system {name!r}; choose from base, fewshot, adapter, merged, "
+                             "gguf:TYPE (e.g. gguf:q4_k_m), recorded:FILE (an old model's answers, .jsonl)")
     if not names:
-        raise UsageError("--systems: name at least one system, e.g. --systems base,fewshot,adapter")
+        raise UsageError(f"{field}: name at least one system, e.g. --systems base,fewshot,adapter")
     return list(dict.fromkeys(names))
 
 
@@ -137,3 +145,22 @@ def merged_dir(run_dir: Path) -> Path:
     if not (path / "config.json").is_file():
         raise UsageError(f"--systems merged: {path} does not exist; make it with: qlora-kit merge {run_dir}")
     return path
+
+
+def system_problems(names: list[str], field: str = "eval.systems") -> list[str]:
+    """What `validate` can tell about eval.systems before the run exists, one line each: unknown names, and
+    recorded:FILE files that are missing or malformed (read now: a bad line fails in a second, not after training)."""
+    from qlora_kit.errors import QKError
+    from qlora_kit.eval.recorded import load_recorded
+
+    try:
+        names = parse_systems(names, field)
+    except UsageError as exc:
+        return [str(exc)]
+    problems = []
+    for name in (n for n in names if n.startswith("recorded:")):
+        try:
+            load_recorded(name.split(":", 1)[1], field)
+        except QKError as exc:
+            problems.append(str(exc) if str(exc).startswith(field) else f"{field} {name}: {exc}")
+    return problems

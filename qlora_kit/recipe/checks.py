@@ -21,7 +21,8 @@ def check_paths(recipe: Recipe, source: str) -> None:
 
 
 def reference_problems(raw: dict, skip: frozenset[str] = frozenset()) -> list[str]:
-    """What is wrong with the names a recipe gives (model, data files, chat template, output dir), one line each.
+    """What is wrong with the names a recipe gives (model, data files, chat template, eval systems, output dir), one
+    line each.
 
     `raw` may be a recipe the schema refused: `load_recipe` adds these lines to the schema's, so one pass shows
     every problem. Fields in `skip` (the schema already refused them) and values that are not strings are left out.
@@ -49,6 +50,11 @@ def reference_problems(raw: dict, skip: frozenset[str] = frozenset()) -> list[st
     if template is not None and template != "auto" and template not in CHAT_TEMPLATES:
         problems.append(f"data.chat_template: {template!r} is not a built-in template; choose auto (the tokenizer's) "
                         f"or one of: {', '.join(CHAT_TEMPLATES)}{did_you_mean(template, CHAT_TEMPLATES)}")
+    systems = raw.get("eval", {}).get("systems") if isinstance(raw.get("eval"), dict) else None
+    if isinstance(systems, list) and all(isinstance(s, str) for s in systems) and "eval.systems" not in skip:
+        from qlora_kit.eval.systems import system_problems
+
+        problems += system_problems(systems)
     out_dir = value("output.dir")
     out_problem = _writable_dir_problem(Path(out_dir)) if out_dir is not None else None
     if out_problem:

@@ -174,8 +174,9 @@ class EvalSection(Section):
     """`qlora-kit eval` after training (its command-line flags are the same fields)."""
 
     enabled: bool = Field(False, description="Run `qlora-kit eval` when training (and merge/export) end.")
-    systems: list[str] | None = Field(None, description="base, fewshot, adapter, merged, gguf:TYPE (default: base, "
-                                      "fewshot, adapter, and merged and every GGUF the run has).")
+    systems: list[str] | None = Field(None, description="base, fewshot, adapter, merged, gguf:TYPE, recorded:FILE "
+                                      "(an old model's recorded answers, JSONL) (default: base, fewshot, adapter, "
+                                      "and merged and every GGUF the run has).")
     samples: int | None = Field(None, gt=0, description="Evaluate at most this many held-out rows (default: all).")
     data: str | None = Field(None, description="Held-out rows from this file instead of the run's eval split.")
     max_new_tokens: int = Field(64, gt=0, description="Longest generated answer in tokens.")
