@@ -189,11 +189,40 @@ def test_fsdp_configuration_wraps_decoder_layers_and_stores_4bit_weights_in_the_
                                    "cpu_ram_efficient_loading": False, "activation_checkpointing": True}
 
 
+def test_own_rows_describe_how_accelerate_completes_an_epochs_last_round():
+    """qlora_kit.distributed.lastbatch masks labels[own_rows:] of each rank's last batch of an epoch. That relies on
+    accelerate's BatchSamplerShard (even_batches, the Trainer's default): every batch full, each row of the epoch
+    handed out once in round order, the repeats after them, and only in the last batch of each rank."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    from qlora_kit.distributed.lastbatch import own_rows
+
+    for rows in range(1, 27):
+        for batch_size in (1, 3, 4):
+            for world in (2, 3):
+                batches = BatchSampler(SequentialSampler(range(rows)), batch_size, drop_last=False)
+                shards = [list(BatchSamplerShard(batches, world, rank)) for rank in range(world)]
+                rounds = [[shard[k] for shard in shards] for k in range(len(shards[0]))]
+                assert {len(s) for s in shards} == {len(rounds)}
+                handed_out = [i for r in rounds for batch in r for i in batch]
+                assert handed_out[:rows] == list(range(rows))  # each row once; everything after repeats one
+                for rank, shard in enumerate(shards):
+                    for k, batch in enumerate(shard):
+                        start = (k * world + rank) * batch_size  # where this batch sits in handed_out
+                        own = sum(start + i < rows for i in range(batch_size))
+                        assert len(batch) == batch_size
+                        last = k == len(shard) - 1
+                        assert own == (own_rows(rows, batch_size, world, rank) if last else batch_size)
+
+
 # --- real multi-process runs (CPU, gloo) ------------------------------------------------------------------------
 
-# The tiny demo's data (154 rows: 12 steps of 8 stay inside the first epoch, so no process pads a short last
-# batch); dropout 0: the 1-process and 2-process runs then differ only in how each global batch is split.
-DDP = {"model": {"backend": "hf"}, "lora": {"dropout": 0.0}, "data": {"path": "builtin:tiny-demo"},
+# 18 rows of the tiny demo's data: an epoch is 3 steps of 8 rows (8, 8, 2), so 12 steps cross 3 epoch boundaries.
+# On 2 processes of 4 rows the epoch's last round holds 2 rows: rank 0 gets them plus 2 repeats, rank 1 only
+# repeats (accelerate completes the round; qlora_kit.distributed.lastbatch keeps them out of the loss). Dropout 0:
+# the 1-process and 2-process runs then differ only in how each global batch is split.
+DDP = {"model": {"backend": "hf"}, "lora": {"dropout": 0.0}, "data": {"path": "builtin:tiny-demo", "max_rows": 18},
        "train": {"max_steps": 12, "lr": 3e-3, "logging_steps": 1, "save_steps": 1000, "device": "cpu"}}
 CONFIG_TERMS = ("weights_4bit", "weights_dense", "lora", "optimizer")
 
@@ -244,12 +273,13 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(ddp_runs
     one, two = step_losses(tmp / "runs" / "one"), step_losses(tmp / "runs" / "two")
     assert sorted(one) == sorted(two) == list(range(1, 13))
     # The same rows, model and optimizer: only the order of float additions differs (per-rank token sums, the
-    # gradient all-reduce, 1 vs 2 threads per matmul). Measured: max |diff| 4.8e-7 over 12 steps (fp32, losses
-    # 6.28 -> 4.66); 1e-5 leaves 20x room for float noise, and any real difference (a rank seeing the wrong rows,
-    # gradients averaged per rank rather than per token) moves a loss by 1e-2 or more.
+    # gradient all-reduce, 1 vs 2 threads per matmul). Measured: max |diff| 9.5e-7 over 12 steps, 4 epochs (fp32,
+    # losses 6.25 -> 4.95); 1e-5 leaves 10x room for float noise, and any real difference (a rank seeing the wrong
+    # rows, gradients averaged per rank rather than per token, the repeats that complete an epoch's last round
+    # trained: 1.9e-2 at step 3, 0.48 by step 12) moves a loss by 1e-2 or more.
     for step in one:
         assert two[step] == pytest.approx(one[step], abs=1e-5), step
-    assert two[12] < 0.8 * two[1]
+    assert two[11] < 0.8 * two[1]  # step 11: a full batch (step 12, 2 rows, is a noisier loss)
 
 
 @pytest.mark.slow

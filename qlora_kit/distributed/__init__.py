@@ -7,6 +7,7 @@
   rank's one-line error. Workers started by torchrun or `accelerate launch` directly run the same code without it.
 - `sync`: the collective pieces the training loop needs (a cancel every rank agrees on, barriers, per-rank memory).
 - `fsdp`: the Trainer arguments of FSDP-QLoRA (FSDP2 fully_shard, decoder-layer wrapping, sharded checkpoints).
+- `lastbatch`: an epoch's last, partial batch trains each row once (accelerate's repeats get no loss).
 
 Rank 0 alone writes the run directory, events, progress, adapter and metrics; each rank writes only its own RNG
 state into a checkpoint (resume needs every rank's dropout stream).

@@ -79,6 +79,10 @@ def build_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eva
     cls = SFTTrainer
     if recipe.model.backend == "hf" and rt.device == "cpu":
         cls = plain_loss_sft_trainer()
+    if rt.strategy != "none":
+        from qlora_kit.distributed.lastbatch import train_each_row_once
+
+        cls = train_each_row_once(cls)  # an epoch's last, partial batch trains its rows once, as on one process
     adapter_dtypes = trainable_dtypes(model)
     trainer = cls(
         model=model, processing_class=tokenizer, args=sft_config(recipe, rt, output_dir, bool(eval_rows), save, model),
