@@ -93,7 +93,9 @@ def test_streamed_reference_equals_a_whole_model_forward(tiny_model_dir, tmp_pat
     streamed = reference_logits(model, rows, device="cpu", block_bytes=64 * 256 * 4)
     for a, b in zip(whole, streamed):
         assert a.shape == b.shape
-        assert np.abs(a - b).max() <= 1e-5, np.abs(a - b).max()
+        # float32 noise, which grows with the logits' size (and differs between CPUs' matmul kernels: 1.1e-5 on an
+        # Intel Xeon with AVX-512 for Gemma 3's logits, under 1e-5 on AMD EPYC)
+        assert np.abs(a - b).max() <= 1e-6 * max(10.0, np.abs(a).max()), (np.abs(a - b).max(), np.abs(a).max())
 
 
 @pytest.mark.gpu
