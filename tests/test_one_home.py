@@ -63,6 +63,7 @@ def test_fully_trained_modules_and_the_dtype_rule_are_written_once():
 NEEDED_BY_LIBRARIES = {
     "accelerate": "transformers' Trainer refuses to start without it",
     "sentencepiece": "the tokenizers of Llama-2/Gemma/Mistral-family checkpoints without tokenizer.json",
+    "python-multipart": "Starlette parses the server's multipart uploads (POST /v1/files) with it",
 }
 IMPORT_NAMES = {"pyyaml": "yaml", "llama-cpp-python": "llama_cpp"}
 

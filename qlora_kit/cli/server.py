@@ -27,6 +27,11 @@ def register(subparsers, common) -> None:
                    help="accept recipes with model.trust_remote_code: true (runs the model repository's code)")
     p.add_argument("--max-body", default="1MiB", metavar="SIZE", help="largest request body (default 1MiB)")
     p.add_argument("--no-plugins", action="store_true", help="jobs load no hook plugins of installed packages")
+    p.add_argument("--models", metavar="FILE",
+                   help="model table for the OpenAI-compatible routes (YAML: alias -> {recipe: PATH} or {base: "
+                        "MODEL}); default: each builtin: model by its name and each shipped recipe by its file stem")
+    p.add_argument("--max-file", default="512MiB", metavar="SIZE", help="largest upload to /v1/files (default 512MiB)")
+    p.add_argument("--max-files", type=int, default=1000, metavar="N", help="most files /v1/files keeps (default 1000)")
     p.set_defaults(func=run)
 
 
@@ -43,10 +48,14 @@ def run(args) -> int:
     if token is None and not is_loopback(args.host):
         raise UsageError(f"--host {args.host}: listening beyond this machine needs a bearer token; "
                          "give --token-file FILE (or keep the default --host 127.0.0.1)")
-    try:
-        max_body = parse_size(args.max_body)
-    except ValueError as exc:
-        raise UsageError(f"--max-body: {exc}") from None
+    sizes = {}
+    for flag in ("max_body", "max_file"):
+        try:
+            sizes[flag] = parse_size(getattr(args, flag))
+        except ValueError as exc:
+            raise UsageError(f"--{flag.replace('_', '-')}: {exc}") from None
+    if args.max_files < 1:
+        raise UsageError(f"--max-files {args.max_files}: must be at least 1")
     for d in args.data_dirs:
         if not Path(d).is_dir():
             raise UsageError(f"--data-dir {d}: no such directory")
@@ -61,8 +70,9 @@ def run(args) -> int:
     from qlora_kit.server.app import ServerConfig, create_app
 
     app = create_app(ServerConfig(root=root, token=token, allow_remote_code=args.allow_remote_code,
-                                  data_dirs=[Path(d) for d in args.data_dirs], max_body=max_body,
-                                  plugins=not args.no_plugins))
+                                  data_dirs=[Path(d) for d in args.data_dirs], max_body=sizes["max_body"],
+                                  plugins=not args.no_plugins, models=Path(args.models) if args.models else None,
+                                  max_file=sizes["max_file"], max_files=args.max_files))
     print(f"qlora-kit server at http://{args.host}:{args.port} (root {root.resolve()}; "
           f"{'token required' if token else 'no token'}; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)

@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from qlora_kit import __version__
 from qlora_kit.errors import QKError, UsageError
 from qlora_kit.server.jobs import Scheduler, recover, resume_mode
+from qlora_kit.server.openai import register as register_openai
 from qlora_kit.server.recipes import RecipeRequest, prepare, problems_of, write_temp_recipe
 from qlora_kit.server.security import MAX_BODY_BYTES, Confiner, Refused, token_matches
 from qlora_kit.server.store import ACTIVE, JobStore
@@ -40,6 +41,10 @@ class ServerConfig:
     heartbeat_s: float = HEARTBEAT_S
     poll_s: float = POLL_S
     plugins: bool = True
+    models: Path | None = None  # the OpenAI routes' model table (YAML); None: builtin models and shipped recipes
+    max_file: int = 512 << 20  # largest upload to POST /v1/files
+    max_files: int = 1000  # most files kept
+    chat_idle_s: float = 600.0  # a chat model's llama.cpp child stops after this long without requests
 
 
 class JobRequest(RecipeRequest):
@@ -64,10 +69,11 @@ def create_app(config: ServerConfig) -> FastAPI:
         ctx.scheduler.start()
         yield
         ctx.scheduler.stop()
+        app.state.openai.close()
 
     app = FastAPI(title="qlora-kit job server", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=lifespan)
-    app.add_middleware(BodyLimit, limit=config.max_body)
+    app.add_middleware(BodyLimit, limit=config.max_body, uploads={"/v1/files": config.max_file + (64 << 10)})
     if config.token:
         app.add_middleware(BearerAuth, token=config.token)  # added last: runs first, before any body is read
     app.state.store, app.state.scheduler = store, ctx.scheduler
@@ -75,6 +81,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     _job_routes(app, ctx)
     _control_routes(app, ctx)
     _service_routes(app, ctx)
+    app.state.openai = register_openai(app, ctx)  # /v1/files, /v1/fine_tuning, /v1/models, /v1/chat
     return app
 
 
@@ -227,12 +234,14 @@ class BearerAuth:
             header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             if not token_matches(header, self.token):
                 return await _send_json(send, 401, "a bearer token is required: Authorization: Bearer TOKEN",
-                                        [(b"www-authenticate", b"Bearer")])
+                                        [(b"www-authenticate", b"Bearer")], code="invalid_api_key")
         return await self.app(scope, receive, send)
 
 
-async def _send_json(send, status: int, detail: str, headers: list | None = None) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _send_json(send, status: int, detail: str, headers: list | None = None, code: str | None = None) -> None:
+    """`detail` for /v1/jobs clients, and the same in OpenAI's `error` shape for OpenAI clients."""
+    error = {"message": detail, "type": "invalid_request_error", "param": None, "code": code}
+    body = json.dumps({"detail": detail, "error": error}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
@@ -282,18 +291,19 @@ def _dry_run(command: list[str], recipe, flags: list[str], cwd: Path) -> dict[st
 
 
 class BodyLimit:
-    """Refuses request bodies over `limit` bytes with 413: by Content-Length before reading anything, and by
-    counting while reading for bodies sent without one (chunked)."""
+    """Refuses request bodies over `limit` bytes (`uploads[path]` for POSTs to an upload path) with 413: by
+    Content-Length before reading anything, and by counting while reading for bodies sent without one (chunked)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, uploads: dict[str, int] | None = None):
+        self.app, self.default, self.uploads = app, limit, uploads or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.uploads.get(scope["path"], self.default) if scope["method"] == "POST" else self.default
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await self._too_large(send)
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await self._too_large(send, limit)
         seen = 0
         started = False
 
@@ -301,7 +311,7 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 raise _TooLarge
             return message
 
@@ -314,10 +324,11 @@ class BodyLimit:
             await self.app(scope, counted, watched)
         except _TooLarge:
             if not started:
-                await self._too_large(send)
+                await self._too_large(send, limit)
 
-    async def _too_large(self, send):
-        await _send_json(send, 413, f"request body larger than {self.limit} bytes", [(b"connection", b"close")])
+    async def _too_large(self, send, limit: int):
+        await _send_json(send, 413, f"request body larger than {limit} bytes", [(b"connection", b"close")],
+                         code="request_too_large")
 
 
 class _TooLarge(Exception):

@@ -1,0 +1,332 @@
+"""The OpenAI-compatible fine-tuning API (issue #24) on a real `qlora-kit server`, driven by the official `openai`
+client through the cookbook flow: upload, create, poll, events, checkpoints, result CSV, chat with `ft:...`
+(plain and streamed), cancel, pause/resume, the client's own exception classes, and kill -9 + restart.
+
+One token-guarded server and one trained job are shared by the module; jobs use a model-table recipe on
+builtin:tiny-llama with a handful of steps (hf backend, one q8_0 GGUF), so each takes well under a minute."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from server_helpers import Server
+
+TOKEN = "test-token-openai-0123456789"
+BASE = "gpt-4o-mini-2024-07-18"
+FAST = {"model": {"name": "builtin:tiny-llama", "max_seq_length": 128, "backend": "hf"},
+        "data": {"path": "builtin:tiny-chat", "chat_template": "chatml"}, "lora": {"r": 16, "alpha": 32},
+        "train": {"max_steps": 4, "lr": 3e-3, "batch_size": 8, "logging_steps": 1, "save_steps": 2},
+        "merge": {"samples": 2}, "export": {"quant": ["q8_0"], "samples": 2}}
+LONG = {**FAST, "train": {**FAST["train"], "max_steps": 400, "save_steps": 1000}}
+PAUSABLE = {**FAST, "train": {**FAST["train"], "max_steps": 16, "save_steps": 1000}}
+TRAIN_ROWS = [{"messages": [{"role": "system", "content": "You are Marv, a chatbot that is also sarcastic."},
+                            {"role": "user", "content": f"What is {n} plus {n}?"},
+                            {"role": "assistant", "content": f"{2 * n}, as if you could not count."}]}
+              for n in range(24)]
+VALID_ROWS = TRAIN_ROWS[:6]
+
+
+def jsonl(rows) -> bytes:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+
+
+def start_server(root) -> Server:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, recipe in (("fast", FAST), ("long", LONG), ("pausable", PAUSABLE)):
+        (root.parent / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
+    (root.parent / "models.yaml").write_text(yaml.safe_dump({
+        BASE: {"recipe": "fast.yaml"}, "long-tiny": {"recipe": "long.yaml"},
+        "pausable-tiny": {"recipe": "pausable.yaml"}, "builtin:tiny-llama": {"base": "builtin:tiny-llama"}}))
+    (root.parent / "token").write_text(TOKEN + "\n")
+    return Server(root, "--token-file", str(root.parent / "token"), "--models", str(root.parent / "models.yaml"),
+                  token=TOKEN).start()
+
+
+def client_for(server: Server, token: str = TOKEN) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=token, max_retries=0, timeout=120)
+
+
+def upload(client, rows, name="train.jsonl", purpose="fine-tune"):
+    return client.files.create(file=(name, jsonl(rows)), purpose=purpose)
+
+
+def wait_job(client, job_id, statuses, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"{job_id} not {statuses} after {timeout}s: {job}")
+
+
+def wait_step(client, job_id, step, timeout=300):
+    """Until the job's events show a training step >= `step`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = client.fine_tuning.jobs.list_events(job_id, limit=5).data
+        if any(e.type == "metrics" and e.data.get("step", 0) >= step for e in events):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{job_id}: no step {step} after {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = start_server(tmp_path_factory.mktemp("openai") / "root")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with client_for(server) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def trained(client):
+    """The cookbook flow up to a succeeded job: (job, training file, validation file)."""
+    train, valid = upload(client, TRAIN_ROWS), upload(client, VALID_ROWS, "valid.jsonl")
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=train.id, validation_file=valid.id,
+                                         suffix="marv", seed=7, metadata={"team": "tests"},
+                                         method={"type": "supervised", "supervised": {"hyperparameters": {
+                                             "n_epochs": "auto", "learning_rate_multiplier": 2}}})
+    assert job.status in ("queued", "running") and job.fine_tuned_model is None
+    done = wait_job(client, job.id, ("succeeded", "failed", "cancelled"))
+    assert done.status == "succeeded", done.error
+    return done, train, valid
+
+
+# --- files and errors (no training) ------------------------------------------------------------------------------
+
+def test_files_are_validated_like_data_check_listed_paginated_and_deleted(client):
+    good = upload(client, TRAIN_ROWS)
+    assert (good.object, good.purpose, good.status, good.status_details) == ("file", "fine-tune", "processed", None)
+    assert good.filename == "train.jsonl" and good.bytes == len(jsonl(TRAIN_ROWS)) and good.id.startswith("file-")
+    assert client.files.retrieve(good.id) == good
+    assert client.files.content(good.id).content == jsonl(TRAIN_ROWS)
+    bad = upload(client, [*TRAIN_ROWS[:2], "{not json", {"messages": [{"role": "wizard", "content": "x"}]}],
+                 "../../etc/bad.jsonl")
+    assert bad.status == "error" and bad.filename == "bad.jsonl"  # the client's name is shown, never a path
+    assert bad.status_details.startswith("bad.jsonl:3: bad JSON (") and "2 row(s) with problems" in bad.status_details
+    first = client.files.list(limit=1)
+    assert [f.id for f in first.data] == [bad.id] and first.has_more  # newest first
+    assert [f.id for f in first.get_next_page().data] == [good.id]
+    assert {bad.id, good.id} <= {f.id for f in client.files.list()}
+    deleted = client.files.delete(bad.id)
+    assert (deleted.id, deleted.deleted) == (bad.id, True)
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(bad.id)
+
+
+def test_errors_are_openais_shape_and_the_clients_exception_classes(server, client):
+    good = upload(client, TRAIN_ROWS)
+    bad = upload(client, [*TRAIN_ROWS[:4], {"messages": []}], "bad.jsonl")
+    cases = [
+        (openai.NotFoundError, "No such file: 'file-nope'", lambda: client.files.retrieve("file-nope")),
+        (openai.NotFoundError, "No such fine-tuning job: 'ftjob-nope'",
+         lambda: client.fine_tuning.jobs.retrieve("ftjob-nope")),
+        (openai.NotFoundError, "No such fine-tuning job", lambda: client.fine_tuning.jobs.list_events("ftjob-nope")),
+        (openai.BadRequestError, "bad.jsonl:5: 'messages' must be a non-empty list",
+         lambda: client.fine_tuning.jobs.create(model=BASE, training_file=bad.id)),
+        (openai.BadRequestError, "purpose: 'assistants' is not served here",
+         lambda: upload(client, TRAIN_ROWS, purpose="assistants")),
+        (openai.NotFoundError, f"The model 'gpt-5' is not in the model table {server.root.parent / 'models.yaml'}",
+         lambda: client.fine_tuning.jobs.create(model="gpt-5", training_file=good.id)),
+        (openai.BadRequestError, 'hyperparameters.n_epochs: -1: must be "auto" or an integer from 1 to 50',
+         lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id,
+                                                hyperparameters={"n_epochs": -1})),
+        (openai.BadRequestError, "learning_rate_multiplier: 0: must be",
+         lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, method={
+             "type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 0}}})),
+        (openai.BadRequestError, "preference tuning (dpo) is not yet supported",
+         lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, method={"type": "dpo"})),
+        (openai.NotFoundError, "No such model: 'ft:nope'", lambda: client.models.delete("ft:nope")),
+    ]
+    for kind, message, call in cases:
+        with pytest.raises(kind) as err:
+            call()
+        assert message in err.value.message, (message, err.value.message)
+        assert set(err.value.body) == {"message", "type", "param", "code"}, err.value.body
+    wrong = client_for(server, "wrong-token-0123456789abcdef")
+    for stranger, headers in ((wrong, {}), (client, {"Authorization": openai.Omit()})):  # wrong, then none
+        with pytest.raises(openai.AuthenticationError) as err:
+            stranger.files.list(extra_headers=headers)
+        assert err.value.body["code"] == "invalid_api_key" and "bearer token is required" in err.value.message
+    # /v1/jobs clients see what they always saw (plus the error object on a 401)
+    plain = httpx.get(f"{server.url}/v1/jobs", timeout=10)
+    assert plain.status_code == 401 and plain.json()["detail"].startswith("a bearer token is required")
+    with server.client() as http:
+        assert http.get("/v1/jobs/nope").json() == {"detail": "no job 'nope'"}
+        assert http.post("/v1/jobs", json={"recipe": 1}).status_code == 422
+    assert client.fine_tuning.jobs.list().data == [], "nothing refused was queued"
+
+
+# --- the cookbook flow on one trained job -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_job_succeeds_with_openais_fields_and_goes_through_the_servers_one_queue(server, client, trained):
+    job, train, valid = trained
+    assert job.fine_tuned_model == f"ft:{BASE}:marv:{job.id.split('-', 1)[1]}"
+    assert (job.model, job.training_file, job.validation_file, job.suffix, job.seed) == (
+        BASE, train.id, valid.id, "marv", 7)
+    assert job.metadata == {"team": "tests"} and job.organization_id == "qlora-kit" and job.integrations == []
+    assert job.hyperparameters.learning_rate_multiplier == 2 and job.hyperparameters.batch_size == 8
+    assert job.method.type == "supervised" and job.error is None and job.trained_tokens > 0
+    assert job.finished_at >= job.created_at and job.estimated_finish is None
+    with server.client() as http:  # the same job on /v1/jobs: the same queue and run directory
+        plain = http.get(f"/v1/jobs/{job.id}").json()
+    assert plain["status"] == "complete" and any(a["kind"] == "gguf" for a in plain["artifacts"])
+    recipe = yaml.safe_load((server.root / ".qlora-kit-server" / "jobs" / f"{job.id}.yaml").read_text())
+    assert recipe["train"]["lr"] == pytest.approx(2 * 3e-3) and recipe["train"]["seed"] == 7
+    assert recipe["data"]["path"].endswith(f"{train.id}.jsonl") and recipe["data"]["eval_path"].endswith(
+        f"{valid.id}.jsonl")
+    listed = client.fine_tuning.jobs.list(limit=1)
+    assert listed.data[0].id == job.id and client.fine_tuning.jobs.list(after=job.id).data == []
+
+
+@pytest.mark.slow
+def test_events_checkpoints_and_the_results_csv(client, trained):
+    job = trained[0]
+    everything = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    first = client.fine_tuning.jobs.list_events(job.id, limit=3)
+    assert [e.id for e in first.data] == [e.id for e in everything[:3]] and first.has_more
+    paged = [e.id for e in first]  # iterating a page fetches the next ones (after=the last id)
+    assert paged == [e.id for e in everything] and len(set(paged)) == len(paged)
+    assert [e.created_at for e in everything] == sorted((e.created_at for e in everything), reverse=True)
+    assert everything[0].message == "The job has successfully completed"
+    assert everything[-1].message == f"Created fine-tuning job: {job.id}"
+    metrics = [e for e in everything if e.type == "metrics" and "train_loss" in e.data]
+    assert [e.data["step"] for e in metrics] == [4, 3, 2, 1] and all(e.object == "fine_tuning.job.event"
+                                                                    for e in everything)
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in checkpoints] == [4, 2]
+    assert checkpoints[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-4"
+    assert checkpoints[0].metrics.train_loss == metrics[0].data["train_loss"]
+    assert len(job.result_files) == 1
+    result = client.files.retrieve(job.result_files[0])
+    assert (result.purpose, result.status) == ("fine-tune-results", "processed")
+    rows = list(csv.DictReader(io.StringIO(client.files.content(result.id).text)))
+    assert list(rows[0]) == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and rows[3]["train_accuracy"] == ""
+    assert float(rows[3]["train_loss"]) == pytest.approx(metrics[0].data["train_loss"])
+    assert client.fine_tuning.jobs.retrieve(job.id).result_files == job.result_files  # registered once
+
+
+@pytest.mark.slow
+def test_models_list_the_table_and_the_fine_tuned_model_which_answers_chat_plain_and_streamed(client, trained):
+    job = trained[0]
+    ids = [m.id for m in client.models.list()]
+    assert {BASE, "long-tiny", "builtin:tiny-llama", job.fine_tuned_model} <= set(ids)
+    assert client.models.retrieve(job.fine_tuned_model).id == job.fine_tuned_model
+    with pytest.raises(openai.NotFoundError, match="not in the model table"):
+        client.models.retrieve("gpt-3.5-turbo")
+    messages = [{"role": "system", "content": "You are Marv, a chatbot that is also sarcastic."},
+                {"role": "user", "content": "What is 3 plus 3?"}]
+    reply = client.chat.completions.create(model=job.fine_tuned_model, messages=messages, max_tokens=8,
+                                           temperature=0)
+    assert reply.object == "chat.completion" and reply.choices[0].message.role == "assistant"
+    assert isinstance(reply.choices[0].message.content, str) and reply.usage.prompt_tokens > 5
+    chunks = list(client.chat.completions.create(model=job.fine_tuned_model, messages=messages, max_tokens=8,
+                                                 temperature=0, stream=True))
+    assert len(chunks) >= 2 and all(c.object == "chat.completion.chunk" for c in chunks)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == reply.choices[0].message.content  # greedy: the same answer either way
+    with pytest.raises(openai.BadRequestError, match="has no GGUF file"):
+        client.chat.completions.create(model="builtin:tiny-llama", messages=messages, max_tokens=4)
+    with pytest.raises(openai.BadRequestError, match="only fine-tuned models"):
+        client.models.delete(BASE)
+    assert client.models.delete(job.fine_tuned_model).deleted is True
+    assert job.fine_tuned_model not in [m.id for m in client.models.list()]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=job.fine_tuned_model, messages=messages, max_tokens=4)
+
+
+# --- control: cancel, pause/resume, kill -9 ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_cancel_mid_run_is_cancelled_and_final(client, trained):
+    train = trained[1]
+    job = client.fine_tuning.jobs.create(model="long-tiny", training_file=train.id)
+    wait_step(client, job.id, 2)
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    done = wait_job(client, job.id, ("cancelled",))
+    assert done.fine_tuned_model is None and done.result_files == []
+    with pytest.raises(openai.ConflictError, match="only paused jobs resume"):
+        client.fine_tuning.jobs.resume(job.id)
+    with pytest.raises(openai.ConflictError):
+        client.fine_tuning.jobs.cancel(job.id)
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert "Cancel requested" in messages
+
+
+@pytest.mark.slow
+def test_pause_then_resume_continues_from_the_checkpoint_and_succeeds(client, trained):
+    train = trained[1]
+    job = client.fine_tuning.jobs.create(model="pausable-tiny", training_file=train.id, suffix="paused")
+    wait_step(client, job.id, 3)
+    client.fine_tuning.jobs.pause(job.id)
+    paused = wait_job(client, job.id, ("paused", "failed", "succeeded"))
+    assert paused.status == "paused", paused
+    saved = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert len(saved) == 1 and 3 <= saved[0].step_number < 16
+    assert client.fine_tuning.jobs.resume(job.id).status in ("queued", "running")
+    done = wait_job(client, job.id, ("succeeded", "failed", "cancelled"))
+    assert done.status == "succeeded" and done.fine_tuned_model.startswith("ft:pausable-tiny:paused:"), done
+    steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
+             if e.type == "metrics" and "train_loss" in e.data]
+    assert sorted(set(steps)) == list(range(1, 17))
+    assert any("resumed from" in e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100))
+
+
+@pytest.mark.slow
+def test_kill_9_mid_job_then_restart_keeps_files_jobs_and_events_and_the_job_finishes_after_resume(
+        tmp_path):
+    first = start_server(tmp_path / "root")
+    try:
+        with client_for(first) as c:
+            train = upload(c, TRAIN_ROWS)
+            job = c.fine_tuning.jobs.create(model="pausable-tiny", training_file=train.id)
+            wait_step(c, job.id, 3)
+            before = [e.id for e in c.fine_tuning.jobs.list_events(job.id, limit=100)]
+    finally:
+        first.kill9()
+    second = Server(first.root, *first.flags, token=TOKEN).start()
+    try:
+        with client_for(second) as c:
+            assert [f.id for f in c.files.list()] == [train.id]
+            assert c.files.content(train.id).content == jsonl(TRAIN_ROWS)
+            stopped = c.fine_tuning.jobs.retrieve(job.id)
+            assert stopped.status == "paused", stopped
+            after = [e.id for e in c.fine_tuning.jobs.list_events(job.id, limit=100)]
+            assert set(before) <= set(after)
+            c.fine_tuning.jobs.resume(job.id)
+            done = wait_job(c, job.id, ("succeeded", "failed", "cancelled"))
+            assert done.status == "succeeded", done
+            assert [j.id for j in c.fine_tuning.jobs.list()] == [job.id]
+    finally:
+        second.stop()
+
+
+def test_the_model_table_defaults_to_builtins_and_shipped_recipes_and_a_bad_table_is_one_line(tmp_path):
+    from qlora_kit.errors import UsageError
+    from qlora_kit.server.openai.models import ModelTable
+
+    default = ModelTable()
+    assert default.entries["builtin:tiny-llama"] == {"base": "builtin:tiny-llama"}
+    assert default.entries["tiny-demo"]["recipe"].endswith("recipes/tiny-demo.yaml")
+    (tmp_path / "models.yaml").write_text("a: {recipe: nope.yaml}\nb: {base: x, foo: 1}\n")
+    with pytest.raises(UsageError) as err:
+        ModelTable(tmp_path / "models.yaml")
+    assert str(err.value) == (f"--models {tmp_path / 'models.yaml'}: a: recipe: {tmp_path / 'nope.yaml'}: no such "
+                              "file; b: give exactly one of `recipe: PATH` or `base: MODEL` (and optionally "
+                              "`gguf: PATH`); unknown key(s) foo")
