@@ -44,7 +44,8 @@ def start_server(root) -> Server:
         (root.parent / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
     (root.parent / "models.yaml").write_text(yaml.safe_dump({
         BASE: {"recipe": "fast.yaml"}, "long-tiny": {"recipe": "long.yaml"},
-        "pausable-tiny": {"recipe": "pausable.yaml"}, "builtin:tiny-llama": {"base": "builtin:tiny-llama"}}))
+        "pausable-tiny": {"recipe": "pausable.yaml"}, "builtin:tiny-llama": {"base": "builtin:tiny-llama"},
+        "not-cached": {"base": "qlora-kit-tests/no-such-model"}}))
     (root.parent / "token").write_text(TOKEN + "\n")
     return Server(root, "--token-file", str(root.parent / "token"), "--models", str(root.parent / "models.yaml"),
                   token=TOKEN).start()
@@ -223,7 +224,8 @@ def test_events_checkpoints_and_the_results_csv(client, trained):
 
 
 @pytest.mark.slow
-def test_models_list_the_table_and_the_fine_tuned_model_which_answers_chat_plain_and_streamed(client, trained):
+def test_models_list_the_table_and_the_fine_tuned_model_which_answers_chat_plain_and_streamed(server, client,
+                                                                                              trained):
     job = trained[0]
     ids = [m.id for m in client.models.list()]
     assert {BASE, "long-tiny", "builtin:tiny-llama", job.fine_tuned_model} <= set(ids)
@@ -241,8 +243,14 @@ def test_models_list_the_table_and_the_fine_tuned_model_which_answers_chat_plain
     assert len(chunks) >= 2 and all(c.object == "chat.completion.chunk" for c in chunks)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == reply.choices[0].message.content  # greedy: the same answer either way
-    with pytest.raises(openai.BadRequestError, match="has no GGUF file"):
-        client.chat.completions.create(model="builtin:tiny-llama", messages=messages, max_tokens=4)
+    # A base answers too: exported once (Q8_0, in a child) into the server's root and reused.
+    base = client.chat.completions.create(model="builtin:tiny-llama", messages=messages, max_tokens=4,
+                                          temperature=0)
+    assert base.choices[0].message.role == "assistant" and base.usage.prompt_tokens > 5
+    made = list((server.root / ".qlora-kit-server" / "bases").glob("*/*.gguf"))
+    assert len(made) == 1 and made[0].name.endswith("-q8_0.gguf")
+    with pytest.raises(openai.BadRequestError, match="not in the local Hugging Face cache"):
+        client.chat.completions.create(model="not-cached", messages=messages, max_tokens=4)
     with pytest.raises(openai.BadRequestError, match="only fine-tuned models"):
         client.models.delete(BASE)
     assert client.models.delete(job.fine_tuned_model).deleted is True

@@ -343,8 +343,9 @@ def test_evaluating_during_training_does_not_change_training(tmp_path, backend):
 
 
 def test_api_export_returns_typed_artifacts_of_real_files(demo_run, tmp_path):
-    """qk.export on the demo run (plain transformers in this process): the GGUF verified through llama.cpp, its
-    size and sha256 in the result, and the export's events appended to the run's log without a gap."""
+    """qk.export on the demo run (in a child of this process: llama.cpp runs there): the GGUF verified through
+    llama.cpp, its size and sha256 in the result, and the export's events appended to the run's log without a gap,
+    ending it again with run_end (a stage run later on a finished run keeps run_end last)."""
     import qlora_kit as qk
 
     run_dir, _ = demo_run
@@ -356,7 +357,8 @@ def test_api_export_returns_typed_artifacts_of_real_files(demo_run, tmp_path):
     assert gguf[0].bytes == len(data) and gguf[0].sha256 == hashlib.sha256(data).hexdigest()
     assert result.metrics["exports"]["f32"]["verification"]["passed"] is True
     events = assert_seq_without_gaps(run_dir)
-    assert events[-1]["event"] == "artifact" and events[-1]["kind"] == "export_report"
+    assert events[-2]["event"] == "artifact" and events[-2]["kind"] == "export_report"
+    assert events[-1]["event"] == "run_end" and events[-1]["status"] == "complete"
 
 
 def test_demo_ends_with_an_eval_verdict_that_the_interval_supports(demo_run):

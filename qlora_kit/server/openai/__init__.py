@@ -77,11 +77,15 @@ class OpenAIAPI:
                                   "model_not_servable")
             return Path(record.run_dir) / ggufs[0]
         entry = self.table.resolve(name)
-        if "gguf" not in entry:
-            raise OpenAIError(400, f"{name!r} has no GGUF file to answer from: chat with a fine-tuned model "
-                                   f"(ft:...), or give the entry `gguf: PATH` in {self.table.source}", "model",
+        if "gguf" in entry:
+            return Path(entry["gguf"])
+        from qlora_kit.server.openai.bases import base_gguf
+
+        model = entry.get("base") or (self.table.base_recipe(name).get("model") or {}).get("name")
+        if not isinstance(model, str):
+            raise OpenAIError(400, f"{name!r}: its recipe names no model.name to answer from", "model",
                               "model_not_servable")
-        return Path(entry["gguf"])
+        return base_gguf(self.ctx.config.root, name, model)
 
     def close(self) -> None:
         self.chat.close()
