@@ -8,8 +8,13 @@ builtin:tiny-llama with a handful of steps (hf backend, one q8_0 GGUF), so each 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 
 import httpx
@@ -17,11 +22,13 @@ import openai
 import pytest
 import yaml
 
+from conftest import ROOT
 from server_helpers import Server
 
 TOKEN = "test-token-openai-0123456789"
 BASE = "gpt-4o-mini-2024-07-18"
-FAST = {"model": {"name": "builtin:tiny-llama", "max_seq_length": 128, "backend": "hf"},
+# max_seq_length 512: the cookbook example's recipe rows are ~240 tokens with the tiny byte-level tokenizer
+FAST = {"model": {"name": "builtin:tiny-llama", "max_seq_length": 512, "backend": "hf"},
         "data": {"path": "builtin:tiny-chat", "chat_template": "chatml"}, "lora": {"r": 16, "alpha": 32},
         "train": {"max_steps": 4, "lr": 3e-3, "batch_size": 8, "logging_steps": 1, "save_steps": 2},
         "merge": {"samples": 2}, "export": {"quant": ["q8_0"], "samples": 2}}
@@ -151,6 +158,14 @@ def test_errors_are_openais_shape_and_the_clients_exception_classes(server, clie
              "type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 0}}})),
         (openai.BadRequestError, "preference tuning (dpo) is not yet supported",
          lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, method={"type": "dpo"})),
+        (openai.BadRequestError, "reinforcement fine-tuning is not yet supported",
+         lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, method={"type": "reinforcement"})),
+        (openai.BadRequestError, "method.supervised: must be an object",
+         lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, method={
+             "type": "supervised", "supervised": "fast"})),
+        (openai.BadRequestError, "integrations: not supported",
+         lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, integrations=[
+             {"type": "wandb", "wandb": {"project": "p"}}])),
         (openai.NotFoundError, "No such model: 'ft:nope'", lambda: client.models.delete("ft:nope")),
     ]
     for kind, message, call in cases:
@@ -257,6 +272,31 @@ def test_models_list_the_table_and_the_fine_tuned_model_which_answers_chat_plain
     assert job.fine_tuned_model not in [m.id for m in client.models.list()]
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model=job.fine_tuned_model, messages=messages, max_tokens=4)
+
+
+@pytest.mark.slow
+def test_the_cookbook_example_runs_end_to_end_with_the_official_client(server, client, tmp_path):
+    """examples/openai_finetune.py as a user runs it, against this server (BASE: the FAST recipe, 4 steps)."""
+    path = ROOT / "examples" / "openai_finetune.py"
+    env = {**os.environ, "QLORA_KIT_PORT": str(server.port), "QLORA_KIT_TOKEN": TOKEN, "PYTHONIOENCODING": "utf-8"}
+    run = subprocess.run([sys.executable, str(path), "--poll", "0.5"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    model = re.search(r"^Fine-tuned model ID: (ft:\S+)$", out, re.M).group(1)
+    job = client.fine_tuning.jobs.retrieve("ftjob-" + model.rsplit(":", 1)[1])
+    assert (job.status, job.fine_tuned_model, job.suffix, job.model) == ("succeeded", model, "recipe-ner", BASE)
+    for line in ("Status: queued", "Status: succeeded", "[info] Step 4/4: training loss=",
+                 "[info] The job has successfully completed", "Checkpoint: step 4, train loss "):
+        assert line in out, line
+    assert (tmp_path / "tmp_recipe_finetune_results.csv").read_text().startswith("step,train_loss,")
+    spec = importlib.util.spec_from_file_location("openai_finetune", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    reply = client.chat.completions.create(model=model, messages=example.test_messages_for(example.test_row),
+                                           temperature=0, max_tokens=500)
+    answer = reply.choices[0].message.content
+    assert f"\nAnswer: {answer}\nStreamed: {answer}\n" in out  # greedy: the model's own answer, twice
 
 
 # --- control: cancel, pause/resume, kill -9 ----------------------------------------------------------------------

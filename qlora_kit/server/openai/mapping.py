@@ -13,7 +13,8 @@
                                           output.dir ROOT/runs, output.name the job id
 
 `hyperparameters` (legacy) and `method: {type: supervised, supervised: {hyperparameters: {...}}}` say the same;
-giving both is refused, as is `method.type: dpo` (preference tuning is not supported yet).
+giving both is refused, as are `method.type: dpo` and `reinforcement` (not supported yet) and `integrations`
+other than [] (nothing is sent anywhere). `metadata` is stored and shown on the job, not used.
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ def _hyperparameters(body: dict) -> dict:
             what = "preference tuning (dpo)" if method["type"] == "dpo" else "reinforcement fine-tuning"
             raise bad_request(f"method.type: {method['type']!r}: {what} is not yet supported by qlora-kit; use "
                               "method.type: supervised", "method.type", "unsupported_method")
-        inner = (method.get("supervised") or {}).get("hyperparameters")
+        supervised = method.get("supervised")
+        if supervised is not None and not isinstance(supervised, dict):
+            raise bad_request("method.supervised: must be an object", "method.supervised")
+        inner = (supervised or {}).get("hyperparameters")
         if inner is not None and legacy is not None:
             raise bad_request("give hyperparameters either at the top level (legacy) or in "
                               "method.supervised.hyperparameters, not both", "hyperparameters")
