@@ -46,7 +46,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-_STAGES = ("train", "merge", "export", "plan", "bench")  # API calls named like the stage subpackages
+_STAGES = ("train", "merge", "plan", "bench")  # API calls named like the stage subpackages
 
 
 class _StageCall:

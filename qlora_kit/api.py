@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, TYPE_CHECKING, Any, Iterable
 
 from qlora_kit.control import CancelToken
 from qlora_kit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, QKError
@@ -18,6 +18,9 @@ from qlora_kit.eventlog import EventLog
 from qlora_kit.recipe import Recipe
 from qlora_kit.recipe import load_recipe as _load_recipe
 from qlora_kit.results import TrainResult, train_result
+
+if TYPE_CHECKING:
+    from qlora_kit.train.context import RunContext
 
 
 def load_recipe(source: str | Path | dict | Recipe, overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
@@ -48,33 +51,30 @@ def train(recipe: str | Path | dict | Recipe, *, hooks: Iterable[Any] = (), canc
           console=None) -> TrainResult:
     """Train the recipe in this process (any thread). Cancelled runs return status "cancelled" (resume with
     resume=True); failures raise a QKError subclass after an `error` event."""
+    from qlora_kit.train.context import RunContext, quiet
+
     log, plugin_warnings = make_log(hooks, events, plugins, strict_plugins)
-    return run_training(recipe, overrides, log, cancel or CancelToken(), resume=resume, overwrite=overwrite,
-                        console=console, warnings=plugin_warnings)
+    ctx = RunContext(log, cancel or CancelToken(), resume=resume, overwrite=overwrite, console=console or quiet,
+                     warnings=plugin_warnings)
+    return run_training(recipe, overrides, ctx)
 
 
-def run_training(recipe, overrides, log: EventLog, cancel: CancelToken, *, resume: bool, overwrite: bool,
-                 console=None, warnings: Iterable[str] = (), resume_hint: str = "",
-                 stage_args: tuple[str, ...] = (), dist=None) -> TrainResult:
-    """Shared by `qk.train` and `qlora-kit train` (which passes its own console, hint and stage flags)."""
-    from qlora_kit.train.runner import quiet, train_recipe
+def run_training(recipe, overrides, ctx: RunContext) -> TrainResult:
+    """Shared by `qk.train` and `qlora-kit train`: parse the recipe into the RunContext (train/context.py) and
+    train it. `ctx.dist` None means this process alone (the API), which cannot launch several processes."""
+    from qlora_kit.train.runner import train_recipe
 
     try:
-        parsed = _load_recipe(recipe, overrides)
-        source = recipe if isinstance(recipe, (str, Path)) else "RECIPE"
-        if dist is None:
-            _refuse_in_process_launch(parsed)
-        run = train_recipe(parsed, str(source), log, cancel, resume=resume, overwrite=overwrite,
-                           console=console or quiet, resume_hint=resume_hint, stage_args=stage_args,
-                           warnings=warnings, dist=dist)
+        ctx.load(recipe, overrides)
+        if ctx.dist is None:
+            _refuse_in_process_launch(ctx.recipe)
+        run = train_recipe(ctx)
     except QKError as exc:
-        if not getattr(exc, "reported", False):
-            log.emit("error", kind=exc.kind, message=str(exc), exit_code=exc.exit_code)
-            exc.reported = True
+        ctx.log.report_error(exc)
         raise
     code = EXIT_OK
     if run.status == "interrupted":
-        code = EXIT_TERMINATED if cancel.reason == "SIGTERM" else EXIT_INTERRUPTED
+        code = EXIT_TERMINATED if ctx.cancel.reason == "SIGTERM" else EXIT_INTERRUPTED
     return train_result(run.root, exit_code=code)
 
 

@@ -157,8 +157,8 @@ def return_large_frees_to_the_os() -> None:
 
     glibc serves blocks above M_MMAP_THRESHOLD with mmap and returns them to the OS on free, but raises that
     threshold (up to 32 MiB) every time such a block is freed. A streaming loop that allocates and frees one
-    tensor after another then gets later tensors from the heap, whose freed pages mostly stay in the process:
-    measured on a 409 MiB model, +73 MiB of peak RSS. Setting the threshold once pins it at 1 MiB.
+    tensor after another then gets later tensors from the heap, whose freed pages mostly stay in the process
+    (measurements: benchmarks/RESULTS.md). Setting the threshold once pins it at 1 MiB.
     """
     libc = _glibc()
     if libc is not None:

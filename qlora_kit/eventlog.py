@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable
 
@@ -32,6 +33,29 @@ class EventLog:
         self._seq = 0
         self._offset = 0  # bytes of self.path already seen by this process
         self._lock = threading.RLock()  # hooks may emit (a hook failure is a warning event)
+        self._reported: weakref.WeakSet = weakref.WeakSet()  # errors already reported (see report_error)
+
+    def muted(self) -> EventLog:
+        """A log that records and delivers nothing (a distributed run's other ranks) but shares this one's memory
+        of reported errors: an error marked there is not reported again here."""
+        quiet = EventLog()
+        quiet._reported = self._reported
+        return quiet
+
+    def report_error(self, exc: BaseException) -> None:
+        """The `error` event for a QKError, once per exception object however many layers it passes (the run,
+        the API, the CLI): the first to see it reports it, the others find it already reported."""
+        if exc in self._reported:
+            return
+        self.emit("error", kind=exc.kind, message=str(exc), exit_code=exc.exit_code)
+        self.mark_reported(exc)
+
+    def mark_reported(self, exc: BaseException) -> None:
+        """Count `exc` as reported without an event: someone else reports it (a distributed run's supervisor)."""
+        self._reported.add(exc)
+
+    def was_reported(self, exc: BaseException) -> bool:
+        return exc in self._reported
 
     def attach(self, path: Path | None, run_id: str | None) -> None:
         """Record into `path` from now on, continuing its numbering; nothing already in it is delivered again."""
@@ -67,6 +91,16 @@ class EventLog:
                 self._send(other)
             self._send(event)
             return event
+
+    def forward(self, event: BaseEvent, *, sinks: bool = True) -> None:
+        """Deliver an event another process numbered and recorded (a child's), as it was: to the sinks (unless
+        `sinks` is False) and the hooks, without recording or renumbering it."""
+        with self._lock:
+            if sinks:
+                self._send(event)
+            else:
+                for deliver in self.deliver:
+                    deliver(event)
 
     def forward_appended(self) -> None:
         """Deliver what other processes appended to the log since this process last looked."""
@@ -160,9 +194,7 @@ def run_stage(log: EventLog, run_dir: Path | None):
     try:
         yield
     except QKError as exc:
-        if not getattr(exc, "reported", False):  # the CLI reports it after this block: it would follow run_end
-            log.emit("error", kind=exc.kind, message=str(exc), exit_code=exc.exit_code)
-            exc.reported = True
+        log.report_error(exc)  # here, once: the CLI reporting it after this block would follow run_end
         log.emit("run_end", status="failed", error=str(exc))
         raise
     except KeyboardInterrupt:

@@ -117,7 +117,7 @@ def test_out_of_memory_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--backends", "unsloth,fast"], "--backends: unknown backend 'fast'; available: unsloth, hf"),
+    (["--backends", "unsloth,fast"], "--backends: 'fast' is not one of: unsloth, hf"),
     (["--seq-lens", "512,4096"], "--seq-lens: 4096 is above the model's context of 1024 tokens"),
     (["--batch-sizes", "2,0"], "--batch-sizes: 0 must be at least 1"),
     (["--seq-lens", "12x"], "--seq-lens: '12x' is not an integer"),

@@ -172,7 +172,10 @@ warnings.warn("our own warning", QKWarning)
 
 def test_library_warnings_are_silenced_by_module_and_category_but_ours_show():
     loud, quiet = (_python(WARNINGS, mode).stderr for mode in ("loud", "quiet"))
-    for chatter in ("torch.jit.script_method` is deprecated", "No module named 'kernels'", "a library's note"):
+    chatters = ["torch.jit.script_method` is deprecated", "a library's note"]
+    if "avx512_bf16" in Path("/proc/cpuinfo").read_text():  # bitsandbytes looks for `kernels` only there
+        chatters.append("No module named 'kernels'")
+    for chatter in chatters:
         assert chatter in loud and chatter not in quiet, chatter
     assert "a deprecation" not in quiet
     assert quiet.splitlines() == ["encode.py:1: UserWarning: our own note", "qlora-kit: warning: our own warning"]

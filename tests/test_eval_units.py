@@ -7,7 +7,7 @@ import pytest
 
 from qlora_kit.eval.report import judge
 from qlora_kit.eval.rows import EvalRow, few_shot, split_leaked, with_shots
-from qlora_kit.eval.run import EvalOptions
+from qlora_kit.recipe.options import EvalOptions
 from qlora_kit.eval.scoring import bootstrap_interval, normalize, score, token_f1
 
 

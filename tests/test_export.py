@@ -144,10 +144,10 @@ def test_export_refuses_bad_input(tiny_model_dir, tmp_path, capsys):
 
     out = str(tmp_path / "gguf")
     result = run_cli_here(capsys, "export", str(tiny_model_dir), "--quant", "q4_k_m,iq2_xxs", "--out", out)
-    assert result.returncode == 2 and "--quant iq2_xxs: needs an importance matrix (imatrix)" in result.stderr
+    assert result.returncode == 2 and "--quant: 'iq2_xxs' needs an importance matrix (imatrix)" in result.stderr
     result = run_cli_here(capsys, "export", str(tiny_model_dir), "--quant", "q9_9", "--out", out)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("qlora-kit: error: --quant q9_9: unknown type; choose from: f32, f16, bf16, q8_0, "
+    assert result.stderr.strip() == ("qlora-kit: error: --quant: 'q9_9' is not one of: f32, f16, bf16, q8_0, "
                                      "q4_0, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k")
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
@@ -271,20 +271,20 @@ def test_verification_catches_a_wrong_conversion(tiny_model_dir, tmp_path, monke
     import dataclasses
 
     from qlora_kit.errors import StageError
-    from qlora_kit.export import archs
-    from qlora_kit.export.run import ExportOptions, export
+    from qlora_kit.gguf.run import ExportOptions, export
+    from qlora_kit.gguf.tensors import archs
 
     model = make_model(tmp_path, tiny_model_dir, "llama")
     broken = dataclasses.replace(archs.ARCHS["LlamaForCausalLM"], permute_qk=False)
     monkeypatch.setitem(archs.ARCHS, "LlamaForCausalLM", broken)
     with pytest.raises(StageError, match=r"verification failed for f32: max_abs_logit_diff 0\.\d+ \(outside the limit"):
-        export(model, ExportOptions(quants=["f32"]), tmp_path / "gguf")
+        export(model, ExportOptions(quant=["f32"]), tmp_path / "gguf")
     with pytest.raises(StageError, match=r"verification failed for bf16: relative logit error 0\.0\d+ \(outside"):
-        export(model, ExportOptions(quants=["bf16"]), tmp_path / "gguf")
+        export(model, ExportOptions(quant=["bf16"]), tmp_path / "gguf")
     # Within a 4-bit type's allowed error, but the F32 conversion the K-quant is quantized from is checked first.
     with pytest.raises(StageError, match=r"verification failed for the f32 conversion the K-quants are quantized "
                                          r"from: max_abs_logit_diff 0\.\d+ \(outside"):
-        export(model, ExportOptions(quants=["q4_k_m"]), tmp_path / "gguf")
+        export(model, ExportOptions(quant=["q4_k_m"]), tmp_path / "gguf")
     assert not list((tmp_path / "gguf").glob("*.gguf*"))
 
 
@@ -292,14 +292,14 @@ def test_gemma_norms_without_the_plus_one_are_refused_at_q8_0(tmp_path, monkeypa
     import dataclasses
 
     from qlora_kit.errors import StageError
-    from qlora_kit.export import archs
-    from qlora_kit.export.run import ExportOptions, export
+    from qlora_kit.gguf.run import ExportOptions, export
+    from qlora_kit.gguf.tensors import archs
 
     model = make_model(tmp_path, TOKENIZERS / "gemma2", "gemma2")
     monkeypatch.setitem(archs.ARCHS, "Gemma2ForCausalLM",
                         dataclasses.replace(archs.ARCHS["Gemma2ForCausalLM"], norm_shift=0.0))
     with pytest.raises(StageError, match=r"verification failed for q8_0: relative logit error 0\.[3-9]\d* \(outside"):
-        export(model, ExportOptions(quants=["q8_0"]), tmp_path / "gguf")
+        export(model, ExportOptions(quant=["q8_0"]), tmp_path / "gguf")
     assert not list((tmp_path / "gguf").glob("*.gguf*"))
 
 
@@ -308,11 +308,11 @@ def test_check_only_refuses_a_gguf_with_a_wrong_tokenizer(tmp_path, monkeypatch,
     """A GGUF made elsewhere with a wrong tokenizer.ggml.pre (Qwen 2's single digits for Llama 3's 1-3) or a vocab
     shifted by one id: `export --check-only` runs the verifier on it and refuses it (exit 1, one line); the same
     check passes the file we write."""
-    from qlora_kit.export import tokenizer_probe
-    from qlora_kit.export.run import ExportOptions, export
+    from qlora_kit.gguf.run import ExportOptions, export
+    from qlora_kit.gguf.vocab import tokenizer_probe
 
     model = make_model(tmp_path, TOKENIZERS / "llama3", "llama")
-    good = export(model, ExportOptions(quants=["q8_0"], verify=False), tmp_path / "good") / "llama-q8_0.gguf"
+    good = export(model, ExportOptions(quant=["q8_0"], verify=False), tmp_path / "good") / "llama-q8_0.gguf"
     result = run_cli("export", "--check-only", str(good), str(model))
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout[:result.stdout.rindex("}") + 1])["quant"] == "q8_0"
@@ -328,7 +328,7 @@ def test_check_only_refuses_a_gguf_with_a_wrong_tokenizer(tmp_path, monkeypatch,
         return plan, probe
 
     monkeypatch.setattr(tokenizer_probe, "choose", damaged)
-    bad = export(model, ExportOptions(quants=["q8_0"], verify=False), tmp_path / "bad") / "llama-q8_0.gguf"
+    bad = export(model, ExportOptions(quant=["q8_0"], verify=False), tmp_path / "bad") / "llama-q8_0.gguf"
     result = run_cli("export", "--check-only", str(bad), str(model))
     assert result.returncode == 1, result.stderr[-2000:]
     line = result.stderr.strip().splitlines()[-1]
@@ -402,13 +402,13 @@ def test_serve_answers_an_openai_chat_completion_on_loopback(chat_gguf):
 def test_not_enough_disk_is_refused_before_writing(tiny_model_dir, tmp_path, monkeypatch):
     """Only the free-space query is faked; the check runs before any file is created."""
     from qlora_kit.errors import UsageError
-    from qlora_kit.export import resources
-    from qlora_kit.export.run import ExportOptions, export
+    from qlora_kit.gguf.run import ExportOptions, export
+    from qlora_kit.gguf.tensors import resources
 
     real = shutil.disk_usage
     monkeypatch.setattr(resources.shutil, "disk_usage", lambda p: real(p)._replace(free=100_000))
     with pytest.raises(UsageError, match=r"not enough disk space at .*: the export needs about 0\.\d\d GiB, 0\.00 GiB free"):
-        export(tiny_model_dir, ExportOptions(quants=["f32", "q4_k_m"], verify=False), tmp_path / "gguf")
+        export(tiny_model_dir, ExportOptions(quant=["f32", "q4_k_m"], verify=False), tmp_path / "gguf")
     assert not list((tmp_path / "gguf").glob("*.gguf*"))
 
 
@@ -496,7 +496,7 @@ def _bpe_tokenizer(root, regex: str):
 def test_pre_tokenizer_is_identified_as_transformers_applies_it(tmp_path, regex_name, kind, expected):
     from transformers import AutoTokenizer
 
-    from qlora_kit.export import vocab
+    from qlora_kit.gguf.vocab import vocab
 
     model = make_model(tmp_path, _bpe_tokenizer(tmp_path / "tok", getattr(vocab, regex_name)), kind)
     digits = AutoTokenizer.from_pretrained(model).tokenize("12345")
@@ -552,7 +552,7 @@ def test_probe_rows_are_cut_so_logit_memory_does_not_grow_with_max_seq_length(ti
     from conftest import write_jsonl, write_recipe
     from qlora_kit.data.encode import apply_chat_template_choice
     from qlora_kit.data.held_out import held_out_rows
-    from qlora_kit.export.run import PROBE_TOKENS, _held_out
+    from qlora_kit.gguf.run import PROBE_TOKENS, _held_out
     from qlora_kit.recipe import load_recipe
 
     story = " ".join(f"word{i}" for i in range(150))

@@ -40,9 +40,9 @@ MODELS = {"llama": dict(layers=12, intermediate=328, num_key_value_heads=1, dtyp
 def test_every_tensor_matches_llama_cpp_quantizer(tiny_model_dir, tmp_path, kind):
     from gguf import GGUFReader
 
-    from qlora_kit.export.convert import write_gguf
-    from qlora_kit.export.quants import QUANT_TYPES
-    from qlora_kit.export.run import _base_type
+    from qlora_kit.gguf.run import _base_type
+    from qlora_kit.gguf.tensors.convert import write_gguf
+    from qlora_kit.gguf.tensors.quants import QUANT_TYPES
 
     settings = dict(MODELS[kind])
     dtype = settings.pop("dtype", torch.float32)
@@ -80,7 +80,7 @@ def test_every_tensor_matches_llama_cpp_quantizer(tiny_model_dir, tmp_path, kind
 def test_the_type_policy_counts_layers_in_llama_cpp_order():
     """Q4_K_M gives attn_v and ffn_down Q6_K in the first and last eighth of the layers and every third between;
     with 12 layers: layer 0 (< 12/8), 10 and 11 (>= 7*12/8), and 3, 6, 9 (llama.cpp's use_more_bits)."""
-    from qlora_kit.export.quant_policy import llama_cpp_order, tensor_types
+    from qlora_kit.gguf.tensors.quant_policy import llama_cpp_order, tensor_types
 
     names = {f"blk.{i}.{part}.weight": (256, 256) for i in range(12) for part in ("attn_v", "ffn_down", "attn_q")}
     names.update({"token_embd.weight": (1000, 256), "output.weight": (1000, 256), "output_norm.weight": (256,)})

@@ -24,8 +24,8 @@ WHOLE = 1 << 40  # a block budget larger than any tensor here: every tensor is e
 
 def _whole_tensor_bytes(ckpt, name: str, kind: str, arch, heads: int) -> bytes:
     """What the converter wrote before row blocks: the whole tensor in float32, transformed, encoded at once."""
-    from qlora_kit.export.archs import permute_for_llama_cpp
-    from qlora_kit.export.convert import _encode
+    from qlora_kit.gguf.tensors.archs import permute_for_llama_cpp
+    from qlora_kit.gguf.tensors.convert import _encode
 
     data = ckpt.get(name).float().numpy()
     if arch.permute_qk and ".q_proj." in name:
@@ -42,8 +42,8 @@ def test_row_blocks_write_the_same_bytes_as_whole_tensors(tiny_model_dir, tmp_pa
     blocks (dozens of blocks per matrix) as with one block per tensor, and that is the old whole-tensor encoding."""
     from gguf import GGUFReader
 
-    from qlora_kit.export.archs import ARCHS
-    from qlora_kit.export.convert import write_gguf
+    from qlora_kit.gguf.tensors.archs import ARCHS
+    from qlora_kit.gguf.tensors.convert import write_gguf
     from qlora_kit.merge.checkpoint import Checkpoint
 
     model = make_model(tmp_path, tiny_model_dir, kind)
@@ -77,6 +77,12 @@ def test_row_blocks_hold_whole_heads_and_whole_quant_blocks():
     assert list(row_blocks(5, 4096, 1 << 30)) == [(0, 5)]
 
 
+def hf_logits(model, rows: list[list[int]]) -> list[np.ndarray]:
+    """transformers' whole-model float32 logits for each row (what the streamed reference must reproduce)."""
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([ids])).logits[0].float().numpy() for ids in rows]
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"])
 def test_streamed_reference_equals_a_whole_model_forward(tiny_model_dir, tmp_path, kind):
     """Same probe, same numbers: the layer-by-layer reference (head in 8 blocks of 64 rows) against transformers'
@@ -84,8 +90,7 @@ def test_streamed_reference_equals_a_whole_model_forward(tiny_model_dir, tmp_pat
     projections all run through the model class's own code."""
     from transformers import AutoModelForCausalLM
 
-    from qlora_kit.export.reference import reference_logits
-    from qlora_kit.export.verify import hf_logits
+    from qlora_kit.gguf.verify.reference import reference_logits
 
     model = make_model(tmp_path, tiny_model_dir, kind)
     rows = [[1, 5, 9, 200, 7, 7, 3], [2, 40, 41, 42, 100, 300, 301, 5, 6, 500, 2, 0]]
@@ -104,7 +109,7 @@ def test_streamed_reference_equals_a_whole_model_forward(tiny_model_dir, tmp_pat
 def test_streamed_reference_on_the_gpu_gives_the_cpu_numbers(tiny_model_dir, tmp_path, kind):
     """Verification runs the reference on the GPU when there is one (its default device): same probe, same
     numbers as on the CPU, within float32 kernel differences."""
-    from qlora_kit.export.reference import reference_logits
+    from qlora_kit.gguf.verify.reference import reference_logits
 
     model = make_model(tmp_path, tiny_model_dir, kind)
     rows = [[1, 5, 9, 200, 7, 7, 3], [2, 40, 41, 42, 100, 300, 301, 5, 6, 500, 2, 0]]
@@ -155,7 +160,7 @@ def _peak(*args) -> int:
 REFERENCE = """
 import sys
 import torch, transformers, gguf, llama_cpp
-from qlora_kit.export.reference import reference_logits
+from qlora_kit.gguf.verify.reference import reference_logits
 from qlora_kit.memory import peak_rss_bytes
 reference_logits(sys.argv[1], [[1, 5, 9, 200, 7, 7, 3, 2]], device="cpu")
 print("PEAK", peak_rss_bytes())
@@ -201,20 +206,20 @@ def test_a_large_embedding_does_not_raise_the_peak(tiny_model_dir, tmp_path):
 def test_not_enough_memory_is_refused_before_writing(tiny_model_dir, tmp_path, monkeypatch):
     """Only the query of available memory is faked; nothing is created but the (empty) output directory."""
     from qlora_kit.errors import UsageError
-    from qlora_kit.export import resources
-    from qlora_kit.export.run import ExportOptions, export
+    from qlora_kit.gguf.run import ExportOptions, export
+    from qlora_kit.gguf.tensors import resources
 
     monkeypatch.setattr(resources, "available_memory", lambda: 50 * 2**20)
     with pytest.raises(UsageError, match=r"^not enough memory for the conversion: it needs about 0\.\d\d GiB, "
                                          r"0\.05 GiB available"):
-        export(tiny_model_dir, ExportOptions(quants=["f16"], verify=False), tmp_path / "gguf")
+        export(tiny_model_dir, ExportOptions(quant=["f16"], verify=False), tmp_path / "gguf")
     assert not list((tmp_path / "gguf").iterdir())
     # Enough for the conversion, not for verification: refused once the probe rows are known, still before writing.
     need = resources.conversion_bytes(tiny_model_dir)
     monkeypatch.setattr(resources, "available_memory", lambda: need + 1)
     monkeypatch.setattr(resources, "LLAMA_CPP_COMPUTE", 2**40)
     with pytest.raises(UsageError, match=r"not enough memory for verification"):
-        export(tiny_model_dir, ExportOptions(quants=["f16"]), tmp_path / "gguf2")
+        export(tiny_model_dir, ExportOptions(quant=["f16"]), tmp_path / "gguf2")
     assert not list((tmp_path / "gguf2").iterdir())
 
 
@@ -225,8 +230,8 @@ def test_no_hf_tokenizer_is_alive_while_the_files_are_written(tiny_model_dir, tm
 
     from transformers import PreTrainedTokenizerBase
 
-    from qlora_kit.export import run
-    from qlora_kit.export.run import ExportOptions, export
+    from qlora_kit.gguf import run
+    from qlora_kit.gguf.run import ExportOptions, export
 
     alive = []
     write_gguf = run.write_gguf
@@ -237,7 +242,7 @@ def test_no_hf_tokenizer_is_alive_while_the_files_are_written(tiny_model_dir, tm
         return write_gguf(*args, **kwargs)
 
     monkeypatch.setattr(run, "write_gguf", counting_write)
-    out = export(tiny_model_dir, ExportOptions(quants=["f16", "q8_0"]), tmp_path / "gguf")
+    out = export(tiny_model_dir, ExportOptions(quant=["f16", "q8_0"]), tmp_path / "gguf")
     report = json.loads((out / "export_report.json").read_text())
     assert alive == [0, 0]
     assert all(e["verification"]["passed"] and e["verification"]["tokens"]["equal"] >= 12
@@ -255,7 +260,8 @@ def test_merge_in_row_blocks_writes_the_same_bytes(tiny_model_dir, tmp_path, bas
 
     from qlora_kit.merge.adapter import load_adapter
     from qlora_kit.merge.checkpoint import Checkpoint, nf4_roundtrip
-    from qlora_kit.merge.merge import MergeOptions, merge_weights
+    from qlora_kit.merge.merge import merge_weights
+    from qlora_kit.recipe.options import MergeOptions
 
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
@@ -270,8 +276,7 @@ def test_merge_in_row_blocks_writes_the_same_bytes(tiny_model_dir, tmp_path, bas
     for budget in (WHOLE, 64 * 256 * 4):  # tiny-llama is 256 wide: 64-row blocks, 2 to 8 per matrix
         out = tmp_path / f"out-{budget}"
         out.mkdir()
-        options = MergeOptions(base=base, block_bytes=budget)
-        facts = merge_weights(ckpt, adapter, out, options, train_dtype, out_dtype)
+        facts = merge_weights(ckpt, adapter, out, MergeOptions(base=base), train_dtype, out_dtype, block_bytes=budget)
         assert facts["lora_merged"] == 2 * 2 + 1
         files[budget] = (out / "model.safetensors").read_bytes()
     assert files[WHOLE] == files[64 * 256 * 4]

@@ -14,9 +14,9 @@ TOKENIZERS = Path(__file__).parent / "assets" / "tokenizers"
 
 
 def choose_for(path: Path):
-    from qlora_kit.export.tokenizer_probe import choose
-    from qlora_kit.export.verify import TokenExpectations
-    from qlora_kit.export.vocab import candidates, effective_tokenizer_json, load_hf_tokenizer
+    from qlora_kit.gguf.vocab.expectations import TokenExpectations
+    from qlora_kit.gguf.vocab.tokenizer_probe import choose
+    from qlora_kit.gguf.vocab.vocab import candidates, effective_tokenizer_json, load_hf_tokenizer
 
     hf = load_hf_tokenizer(path)
     data = effective_tokenizer_json(hf, path / "tokenizer.json")
@@ -52,7 +52,7 @@ def test_each_family_gets_the_tokenizer_llama_cpp_reproduces(family, label, sour
 
 
 def test_sentencepiece_scores_follow_merge_ranks():
-    from qlora_kit.export.spm_vocab import from_tokenizer_json
+    from qlora_kit.gguf.vocab.spm_vocab import from_tokenizer_json
 
     data = json.loads((TOKENIZERS / "llama2" / "tokenizer.json").read_text())
     plan = from_tokenizer_json(data, "llama2")
@@ -87,8 +87,8 @@ def test_fast_array_packing_writes_gguf_writers_bytes():
     the edge cases (bytes, bool, out-of-range ints, mixed lists) exactly as gguf's GGUFWriter does."""
     import gguf
 
-    from qlora_kit.export.gguf_writer import GGUFWriter
-    from qlora_kit.export.vocab import load_hf_tokenizer
+    from qlora_kit.gguf.gguf_writer import GGUFWriter
+    from qlora_kit.gguf.vocab.vocab import load_hf_tokenizer
 
     hf = load_hf_tokenizer(TOKENIZERS / "qwen2")
     tokens = [t for t, _ in sorted(hf.get_vocab().items(), key=lambda kv: kv[1])]
@@ -111,8 +111,8 @@ def test_fast_array_packing_writes_gguf_writers_bytes():
 
 
 def _full_and_reduced(path: Path):
-    from qlora_kit.export.verify import TokenExpectations
-    from qlora_kit.export.vocab import effective_tokenizer_json, load_hf_tokenizer, probe_tokenizer, special_adds
+    from qlora_kit.gguf.vocab.expectations import TokenExpectations
+    from qlora_kit.gguf.vocab.vocab import effective_tokenizer_json, load_hf_tokenizer, probe_tokenizer, special_adds
 
     full = load_hf_tokenizer(path)
     reduced, data = probe_tokenizer(path)
@@ -167,7 +167,7 @@ def test_cut_tokenizer_keeps_merges_across_characters_bpe_drops(tmp_path):
 def test_tokenizer_whose_class_adds_tokens_of_its_own_is_loaded_whole(tmp_path):
     """A class that adds special tokens missing from the files (Gemma's <pad>/<mask> defaults) numbers them after
     the vocabulary's size, which a cut vocabulary would change: such a tokenizer is loaded whole."""
-    from qlora_kit.export.vocab import probe_tokenizer
+    from qlora_kit.gguf.vocab.vocab import probe_tokenizer
 
     path = tmp_path / "adds"
     shutil.copytree(TOKENIZERS / "llama2", path)

@@ -16,9 +16,9 @@ TEXTS = ["What is the capital of Peru?", "  spaces   and 1234 digits\n", "Ünïc
 
 
 def export_tiny(tiny_model_dir: Path, out: Path, quant: str) -> Path:
-    from qlora_kit.export.run import ExportOptions, export
+    from qlora_kit.gguf.run import ExportOptions, export
 
-    export(tiny_model_dir, ExportOptions(quants=[quant], verify=False), out)
+    export(tiny_model_dir, ExportOptions(quant=[quant], verify=False), out)
     return next(out.glob(f"*-{quant}.gguf"))
 
 
@@ -186,7 +186,7 @@ def test_ollama_model_uses_its_template_layer_and_verifies_the_blob(tiny_ggufs, 
 
     from qlora_kit.data.templates import CHAT_TEMPLATES
     from qlora_kit.errors import UsageError
-    from qlora_kit.export.ollama import ollama_template
+    from qlora_kit.gguf.ollama.ollama import ollama_template
     from qlora_kit.model.resolve import resolve_model
 
     store = ollama_store(tmp_path / "store", tiny_ggufs["f32"], "tiny", "latest", template=ollama_template("chatml"),
@@ -216,7 +216,7 @@ def test_ollama_model_uses_its_template_layer_and_verifies_the_blob(tiny_ggufs, 
 @pytest.mark.slow
 def test_train_from_an_ollama_store_and_export_back(tiny_ggufs, tmp_path, monkeypatch):
     """The round trip users want: a model from their Ollama store, fine-tuned, exported with a Modelfile."""
-    from qlora_kit.export.ollama import ollama_template
+    from qlora_kit.gguf.ollama.ollama import ollama_template
 
     store = ollama_store(tmp_path / "store", tiny_ggufs["f32"], "tiny", "v1", template=ollama_template("chatml"),
                          params={"stop": ["<|im_end|>"]})

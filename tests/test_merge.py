@@ -258,7 +258,7 @@ def test_not_enough_disk_leaves_nothing_behind(trained_run, monkeypatch):
     """The disk-space check runs before any tensor is written; the free-space query is the only thing faked."""
     from qlora_kit.errors import StageError
     from qlora_kit.merge import merge as merge_module
-    from qlora_kit.merge.merge import MergeOptions
+    from qlora_kit.recipe.options import MergeOptions
     from qlora_kit.merge.run import merge_run
 
     real = shutil.disk_usage

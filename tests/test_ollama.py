@@ -9,9 +9,10 @@ import pytest
 
 from qlora_kit.data.encode import IGNORE_INDEX, apply_chat_template_choice, encode_example
 from qlora_kit.data.formats import Example
-from qlora_kit.data.templates import CHAT_TEMPLATES
-from qlora_kit.export.ollama import (FALLBACK_TEMPLATE, OLLAMA_TEMPLATES, build_modelfile, identify_template,
-                                     ollama_template, ollama_values, render_go)
+from qlora_kit.data.templates import CHAT_TEMPLATES, FALLBACK_TEMPLATE, OLLAMA_TEMPLATES, identify_template
+from qlora_kit.gguf.ollama.ollama import build_modelfile, ollama_template
+
+from go_template import ollama_values, render_go
 
 # bos/eos text as each family's tokenizer has it (ChatML templates use neither).
 SPECIAL = {"chatml": ("", ""), "llama-3": ("<|begin_of_text|>", "<|eot_id|>"), "alpaca": ("<s>", "</s>"),

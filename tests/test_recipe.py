@@ -117,7 +117,7 @@ def test_validate_shows_every_problem_in_one_pass_with_suggestions_for_registry_
 
 
 def test_quant_names_follow_one_rule_in_any_case(tmp_path):
-    from qlora_kit.export.quants import get_quant_type
+    from qlora_kit.gguf.tensors.quants import get_quant_type
 
     path = write_recipe(tmp_path / "r.yaml")
     recipe = load_recipe(path, ["export.quant=[Q8_0, Q4_K_M]"])

@@ -315,14 +315,14 @@ def test_q8_0_alone_refuses_llama_q_k_without_the_un_permute_on_a_trained_model(
     import dataclasses
 
     from qlora_kit.errors import StageError
-    from qlora_kit.export import archs
-    from qlora_kit.export.run import ExportOptions, export
+    from qlora_kit.gguf.run import ExportOptions, export
+    from qlora_kit.gguf.tensors import archs
 
     run_dir, _ = demo_run
     monkeypatch.setitem(archs.ARCHS, "LlamaForCausalLM",
                         dataclasses.replace(archs.ARCHS["LlamaForCausalLM"], permute_qk=False))
     with pytest.raises(StageError, match=r"verification failed for q8_0: relative logit error 0\.[1-9]\d* \(outside"):
-        export(run_dir, ExportOptions(quants=["q8_0"]), tmp_path / "gguf")
+        export(run_dir, ExportOptions(quant=["q8_0"]), tmp_path / "gguf")
     assert not list((tmp_path / "gguf").glob("*.gguf*"))
 
 @pytest.mark.parametrize("backend", ["hf", "unsloth"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -72,8 +73,7 @@ def _ram_bytes() -> int | None:
 
 
 def build_report(sweep, recipe, shape, machine: dict, cells: list[dict]) -> dict:
-    from qlora_kit.bench.sweep import settings
-
+    """`sweep` is the bench.sweep.Sweep that ran (this module does not import that one: sweep.run calls here)."""
     for cell in cells:
         _add_measures(cell, sweep.device)
         _add_prediction(cell, sweep, recipe, shape)
@@ -89,6 +89,13 @@ def build_report(sweep, recipe, shape, machine: dict, cells: list[dict]) -> dict
                             "cpu": "peak RSS (VmHWM) for backend ratios; peak live tensor bytes for the planner"},
         "cells": cells, "targets": evaluate_targets(cells, sweep.device),
     }
+
+
+def settings(sweep) -> dict:
+    """The sweep's fields as the report records them (its dataclass fields, `out` as a string)."""
+    out = asdict(sweep)
+    out["out"] = str(sweep.out)
+    return out
 
 
 def _add_measures(cell: dict, device: str) -> None:

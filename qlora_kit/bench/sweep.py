@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlora_kit.errors import UsageError
@@ -180,9 +180,3 @@ def _summary(cell: dict) -> str:
     peak = cell.get("peak_allocated_bytes") or cell.get("peak_rss_bytes")
     return (f"{cell['tokens_per_second']:,.0f} tok/s, peak {peak / 2**20:,.0f} MiB, "
             f"final loss {cell['final_loss']:.4f}")
-
-
-def settings(sweep: Sweep) -> dict:
-    out = asdict(sweep)
-    out["out"] = str(sweep.out)
-    return out

@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from qlora_kit.cli import add_recipe_args
+from qlora_kit.cli.common import add_recipe_args
 
 
 def register(subparsers, common) -> None:

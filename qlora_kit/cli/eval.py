@@ -3,7 +3,9 @@ recorded answers), one report."""
 
 from __future__ import annotations
 
-from qlora_kit.cli import add_event_args, event_log
+from qlora_kit.cli.common import add_event_args, event_log
+from qlora_kit.cli.options import add_option_flags
+from qlora_kit.recipe.options import EvalOptions
 
 
 def register(subparsers, common) -> None:
@@ -15,14 +17,7 @@ def register(subparsers, common) -> None:
                     "report.md, predictions.jsonl, charts) and ends with a verdict backed by a 95% bootstrap "
                     "interval.")
     p.add_argument("run_dir", help="a complete run directory")
-    p.add_argument("--systems", help="comma-separated: base, fewshot, adapter, merged, gguf:TYPE, recorded:FILE "
-                                     "(an old model's answers to the held-out rows, JSONL; see the README) "
-                                     "(default: base, fewshot, adapter, and merged and every GGUF the run has)")
-    p.add_argument("--samples", type=int, help="evaluate at most N held-out rows (default: all)")
-    p.add_argument("--data", help="held-out rows from this file instead of the run's eval split")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="longest generated answer (default 64)")
-    p.add_argument("--fewshot", type=int, default=3, help="training examples in the few-shot prompt (default 3)")
-    p.add_argument("--scorer", metavar="MODULE:FUNCTION", help="task score fn(prediction, reference, row) -> float")
+    add_option_flags(p, EvalOptions)
     p.add_argument("--out", help="report directory (default: RUN_DIR/eval)")
     add_event_args(p)
     p.set_defaults(func=run)
@@ -31,8 +26,13 @@ def register(subparsers, common) -> None:
 def run(args) -> int:
     import json
 
+    from qlora_kit.cli.options import given_options
+    from qlora_kit.eval.run import run_eval
+    from qlora_kit.recipe.options import make_options
+
     with event_log(args) as (log, warnings):
-        out = execute(args, log, warnings)
+        options = make_options(EvalOptions, given_options(args, EvalOptions))
+        out = run_eval(args.run_dir, options, log, out=args.out, warnings=warnings)
         report = json.loads((out / "report.json").read_text())
         for name, r in report["results"].items():
             print(f"{name:<12} exact {r['exact_match']:.3f}  norm {r['normalized_exact_match']:.3f}  "
@@ -47,22 +47,3 @@ def run(args) -> int:
 
 def _num(value, spec: str) -> str:
     return "n/a" if value is None else f"{value:{spec}}"  # a recorded system has no loss and no prompt tokens
-
-
-def execute(args, log, warnings=()):
-    """Shared by the CLI and `qk.evaluate`; returns the report directory."""
-    from qlora_kit.errors import UsageError
-    from qlora_kit.eval.run import EvalOptions, check_eval, evaluate
-    from qlora_kit.eventlog import run_stage
-
-    for flag, value, least in (("--samples", args.samples, 1), ("--max-new-tokens", args.max_new_tokens, 1),
-                               ("--fewshot", args.fewshot, 1)):
-        if value is not None and value < least:
-            raise UsageError(f"{flag}: {value} must be at least {least}")
-    options = EvalOptions(systems=args.systems, samples=args.samples, data=args.data,
-                          max_new_tokens=args.max_new_tokens, fewshot=args.fewshot, scorer=args.scorer)
-    check_eval(args.run_dir, options)  # refused here: nothing reaches the run's events.jsonl
-    with run_stage(log, args.run_dir):
-        for message in warnings:
-            log.emit("warning", message=message, source="plugins")
-        return evaluate(args.run_dir, options, args.out, log=log)

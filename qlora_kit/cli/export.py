@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from qlora_kit.cli import add_event_args, event_log
+from qlora_kit.cli.common import add_event_args, event_log
+from qlora_kit.cli.options import add_option_flags
+from qlora_kit.recipe.options import ExportOptions
 
 
 def register(subparsers, common) -> None:
@@ -15,12 +17,8 @@ def register(subparsers, common) -> None:
     p.add_argument("--check-only", metavar="MODEL.gguf",
                    help="write nothing: run the verifier (tokens, logits) on MODEL.gguf, made by us or elsewhere, "
                         "against SOURCE: qlora-kit export --check-only MODEL.gguf HF_DIR")
-    p.add_argument("--quant", default="q8_0",
-                   help="comma-separated types: f32, f16, bf16, q8_0, q4_0, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k")
+    add_option_flags(p, ExportOptions)
     p.add_argument("--out", help="output directory (default: SOURCE/gguf)")
-    p.add_argument("--no-verify", action="store_true", help="skip the llama.cpp token and logit checks")
-    p.add_argument("--allow-mismatch", action="store_true", help="keep files that fail verification")
-    p.add_argument("--samples", type=int, default=4, help="held-out rows for the logit check (default 4)")
     p.add_argument("--overwrite", action="store_true", help="replace existing GGUF files")
     add_event_args(p)
     p.set_defaults(func=run)
@@ -29,10 +27,15 @@ def register(subparsers, common) -> None:
 def run(args) -> int:
     import json
 
+    from qlora_kit.cli.options import given_options
+    from qlora_kit.gguf.run import run_export
+    from qlora_kit.recipe.options import make_options
+
     if args.check_only:
         return _check_only(args)
     with event_log(args) as (log, warnings):
-        out = execute(args, log, warnings)
+        options = make_options(ExportOptions, given_options(args, ExportOptions))
+        out = run_export(args.source, options, log, out=args.out, overwrite=args.overwrite, warnings=warnings)
         report = json.loads((out / "export_report.json").read_text())
         for entry in report["exports"].values():
             check = entry.get("verification")
@@ -42,32 +45,13 @@ def run(args) -> int:
     return 0
 
 
-def execute(args, log, warnings=()):
-    """The export the arguments describe, reported into `log` (the run's events.jsonl when SOURCE is a run);
-    returns the output dir. Shared by the CLI and `qk.export`."""
-    from qlora_kit.errors import UsageError
-    from qlora_kit.eventlog import run_stage
-    from qlora_kit.export.run import ExportOptions, export_plan, plan_export
-
-    quants = [q.strip() for q in args.quant.split(",") if q.strip()]
-    if not quants:
-        raise UsageError("--quant: name at least one type, e.g. --quant q4_k_m,q8_0")
-    options = ExportOptions(quants=quants, verify=not args.no_verify, allow_mismatch=args.allow_mismatch,
-                            overwrite=args.overwrite, samples=args.samples)
-    plan = plan_export(args.source, options, args.out)  # refused here: nothing reaches the run's events.jsonl
-    with run_stage(log, plan.run_dir):
-        for message in warnings:
-            log.emit("warning", message=message, source="plugins")
-        return export_plan(plan, options, log=log)
-
-
 def _check_only(args) -> int:
     import json
 
     from qlora_kit.errors import StageError
-    from qlora_kit.export.run import check_only
+    from qlora_kit.gguf.run import check_only
 
-    result = check_only(args.check_only, args.source, args.samples)
+    result = check_only(args.check_only, args.source, getattr(args, "samples", ExportOptions.model_fields["samples"].default))
     print(json.dumps({k: v for k, v in result.items() if k != "summary"}, indent=2))
     if not result["passed"]:
         raise StageError(f"{args.check_only}: verification failed ({result['quant']}): {result['summary']}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from qlora_kit.cli import add_event_args, add_recipe_args, event_log
+from qlora_kit.cli.common import add_event_args, add_recipe_args, event_log
 
 
 def register(subparsers, common) -> None:
@@ -50,21 +50,18 @@ def run(args) -> int:
     dist = current()
     hint = " ".join(["qlora-kit train", args.recipe, *(f"--set {o}" for o in args.overrides),
                      *([f"--nproc {args.nproc}"] if args.nproc else []), "--resume"])
-    stage_args = ("--debug",) if getattr(args, "debug", False) else ()
     if dist.supervised:
         hint = ""  # the supervisor prints the command to resume (its own flags, not the ones it gave torchrun)
     try:
         with event_log(args) as (log, warnings):  # bad input, --nproc included, becomes an error event too
+            ctx = _context(args, log, warnings, hint, dist)
             overrides = nproc_overrides(args.recipe, args.overrides, args.nproc)
             launch = None if dist.active else _launch(args.recipe, overrides)
             if launch is not None:
                 from qlora_kit.distributed.launch import supervise
-                from qlora_kit.recipe import load_recipe
 
-                return supervise(launch, load_recipe(args.recipe, overrides), args.recipe, list(args.overrides), log,
-                                 resume=args.resume, overwrite=args.overwrite, console=_console, resume_hint=hint,
-                                 stage_args=stage_args, warnings=warnings)
-            code = _train_here(args, dist, overrides, log, warnings, hint, stage_args)
+                return supervise(launch, ctx.load(args.recipe, overrides), list(args.overrides))
+            code = _train_here(ctx, args.recipe, overrides)
     except BaseException as exc:
         # No destroy_process_group on the way out: with a peer still waiting in a collective it can block, and
         # this process must exit for torchrun (and the supervisor) to see the failure. Exiting closes the sockets.
@@ -78,6 +75,15 @@ def run(args) -> int:
     return code
 
 
+def _context(args, log, warnings, hint: str, dist):
+    """The run's context from the flags (the recipe is parsed into it later)."""
+    from qlora_kit.train.context import RunContext
+
+    return RunContext(log, resume=args.resume, overwrite=args.overwrite, console=_console, resume_hint=hint,
+                      stage_args=("--debug",) if getattr(args, "debug", False) else (), warnings=warnings,
+                      dist=dist)
+
+
 def _launch(recipe_path: str, overrides: list[str]):
     from qlora_kit.distributed.env import plan_launch
     from qlora_kit.recipe import load_recipe
@@ -85,13 +91,13 @@ def _launch(recipe_path: str, overrides: list[str]):
     return plan_launch(load_recipe(recipe_path, overrides))
 
 
-def _train_here(args, dist, overrides, log, warnings, hint, stage_args) -> int:
+def _train_here(ctx, recipe: str, overrides: list[str]) -> int:
     """This process trains: alone, or as one worker of a distributed run."""
     from qlora_kit.api import run_training
-    from qlora_kit.control import CancelToken, SignalCancel
+    from qlora_kit.control import SignalCancel
     from qlora_kit.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
 
-    token = CancelToken()
+    token, dist = ctx.cancel, ctx.dist
 
     def first_signal(name: str) -> None:
         print(f"{name}: saving a checkpoint after this step ({name} again stops at once)", file=sys.stderr,
@@ -100,9 +106,7 @@ def _train_here(args, dist, overrides, log, warnings, hint, stage_args) -> int:
     # A worker that torchrun started directly gets each signal twice (the terminal's, then torchrun's own): only
     # qlora-kit's supervisor, or torchrun's SIGKILL after its grace period, stops it at once.
     with SignalCancel(token, on_first=first_signal, repeat_stops=not dist.active):
-        result = run_training(args.recipe, overrides, log, token, resume=args.resume, overwrite=args.overwrite,
-                              console=_console, warnings=warnings, resume_hint=hint, stage_args=stage_args,
-                              dist=dist)
+        result = run_training(recipe, overrides, ctx)
     if dist.active and token.cancelled and result.status != "complete":
         if dist.supervised:
             return 0  # every rank stopped cleanly; the supervisor turns the run's state into 130/143

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qlora_kit.cli import add_recipe_args
+from qlora_kit.cli.common import add_recipe_args
 
 
 def register(subparsers, common) -> None:

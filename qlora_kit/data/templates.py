@@ -3,6 +3,16 @@
 Each template is Jinja as transformers' `apply_chat_template` runs it, plus the strings that end an assistant turn
 (later stages turn them into stop sequences for llama.cpp and Ollama). All are prefix-stable: rendering the first
 k messages gives a prefix of rendering all of them, which the label masking in `encode.py` relies on.
+
+Each Jinja template has its Go twin right after it (OLLAMA_TEMPLATES): Ollama runs Go text/template, not Jinja;
+without a TEMPLATE it sends `{{ .Prompt }}` and a fine-tuned model sees text it was never trained on (gibberish, or
+answers that never stop). The tests render both to prove they give the same text (tests/go_template.py).
+
+Ollama's data (template/template.go `collate`): `.System` is all system messages joined by "\n\n"; `.Messages` is
+the conversation with consecutive same-role messages merged, still holding the system messages in current versions
+(older ones removed them). The templates print `.System` at the top and skip system messages in the loop, so both
+work. The assistant header follows each user turn: it is the generation prompt when the user spoke last (what
+Ollama renders), so no last-message detection is needed. Tool messages are not rendered (plain chat only).
 """
 
 from __future__ import annotations
@@ -22,6 +32,18 @@ class ChatTemplate:
 
 
 CHAT_TEMPLATES: Registry = Registry("chat template", plugin_group="qlora_kit.templates")
+
+EOS = "{EOS}"  # where the tokenizer's eos text goes in templates whose assistant turns end with the eos token
+
+
+@dataclass(frozen=True)
+class OllamaTemplate:
+    name: str  # the same name as the Jinja template in CHAT_TEMPLATES
+    go: str  # Go text/template source, possibly with EOS placeholders
+    stops: tuple[str, ...]  # the end-of-turn strings, plus turn starts the model must never write itself
+
+
+OLLAMA_TEMPLATES: Registry = Registry("ollama template")
 
 
 def register(template: ChatTemplate) -> ChatTemplate:
@@ -47,6 +69,18 @@ register(ChatTemplate(
     description="ChatML (Qwen, many community fine-tunes): <|im_start|>role ... <|im_end|>",
 ))
 
+OLLAMA_TEMPLATES.add("chatml", OllamaTemplate("chatml", """\
+{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}
+{{- range .Messages }}
+{{- if eq .Role "user" }}<|im_start|>user
+{{ .Content }}<|im_end|>
+<|im_start|>assistant
+{{ else if eq .Role "assistant" }}{{ .Content }}<|im_end|>
+{{ end }}
+{{- end }}""", ("<|im_end|>", "<|im_start|>")))
+
 register(ChatTemplate(
     name="llama-3",
     jinja=(
@@ -61,6 +95,21 @@ register(ChatTemplate(
     special_tokens=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     description="Llama 3 / 3.1 / 3.2 instruct format",
 ))
+
+# The Jinja twin trims message content; Go templates have no trim, so content is used as sent.
+OLLAMA_TEMPLATES.add("llama-3", OllamaTemplate("llama-3", """\
+{{- if .System }}<|start_header_id|>system<|end_header_id|>
+
+{{ .System }}<|eot_id|>
+{{- end }}
+{{- range .Messages }}
+{{- if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>
+
+{{ .Content }}<|eot_id|><|start_header_id|>assistant<|end_header_id|>
+
+{{ else if eq .Role "assistant" }}{{ .Content }}<|eot_id|>
+{{- end }}
+{{- end }}""", ("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>")))
 
 register(ChatTemplate(
     name="alpaca",
@@ -82,6 +131,22 @@ register(ChatTemplate(
     special_tokens=(),
     description="Alpaca instruction format (### Instruction / ### Response), turns end with the eos token",
 ))
+
+OLLAMA_TEMPLATES.add("alpaca", OllamaTemplate("alpaca", """\
+{{- if .System }}{{ .System }}
+
+{{ else }}Below is an instruction that describes a task. Write a response that appropriately completes the request.
+
+{{ end }}
+{{- range .Messages }}
+{{- if eq .Role "user" }}### Instruction:
+{{ .Content }}
+
+### Response:
+{{ else if eq .Role "assistant" }}{{ .Content }}""" + EOS + """
+
+{{ end }}
+{{- end }}""", ("### Instruction:",)))
 
 register(ChatTemplate(
     name="gemma",
@@ -107,6 +172,20 @@ register(ChatTemplate(
     description="Gemma instruct format (<start_of_turn>user/model ... <end_of_turn>), system folded into turn 1",
 ))
 
+# Gemma and Mistral fold the system text into the first user turn; `$system` is emptied once used (Go >= 1.11
+# lets a range body assign an outer variable), which works whether or not .Messages still holds the system message.
+OLLAMA_TEMPLATES.add("gemma", OllamaTemplate("gemma", """\
+{{- $system := .System }}
+{{- range .Messages }}
+{{- if eq .Role "user" }}<start_of_turn>user
+{{ if $system }}{{ $system }}
+
+{{ $system = "" }}{{ end }}{{ .Content }}<end_of_turn>
+<start_of_turn>model
+{{ else if eq .Role "assistant" }}{{ .Content }}<end_of_turn>
+{{ end }}
+{{- end }}""", ("<end_of_turn>", "<start_of_turn>")))
+
 register(ChatTemplate(
     name="mistral",
     jinja=(
@@ -128,3 +207,35 @@ register(ChatTemplate(
     special_tokens=(),
     description="Mistral instruct format ([INST] ... [/INST] answer</s>), system prepended to the first user message",
 ))
+
+OLLAMA_TEMPLATES.add("mistral", OllamaTemplate("mistral", """\
+{{- $system := .System }}
+{{- range .Messages }}
+{{- if eq .Role "user" }}[INST] {{ if $system }}{{ $system }}
+
+{{ $system = "" }}{{ end }}{{ .Content }} [/INST]
+{{- else if eq .Role "assistant" }}{{ .Content }}""" + EOS + """
+{{- end }}
+{{- end }}""", ("[INST]", "[/INST]")))
+
+# For templates we cannot identify: no special tokens that might not exist in the vocabulary, just labelled turns.
+FALLBACK_TEMPLATE = """\
+{{ if .System }}{{ .System }}
+
+{{ end }}{{ range .Messages }}
+{{- if eq .Role "user" }}User: {{ .Content }}
+
+Assistant: {{ else if eq .Role "assistant" }}{{ .Content }}
+
+{{ end }}
+{{- end }}"""
+FALLBACK_STOPS = ("\nUser:",)
+
+# Checked in this order: a vendor template may mention several (the first is the format it actually writes).
+_MARKERS = (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama-3"), ("<start_of_turn>", "gemma"),
+            ("[INST]", "mistral"), ("### Instruction", "alpaca"))
+
+
+def identify_template(jinja_text: str) -> str | None:
+    """The OLLAMA_TEMPLATES name for a tokenizer's Jinja chat template, by its turn markers; None if unknown."""
+    return next((name for marker, name in _MARKERS if marker in (jinja_text or "")), None)

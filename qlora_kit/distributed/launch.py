@@ -17,88 +17,104 @@ the terminal reaches the supervisor alone, never the workers half-way through a 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qlora_kit.distributed.env import CONTROL_ENV, Launch
 from qlora_kit.distributed.sync import PEER_GONE, STOP_NAME
-from qlora_kit.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, QKError, StageError,
-                              error_for_kind)
+from qlora_kit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, QKError, StageError, error_for_kind
+from qlora_kit.process import Child
+from qlora_kit.process.tree import die_with_parent, kill_tracked, track_descendants
+
+if TYPE_CHECKING:
+    from qlora_kit.train.context import RunContext
+
+TORCHRUN = "torch.distributed.run"
 
 
 def torchrun_command(launch: Launch, recipe: str, worker_args: list[str]) -> list[str]:
     """`python -m torch.distributed.run` with a static rendezvous on machine 0 (master_addr:master_port)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(launch.nnodes), "--node-rank",
-            str(launch.node_rank), "--nproc-per-node", str(launch.nproc), "--master-addr", launch.master_addr,
-            "--master-port", str(launch.master_port), "--max-restarts", "0", "-m", "qlora_kit", "train", recipe,
-            *worker_args]
+    return [sys.executable, "-m", TORCHRUN, *torchrun_args(launch, recipe, worker_args)]
 
 
-def supervise(launch: Launch, recipe, source: str, overrides: list[str], log, *, resume: bool, overwrite: bool,
-              console, resume_hint: str, stage_args: tuple[str, ...], warnings=()) -> int:
-    """Run the recipe on `launch`'s processes; returns the exit code (raises QKError for a failed run)."""
+def torchrun_args(launch: Launch, recipe: str, worker_args: list[str]) -> list[str]:
+    """torchrun's own arguments: this machine's share of the run, then `-m qlora_kit train RECIPE ...`."""
+    return ["--nnodes", str(launch.nnodes), "--node-rank", str(launch.node_rank), "--nproc-per-node",
+            str(launch.nproc), "--master-addr", launch.master_addr, "--master-port", str(launch.master_port),
+            "--max-restarts", "0", "-m", "qlora_kit", "train", recipe, *worker_args]
+
+
+def supervise(launch: Launch, ctx: RunContext, overrides: list[str]) -> int:
+    """Run the context's recipe on `launch`'s processes; returns the exit code (raises QKError for a failed
+    run). `overrides` are the user's --set values, passed on to every worker."""
     from qlora_kit.recipe.checks import check_paths
     from qlora_kit.train.rundir import RunDir
 
-    check_paths(recipe, source)
+    recipe = ctx.recipe
+    check_paths(recipe, ctx.source)
     main = launch.node_rank == 0
     run = RunDir(Path(recipe.output.dir).absolute() / recipe.output.name, writer=main)
     if main:
-        run.check_start(resume, overwrite)
-        if resume:
+        run.check_start(ctx.resume, ctx.overwrite)
+        if ctx.resume:
             run.check_world_size(launch.world_size)
-        if overwrite and not resume and run.root.exists():
+        if ctx.overwrite and not ctx.resume and run.root.exists():
             shutil.rmtree(run.root)  # here, not in rank 0: the log below must start from an empty file
-        log.attach(run.events, None)  # forwards what rank 0 appends from now on
-    args = [f"--set={o}" for o in overrides] + [f"--set=distributed.strategy={launch.strategy}",
-                                                 f"--set=distributed.nproc={launch.nproc}"]
-    args += ["--resume"] if resume else []
-    args += ["--no-plugins", *stage_args]
+        ctx.log.attach(run.events, None)  # forwards what rank 0 appends from now on
     control = Path(tempfile.mkdtemp(prefix="qlora-kit-dist-"))
-    console(f"distributed: {launch.strategy}, {launch.nproc} process(es) here x {launch.nnodes} machine(s) = world "
-            f"size {launch.world_size}; rendezvous {launch.master_addr}:{launch.master_port}")
+    ctx.console(f"distributed: {launch.strategy}, {launch.nproc} process(es) here x {launch.nnodes} machine(s) = "
+                f"world size {launch.world_size}; rendezvous {launch.master_addr}:{launch.master_port}")
     try:
-        code, stop_reason = _run_torchrun(torchrun_command(launch, source, args), control, log if main else None,
-                                          warnings)
+        code, stop_reason = _run_torchrun(torchrun_args(launch, ctx.source, _worker_args(launch, ctx, overrides)),
+                                          control, ctx.log if main else None, ctx.warnings)
         if not main:
             return _other_machine_outcome(code, control)
-        return _outcome(run, log, code, control, stop_reason, console, resume_hint, stage_args)
+        return _outcome(ctx, run, code, control, stop_reason)
     finally:
         shutil.rmtree(control, ignore_errors=True)
 
 
-def _run_torchrun(cmd: list[str], control: Path, log, warnings) -> tuple[int, str | None]:
-    env = {**os.environ, CONTROL_ENV: str(control), "PYTHONUNBUFFERED": "1"}
-    launcher_log = open(control / "launcher.log", "w", encoding="utf-8")
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=launcher_log, start_new_session=True,
-                            preexec_fn=_die_with_parent)
+def _worker_args(launch: Launch, ctx: RunContext, overrides: list[str]) -> list[str]:
+    args = [f"--set={o}" for o in overrides] + [f"--set=distributed.strategy={launch.strategy}",
+                                                 f"--set=distributed.nproc={launch.nproc}"]
+    args += ["--resume"] if ctx.resume else []
+    return [*args, "--no-plugins", *ctx.stage_args]
+
+
+def _run_torchrun(args: list[str], control: Path, log, warnings) -> tuple[int, str | None]:
+    """torchrun in a session of its own (a terminal's Ctrl-C reaches the supervisor alone), rank 0's events
+    forwarded as they arrive; every process it started is killed if still alive when this returns."""
     watcher = _Signals(control)
     tracked: dict[int, str] = {}
     pending = list(warnings)
-    try:
-        with watcher:
-            while proc.poll() is None:
-                time.sleep(0.2)
-                _track(proc.pid, tracked)
-                pending = _forward(log, pending)
-                if watcher.terminate_now:
-                    # At once means SIGKILL: a worker treats SIGTERM as one more request to checkpoint and stop.
-                    # A checkpoint cut short is never resumed from (trainer_state.json is written last).
-                    _kill(tracked, signal.SIGKILL)
-        _forward(log, pending)
-    finally:
-        launcher_log.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        _kill(tracked, signal.SIGKILL)  # nothing torchrun started outlives the supervisor
-    return proc.returncode, watcher.reason
+
+    def tick() -> None:
+        nonlocal pending
+        track_descendants(child.pid, tracked)
+        pending = _forward(log, pending)
+        if watcher.terminate_now:
+            # At once means SIGKILL: a worker treats SIGTERM as one more request to checkpoint and stop.
+            # A checkpoint cut short is never resumed from (trainer_state.json is written last).
+            kill_tracked(tracked, signal.SIGKILL)
+
+    with open(control / "launcher.log", "w", encoding="utf-8") as launcher_log:
+        child = Child(args, log, events="log", module=TORCHRUN, watch_crash=False,
+                      env={CONTROL_ENV: str(control), "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL,
+                      stderr=launcher_log, start_new_session=True, preexec_fn=die_with_parent)
+        try:
+            with watcher:
+                code = child.follow(tick)
+            _forward(log, pending)
+        finally:
+            if child.returncode is None:
+                child.kill()
+            kill_tracked(tracked, signal.SIGKILL)  # nothing torchrun started outlives the supervisor
+    return code, watcher.reason
 
 
 def _forward(log, pending: list[str]) -> list[str]:
@@ -117,20 +133,23 @@ def _forward(log, pending: list[str]) -> list[str]:
     return pending
 
 
-def _outcome(run, log, code: int, control: Path, stop_reason, console, resume_hint: str, stage_args) -> int:
+def _outcome(ctx: RunContext, run, code: int, control: Path, stop_reason) -> int:
+    log = ctx.log
     log.run_id = log.run_id or run.read_status().get("run_id")
     status = run.read_status().get("status")
     if code == 0 and status == "complete":
-        _later_stages(run, log, console, stage_args)
-        log.emit("run_end", status="complete")
+        from qlora_kit.recipe import load_recipe
+        from qlora_kit.train.finish import end_with_later_stages
+
+        end_with_later_stages(ctx, run, load_recipe(run.recipe))
         return EXIT_OK
     if status == "interrupted" and _ended(run):  # rank 0 finished the cancel (a second signal may have come late)
         from qlora_kit.eventlog import read_events
 
         cancelled = [e for e in read_events(run.events) if e.event == "cancelled"]
         reason = cancelled[-1].reason if cancelled else stop_reason
-        console(f"interrupted; every rank stopped after the same step, checkpoint saved. Continue with: "
-                f"{resume_hint}")
+        ctx.console(f"interrupted; every rank stopped after the same step, checkpoint saved. Continue with: "
+                    f"{ctx.resume_hint}")
         return EXIT_TERMINATED if reason == "SIGTERM" else EXIT_INTERRUPTED
     if stop_reason is not None and not _rank_errors(control):  # asked twice: stopped at once, no checkpoint
         if run.status_file.is_file():
@@ -142,9 +161,8 @@ def _outcome(run, log, code: int, control: Path, stop_reason, console, resume_hi
         run.write_status("failed", error=str(error))
     else:  # no rank got as far as creating the run directory: the error goes to the sinks and hooks only
         log.attach(None, None)
-    log.emit("error", kind=error.kind, message=str(error), exit_code=error.exit_code)
+    log.report_error(error)
     log.emit("run_end", status="failed", error=str(error))
-    error.reported = True
     raise error
 
 
@@ -157,19 +175,6 @@ def _ended(run) -> bool:
     except OSError:
         return False
     return bool(events) and events[-1].event == "run_end"
-
-
-def _later_stages(run, log, console, stage_args) -> None:
-    from qlora_kit.recipe import load_recipe
-    from qlora_kit.train.runner import run_later_stages
-
-    try:
-        run_later_stages(run, load_recipe(run.recipe), log, console, stage_args)
-    except QKError as exc:
-        log.emit("error", kind=exc.kind, message=str(exc), exit_code=exc.exit_code)
-        log.emit("run_end", status="failed", error=str(exc))
-        exc.reported = True
-        raise
 
 
 def _other_machine_outcome(code: int, control: Path) -> int:
@@ -248,50 +253,3 @@ class _Signals:
         tmp.replace(self.control / STOP_NAME)
         print(f"{name}: every rank saves a checkpoint after this step ({name} again stops at once)",
               file=sys.stderr, flush=True)
-
-
-def _die_with_parent() -> None:
-    """In torchrun's process, before exec: SIGTERM when the supervisor dies (Linux), so it stops its workers."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _track(root: int, tracked: dict[int, str]) -> None:
-    """Remember every descendant of `root` (pid -> its start time, so a reused pid is never killed)."""
-    stack = [root]
-    while stack:
-        pid = stack.pop()
-        children = []
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            try:
-                children += (task / "children").read_text().split()
-            except OSError:
-                continue
-        for child in map(int, children):
-            if child not in tracked:
-                start = _start_time(child)
-                if start:
-                    tracked[child] = start
-            stack.append(child)
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _kill(tracked: dict[int, str], sig) -> None:
-    for pid, start in list(tracked.items()):
-        if _start_time(pid) != start:
-            tracked.pop(pid, None)
-            continue
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            tracked.pop(pid, None)

@@ -10,7 +10,6 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlora_kit.errors import UsageError
@@ -18,22 +17,9 @@ from qlora_kit.eval import recorded as evrecorded
 from qlora_kit.eval import rows as evrows
 from qlora_kit.eval.scoring import METRICS, load_scorer, score
 from qlora_kit.eval.systems import GGUFSystem, HFSystem, gguf_path, merged_dir, parse_systems
+from qlora_kit.recipe.options import EvalOptions
 
 REPORT_VERSION = 1
-
-
-@dataclass
-class EvalOptions:
-    systems: list[str] | None = None  # default: base, fewshot, adapter, merged and every exported GGUF present
-    samples: int | None = None
-    data: str | None = None
-    max_new_tokens: int = 64
-    fewshot: int = 3
-    scorer: str | None = None
-    gguf_drop: float = 0.05  # warn when a GGUF loses more than this (fraction of the metric) against merged
-    match_margin: float = 0.05  # "matches" a recorded model: the 95% interval rules out losing more than this
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def default_systems(run_dir: Path) -> list[str]:
@@ -42,6 +28,18 @@ def default_systems(run_dir: Path) -> list[str]:
         names.append("merged")
     names += [f"gguf:{p.stem.rsplit('-', 1)[-1]}" for p in sorted((run_dir / "gguf").glob(f"{run_dir.name}-*.gguf"))]
     return names
+
+
+def run_eval(run_dir: str | Path, options: EvalOptions, log, *, out: str | Path | None = None,
+             warnings: tuple[str, ...] | list[str] = ()) -> Path:
+    """The eval stage (qk.evaluate, `qlora-kit eval`), recorded in the run's events.jsonl; returns the report dir."""
+    from qlora_kit.eventlog import run_stage
+
+    check_eval(run_dir, options)  # refused here: nothing reaches the run's events.jsonl
+    with run_stage(log, Path(run_dir)):
+        for message in warnings:
+            log.emit("warning", message=message, source="plugins")
+        return evaluate(run_dir, options, out, log=log)
 
 
 def evaluate(run_dir: str | Path, options: EvalOptions, out: str | Path | None = None, log=None) -> Path:

@@ -130,7 +130,7 @@ def parse_systems(spec: str | list[str], field: str = "--systems") -> list[str]:
 
 
 def gguf_path(run_dir: Path, quant: str) -> Path:
-    from qlora_kit.export.quants import get_quant_type
+    from qlora_kit.gguf.tensors.quants import get_quant_type
 
     q = get_quant_type(quant).name
     path = run_dir / "gguf" / f"{run_dir.name}-{q}.gguf"

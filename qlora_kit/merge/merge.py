@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from qlora_kit.merge.adapter import load_adapter
 from qlora_kit.compat import return_large_frees_to_the_os
 from qlora_kit.merge.checkpoint import Checkpoint, nf4_roundtrip, nf4_roundtrip_blocks, row_blocks
 from qlora_kit.merge.writer import PlannedTensor, ShardWriter, plan_shards, write_index
+from qlora_kit.recipe.options import MergeOptions
 
 OUT_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
               "fp32": torch.float32, "float32": torch.float32}
@@ -35,16 +35,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 DISK_MARGIN = 1.05  # headroom for headers, config and the report
 
 
-@dataclass
-class MergeOptions:
-    base: str = "dequantized"  # or "original"
-    dtype: str = "auto"  # auto: the base checkpoint's own dtype
-    max_shard_bytes: int = 2 * 10**9
-    verify: bool = True
-    compare: bool = True  # also measure the other base in the report
-    samples: int = 8
-    allow_mismatch: bool = False
-    block_bytes: int = 16 * 2**20  # float32 bytes of one block of rows (see merged_blocks)
+# float32 bytes of one block of rows (see merged_blocks): bounds the merge's working memory per tensor.
+BLOCK_BYTES = 16 * 2**20
 
 
 def quantized_linear_names(config: dict) -> set[str]:
@@ -61,7 +53,7 @@ def quantized_linear_names(config: dict) -> set[str]:
 
 
 def merge_weights(ckpt: Checkpoint, adapter, out: Path, options: MergeOptions, train_dtype: torch.dtype,
-                  out_dtype: torch.dtype) -> dict:
+                  out_dtype: torch.dtype, block_bytes: int = BLOCK_BYTES) -> dict:
     """Write the merged tensors into `out` (an empty directory). Returns facts for the report."""
     return_large_frees_to_the_os()
     names = ckpt.names()
@@ -77,7 +69,7 @@ def merge_weights(ckpt: Checkpoint, adapter, out: Path, options: MergeOptions, t
         writer = ShardWriter(out, shard)
         for t in shard.tensors:
             nf4 = train_dtype if options.base == "dequantized" and t.name in quantized else None
-            writer.write_blocks(t.name, merged_blocks(ckpt, adapter, t.name, nf4, t.dtype, options.block_bytes))
+            writer.write_blocks(t.name, merged_blocks(ckpt, adapter, t.name, nf4, t.dtype, block_bytes))
             roundtripped += nf4 is not None
         writer.close()
     write_index(out, shards)

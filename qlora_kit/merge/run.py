@@ -14,12 +14,25 @@ import torch
 
 from qlora_kit.errors import QKError, StageError, UsageError
 from qlora_kit.merge.checkpoint import Checkpoint
-from qlora_kit.merge.merge import (MergeOptions, check_tied, load_adapter_checked, merge_weights, publish,
+from qlora_kit.merge.merge import (check_tied, load_adapter_checked, merge_weights, publish,
                                    resolve_out_dtype, temp_dir_for, write_model_files)
+from qlora_kit.recipe.options import MergeOptions
 from qlora_kit.train.rundir import RunDir, atomic_write_json
 
 # Top-1 agreement below this means the merge is wrong (a missing scale, a transposed delta), not float noise.
 MIN_TOP1 = 0.95
+
+
+def run_merge(run_dir: str | Path, options: MergeOptions, log, *, out: str | Path | None = None,
+              overwrite: bool = False, warnings: tuple[str, ...] | list[str] = ()) -> Path:
+    """The merge stage (qk.merge, `qlora-kit merge`), recorded in the run's events.jsonl; returns the output dir."""
+    from qlora_kit.eventlog import run_stage
+
+    check_merge(run_dir, out, overwrite)  # refused here: nothing reaches the run's events.jsonl
+    with run_stage(log, Path(run_dir)):
+        for message in warnings:
+            log.emit("warning", message=message, source="plugins")
+        return merge_run(run_dir, options, out, overwrite=overwrite, log=log)
 
 
 def merge_run(run_dir: str | Path, options: MergeOptions, out: str | Path | None = None,
@@ -115,7 +128,7 @@ def fidelity_report(recipe, run, ckpt, adapter, merged_dir, options, train_dtype
         scratch = merged_dir.parent / f".{merged_dir.name}-{other}"
         scratch.mkdir(exist_ok=True)
         try:
-            merge_weights(ckpt, adapter, scratch, MergeOptions(base=other, max_shard_bytes=options.max_shard_bytes),
+            merge_weights(ckpt, adapter, scratch, MergeOptions(base=other, max_shard_size=options.max_shard_size),
                        train_dtype, out_dtype)
             (scratch / "config.json").write_text((merged_dir / "config.json").read_text())
             model = fid.plain_model(str(scratch), out_dtype)

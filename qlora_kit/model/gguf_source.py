@@ -163,7 +163,7 @@ def choose_template(found: ollama_store.OllamaModel | None, gguf_template: str |
     a template we know and the GGUF's own template is of the same family, the GGUF's exact Jinja is kept; when the
     GGUF has none or another family, our Jinja twin of the Ollama template is used, so the model is tuned on the
     format it is run with."""
-    from qlora_kit.export.ollama import identify_template
+    from qlora_kit.data.templates import identify_template
 
     if found is None or not found.template:
         return None, "gguf metadata" if gguf_template else "none"

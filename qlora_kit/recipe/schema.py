@@ -10,26 +10,17 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from qlora_kit.recipe.options import (BackendName, BenchOptions, EvalOptions, ExportOptions, MergeOptions,
+                                     Section)
 from qlora_kit.registry import registry_choice
 
 Auto = Literal["auto"]
 
 # What varies is named by its registry (backends, data formats, GGUF types): plugins that register a variant are
 # accepted here too, and `qlora-kit schema` lists whatever is registered.
-BackendName = registry_choice("qlora_kit.model.backends:BACKENDS")
 FormatName = registry_choice("qlora_kit.data.formats:FORMATS", extra=("auto",))
-QuantName = registry_choice("qlora_kit.export.quants:QUANT_TYPES", fold_case=True)  # Q4_K_M as llama.cpp writes it
-OPTIMIZERS = ("auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd")
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-class Section(BaseModel):
-    # extra="forbid": a typo in a recipe must be an error with a did-you-mean, not a silently ignored key.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelSection(Section):
@@ -142,68 +133,23 @@ class TrainSection(Section):
         return v
 
 
-class MergeSection(Section):
+# The stages after training: each section is the stage's options model (recipe/options.py, also the command's
+# flags and the API's keyword arguments) plus `enabled`, which makes `train` run the stage when training ends.
+
+class MergeSection(MergeOptions):
     enabled: bool = Field(False, description="Merge the adapter into 16-bit weights (RUN_DIR/merged/) when training ends.")
-    base: Literal["dequantized", "original"] = Field(
-        "dequantized", description="dequantized: the NF4 weights the adapter was trained against (reproduces the "
-        "trained model); original: the 16-bit weights the run started from.")
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Output dtype; auto: the base checkpoint's.")
-    max_shard_size: str = Field("2GB", description="Largest safetensors shard, e.g. 500MB, 2GB.")
-    verify: bool = Field(True, description="Check the merged model against the trained adapter (merge_report.json).")
-    samples: int = Field(8, gt=0, description="Held-out rows used by the fidelity check.")
-
-    @field_validator("max_shard_size")
-    @classmethod
-    def _size(cls, v):
-        from qlora_kit.sizes import parse_size
-
-        parse_size(v)
-        return v
 
 
-
-
-class ExportSection(Section):
+class ExportSection(ExportOptions):
     enabled: bool = Field(False, description="Export GGUF files (RUN_DIR/gguf/) after training and merging.")
-    quant: list[QuantName] = Field(["q4_k_m", "q8_0"], min_length=1, description="GGUF types to write.")
-    verify: bool = Field(True, description="Check tokens and logits through llama.cpp (export_report.json).")
-    samples: int = Field(4, gt=0, description="Held-out rows for the logit check.")
 
 
-class EvalSection(Section):
-    """`qlora-kit eval` after training (its command-line flags are the same fields)."""
-
+class EvalSection(EvalOptions):
     enabled: bool = Field(False, description="Run `qlora-kit eval` when training (and merge/export) end.")
-    systems: list[str] | None = Field(None, description="base, fewshot, adapter, merged, gguf:TYPE, recorded:FILE "
-                                      "(an old model's recorded answers, JSONL) (default: base, fewshot, adapter, "
-                                      "and merged and every GGUF the run has).")
-    samples: int | None = Field(None, gt=0, description="Evaluate at most this many held-out rows (default: all).")
-    data: str | None = Field(None, description="Held-out rows from this file instead of the run's eval split.")
-    max_new_tokens: int = Field(64, gt=0, description="Longest generated answer in tokens.")
-    fewshot: int = Field(3, gt=0, description="Training examples in the few-shot prompt.")
-    scorer: str | None = Field(None, description="Task score 'module:function(prediction, reference, row) -> float'.")
 
 
-class BenchSection(Section):
+class BenchSection(BenchOptions):
     """Defaults for `qlora-kit bench` (its command-line flags override them)."""
-
-    backends: list[BackendName] = Field(["unsloth", "hf"], min_length=1,
-                                                     description="Backends to compare; hf is the baseline.")
-    seq_lens: list[int] | None = Field(None, min_length=1, description="Sequence lengths (default: 512, 1024, "
-                                       "2048, those within the model's context).")
-    batch_sizes: list[int] | None = Field(None, min_length=1, description="Batch sizes (default: train.batch_size).")
-    steps: int = Field(10, gt=0, description="Optimizer steps per cell.")
-    warmup: int = Field(3, ge=0, description="First steps excluded from tokens/s.")
-    repeats: int = Field(1, gt=0, description="Runs per cell; the report keeps the median run by tokens/s.")
-    data: Literal["synthetic", "recipe"] = Field(
-        "synthetic", description="synthetic: seeded random tokens; recipe: data.path cut into exact-length blocks.")
-
-    @field_validator("seq_lens", "batch_sizes")
-    @classmethod
-    def _positive_list(cls, v):
-        if v is not None and any(n <= 0 for n in v):
-            raise ValueError("every value must be a positive integer")
-        return v
 
 
 class DistributedSection(Section):

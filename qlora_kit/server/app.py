@@ -5,30 +5,27 @@ scripts from the network)."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from qlora_kit import __version__
 from qlora_kit.errors import QKError, UsageError
+from qlora_kit.recipe.options import PlanOptions, to_argv
+from qlora_kit.server.dry_run import dry_run
 from qlora_kit.server.jobs import Scheduler, recover, resume_mode
+from qlora_kit.server.middleware import BearerAuth, BodyLimit
 from qlora_kit.server.openai import register as register_openai
-from qlora_kit.server.recipes import RecipeRequest, prepare, problems_of, write_temp_recipe
-from qlora_kit.server.security import MAX_BODY_BYTES, Confiner, Refused, token_matches
+from qlora_kit.server.recipes import RecipeRequest, prepare, problems_of
+from qlora_kit.server.security import MAX_BODY_BYTES, Confiner, Refused
 from qlora_kit.server.store import ACTIVE, JobStore
 from qlora_kit.server.stream import HEARTBEAT_S, POLL_S, event_stream
 from qlora_kit.server.views import artifacts, job_view
-
-DRY_RUN_TIMEOUT_S = 600
 
 
 @dataclass
@@ -51,12 +48,8 @@ class JobRequest(RecipeRequest):
     resume: bool = False  # continue an existing run directory (under the root) from its latest checkpoint
 
 
-class PlanRequest(RecipeRequest):
-    gpu_mem: str | None = None
-    device: str | None = None
-    backend: Literal["unsloth", "hf"] | None = None
-    seq_len: int | None = None
-    batch_size: int | None = None
+class PlanRequest(RecipeRequest, PlanOptions):
+    """A recipe and the plan stage's options (recipe/options.py PlanOptions), side by side in one JSON object."""
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -203,16 +196,13 @@ def _service_routes(app: FastAPI, ctx: _Context) -> None:
     @app.post("/v1/plan")
     def plan(body: PlanRequest) -> dict[str, Any]:
         recipe, _ = ctx.prepare(body)
-        flags = []
-        for key in ("gpu_mem", "device", "backend", "seq_len", "batch_size"):
-            value = getattr(body, key)
-            flags += [f"--{key.replace('_', '-')}", str(value)] if value is not None else []
-        return _dry_run(["plan"], recipe, [*flags, "--json"], ctx.config.root)
+        options = PlanOptions.model_validate(body.model_dump(include=set(PlanOptions.model_fields)))
+        return dry_run(["plan"], recipe, [*to_argv(options), "--json"], ctx.config.root)
 
     @app.post("/v1/data/check")
     def data_check(body: RecipeRequest) -> dict[str, Any]:
         recipe, _ = ctx.prepare(body)
-        return _dry_run(["data", "check"], recipe, ["--json"], ctx.config.root)
+        return dry_run(["data", "check"], recipe, ["--json"], ctx.config.root)
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
@@ -221,30 +211,6 @@ def _service_routes(app: FastAPI, ctx: _Context) -> None:
     @app.get("/v1/version")
     def version() -> dict[str, Any]:
         return {"version": __version__, "events_schema_version": 2}
-
-
-class BearerAuth:
-    """Every request (the OpenAPI schema and unknown paths too) needs `Authorization: Bearer TOKEN`."""
-
-    def __init__(self, app, token: str):
-        self.app, self.token = app, token
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            if not token_matches(header, self.token):
-                return await _send_json(send, 401, "a bearer token is required: Authorization: Bearer TOKEN",
-                                        [(b"www-authenticate", b"Bearer")], code="invalid_api_key")
-        return await self.app(scope, receive, send)
-
-
-async def _send_json(send, status: int, detail: str, headers: list | None = None, code: str | None = None) -> None:
-    """`detail` for /v1/jobs clients, and the same in OpenAI's `error` shape for OpenAI clients."""
-    error = {"message": detail, "type": "invalid_request_error", "param": None, "code": code}
-    body = json.dumps({"detail": detail, "error": error}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _event_id(value: str | None) -> int:
@@ -266,70 +232,3 @@ def _errors(app: FastAPI) -> None:
         if isinstance(exc, UsageError):
             return JSONResponse({"detail": {"message": str(exc), "problems": problems_of(exc)}}, status_code=422)
         return JSONResponse({"detail": str(exc)}, status_code=500)
-
-
-def _dry_run(command: list[str], recipe, flags: list[str], cwd: Path) -> dict[str, Any]:
-    """A dry-run command through the CLI in a child process (it may load a tokenizer or torch, which the server
-    never imports): its --json output, or its one-line error as a 422."""
-    with tempfile.TemporaryDirectory(prefix="qlora-kit-server-") as tmp:
-        path = write_temp_recipe(recipe, Path(tmp))
-        proc = subprocess.run([sys.executable, "-m", "qlora_kit", *command, str(path), *flags], cwd=cwd,
-                              capture_output=True, text=True, timeout=DRY_RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    report = None
-    try:
-        report = json.loads(proc.stdout) if proc.stdout.strip() else None
-    except ValueError:
-        pass
-    if proc.returncode == 0 and report is not None:
-        return report
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    problems = [line.strip()[2:] for line in lines if line.startswith("  - ")]
-    message = next((line.split("error: ", 1)[1] for line in lines if line.startswith("qlora-kit: error: ")),
-                   lines[-1] if lines else f"exit code {proc.returncode}")
-    status = 422 if proc.returncode == 2 else 500
-    raise HTTPException(status, {"message": message, "problems": problems or [message], "report": report})
-
-
-class BodyLimit:
-    """Refuses request bodies over `limit` bytes (`uploads[path]` for POSTs to an upload path) with 413: by
-    Content-Length before reading anything, and by counting while reading for bodies sent without one (chunked)."""
-
-    def __init__(self, app, limit: int, uploads: dict[str, int] | None = None):
-        self.app, self.default, self.uploads = app, limit, uploads or {}
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = self.uploads.get(scope["path"], self.default) if scope["method"] == "POST" else self.default
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return await self._too_large(send, limit)
-        seen = 0
-        started = False
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise _TooLarge
-            return message
-
-        async def watched(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, watched)
-        except _TooLarge:
-            if not started:
-                await self._too_large(send, limit)
-
-    async def _too_large(self, send, limit: int):
-        await _send_json(send, 413, f"request body larger than {limit} bytes", [(b"connection", b"close")],
-                         code="request_too_large")
-
-
-class _TooLarge(Exception):
-    pass

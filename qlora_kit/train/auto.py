@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qlora_kit.errors import UsageError
+from qlora_kit.distributed.env import DistEnv, recorded_section, worker_strategy
 from qlora_kit.recipe.schema import Recipe
+from qlora_kit.train.device import detect_device
 
 # (GPU, CPU) defaults. GPU: small micro-batches accumulated, 8-bit AdamW and checkpointing to save VRAM.
 # CPU: no accumulation or checkpointing (they only cost time on small models), full-precision AdamW.
@@ -42,17 +43,6 @@ class Runtime:
         return getattr(torch, self.dtype)
 
 
-def detect_device(requested: str) -> str:
-    import torch
-
-    has_cuda = torch.cuda.is_available()
-    if requested == "cuda" and not has_cuda:
-        raise UsageError("train.device: cuda was asked for but no CUDA GPU is visible; use train.device: auto or cpu")
-    if requested == "auto":
-        return "cuda" if has_cuda else "cpu"
-    return requested
-
-
 def auto_dtype(device: str, bf16: bool) -> str:
     """model.dtype auto: bfloat16 on GPUs that support it, else float16; float32 on CPU (bf16 matmuls are slow on
     most CPUs, and fp32 keeps CPU runs comparable across machines). `plan` applies it to GPUs it only knows of."""
@@ -70,8 +60,6 @@ def pick_dtype(requested: str, device: str) -> str:
 
 
 def resolve(recipe: Recipe, dist=None) -> tuple[Recipe, Runtime]:
-    from qlora_kit.distributed.env import DistEnv, recorded_section, worker_strategy
-
     dist = dist or DistEnv()
     device = detect_device(recipe.train.device)
     gpu = device == "cuda"

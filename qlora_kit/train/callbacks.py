@@ -15,6 +15,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from qlora_kit.control import CancelToken
+from qlora_kit.train.context import peak_memory, quiet
 from qlora_kit.train.rundir import RunDir
 
 
@@ -40,8 +41,6 @@ class EventsCallback(TrainerCallback):
             rate = (tokens - self._last[1]) / (now - self._last[0])
         self._last = (now, tokens)
         loss = float(logs["loss"])
-        from qlora_kit.train.runner import peak_memory
-
         eta = self._eta(now, state.global_step, state.max_steps)
         self.run.event("step", step=state.global_step, max_steps=state.max_steps, loss=loss,
                        lr=logs.get("learning_rate"), grad_norm=_num(logs.get("grad_norm")),
@@ -102,7 +101,6 @@ class RankMemory(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         from qlora_kit.bench.tensors import held_bytes
-        from qlora_kit.train.runner import peak_memory
 
         held = held_bytes(model, optimizer) if model is not None else {}
         self.held = {"rank": args.process_index, **held, "peak_memory_bytes": int(peak_memory(self.device))}
@@ -112,8 +110,6 @@ class Progress:
     """A tqdm bar on a terminal (stderr); otherwise plain lines through `console`."""
 
     def __init__(self, console, tty: bool | None = None):
-        from qlora_kit.train.runner import quiet
-
         self.console = console
         self.tty = (sys.stderr.isatty() if tty is None else tty) and console is not quiet
         self.bar = None

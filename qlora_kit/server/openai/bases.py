@@ -47,24 +47,33 @@ def base_gguf(root: Path, alias: str, model: str) -> Path:
 
 
 def _main(model: str, out: str) -> int:
-    from qlora_kit.cli import main
     from qlora_kit.errors import QKError
-    from qlora_kit.model.resolve import resolve_model_path
 
     try:
-        path = resolve_model_path(model)
-        if not Path(path).is_dir():  # a Hub id: only what the local cache already holds
-            from huggingface_hub import snapshot_download
-
-            path = snapshot_download(path, local_files_only=True)
+        _export_base(model, out)
     except QKError as exc:
         print(f"qlora-kit: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except Exception as exc:  # huggingface_hub: not in the cache
-        print(f"qlora-kit: error: {model} is not in the local Hugging Face cache ({type(exc).__name__})",
-              file=sys.stderr)
-        return 2
-    return main(["export", path, "--quant", "q8_0", "--out", out, "--no-verify"])
+    return 0
+
+
+def _export_base(model: str, out: str) -> None:
+    """The base model (a directory, a built-in or a Hub id already in the local cache) as an unverified Q8_0."""
+    from qlora_kit.errors import UsageError
+    from qlora_kit.eventlog import EventLog
+    from qlora_kit.gguf.run import run_export
+    from qlora_kit.model.resolve import resolve_model_path
+    from qlora_kit.recipe.options import ExportOptions
+
+    path = resolve_model_path(model)
+    if not Path(path).is_dir():  # a Hub id: only what the local cache already holds
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = snapshot_download(path, local_files_only=True)
+        except Exception as exc:  # huggingface_hub: not in the cache
+            raise UsageError(f"{model} is not in the local Hugging Face cache ({type(exc).__name__})") from None
+    run_export(path, ExportOptions(quant=["q8_0"], verify=False), EventLog(), out=out)
 
 
 if __name__ == "__main__":

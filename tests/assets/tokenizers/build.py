@@ -82,7 +82,7 @@ def build_llama3(out: Path) -> None:
     a TemplateProcessing post-processor adding <|begin_of_text|>."""
     from tokenizers import AddedToken, processors
 
-    from qlora_kit.export.vocab import LLAMA3_REGEX
+    from qlora_kit.gguf.vocab.vocab import LLAMA3_REGEX
 
     tok = byte_level_bpe(LLAMA3_REGEX, 700, [], ignore_merges=True)
     tok.add_special_tokens([AddedToken(s, normalized=False, special=True) for s in LLAMA3_SPECIALS])
@@ -100,8 +100,8 @@ def build_llama3_gguf_hybrid(out: Path, llama3: Path) -> None:
     with AutoTokenizer(gguf_file=...), saved."""
     from transformers import AutoTokenizer
 
-    from qlora_kit.export.tokenizer_probe import write_vocab_only
-    from qlora_kit.export.vocab import candidates, effective_tokenizer_json
+    from qlora_kit.gguf.vocab.tokenizer_probe import write_vocab_only
+    from qlora_kit.gguf.vocab.vocab import candidates, effective_tokenizer_json
 
     hf = AutoTokenizer.from_pretrained(llama3)
     plan = candidates(llama3, effective_tokenizer_json(hf, llama3 / "tokenizer.json"), True)[0]
@@ -129,7 +129,7 @@ def build_qwen2(out: Path) -> None:
     vocabulary; transformers loads it as Qwen2Tokenizer."""
     from tokenizers import AddedToken, normalizers
 
-    from qlora_kit.export.vocab import QWEN2_REGEX
+    from qlora_kit.gguf.vocab.vocab import QWEN2_REGEX
 
     tok = byte_level_bpe(QWEN2_REGEX, 700, [])
     tok.normalizer = normalizers.NFC()
@@ -145,7 +145,7 @@ def build_tekken(out: Path) -> None:
     <SPECIAL_n>) as in the real file's first 1000 ids, BOS added by the post-processor."""
     from tokenizers import processors
 
-    from qlora_kit.export.vocab import TEKKEN_REGEX
+    from qlora_kit.gguf.vocab.vocab import TEKKEN_REGEX
 
     specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
                 "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]"] + [f"<SPECIAL_{i}>" for i in range(10, 20)]

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from qlora_kit.errors import UsageError
-from qlora_kit.export.vocab_plan import CONTROL, NORMAL, UNUSED, USER_DEFINED, VocabPlan
+from qlora_kit.gguf.vocab.vocab_plan import CONTROL, NORMAL, UNUSED, USER_DEFINED, VocabPlan
 
 # Pre-tokenizer regexes (as they appear in tokenizer.json) -> llama.cpp's pre-tokenizer names.
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
@@ -94,8 +94,8 @@ def probe_tokenizer(model_dir: Path) -> tuple[object, dict | None]:
     vocabulary those texts reach (light_tokenizer.load_for_texts: a 152k vocabulary costs ~170 MiB at its peak
     loaded whole). The json is the tokenizer transformers really runs (effective_tokenizer_json): the class's
     pipeline with the file's whole vocabulary and merges."""
-    from qlora_kit.export.light_tokenizer import load_for_texts, reducible
-    from qlora_kit.export.tokenizer_probe import probe_texts
+    from qlora_kit.gguf.vocab.expectations import probe_texts
+    from qlora_kit.gguf.vocab.light_tokenizer import load_for_texts, reducible
 
     tokenizer_file = model_dir / "tokenizer.json"
     data = tokenizer_json(model_dir)
@@ -171,7 +171,7 @@ def _merges(data: dict) -> list[str]:
 
 def candidates(model_dir: Path, data: dict | None, space_prefix_hint: bool) -> list[VocabPlan]:
     """Every GGUF vocabulary that might reproduce this tokenizer, most likely first."""
-    from qlora_kit.export import spm_vocab
+    from qlora_kit.gguf.vocab import spm_vocab
 
     plans: list[VocabPlan] = []
     if (model_dir / "tokenizer.model").is_file():  # SentencePiece's own scores: preferred when present
@@ -215,8 +215,8 @@ def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = Tru
     import gguf
 
     from qlora_kit.compat import release_freed_heap
-    from qlora_kit.export.tokenizer_probe import choose
-    from qlora_kit.export.verify import TokenExpectations
+    from qlora_kit.gguf.vocab.expectations import TokenExpectations
+    from qlora_kit.gguf.vocab.tokenizer_probe import choose
 
     tokenizer_file = require_tokenizer(model_dir)
     hf_tokenizer, data = probe_tokenizer(model_dir)

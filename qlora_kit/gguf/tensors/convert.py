@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from qlora_kit.errors import StageError, UsageError
-from qlora_kit.export.archs import ARCHS, common_kv, permute_for_llama_cpp
-from qlora_kit.export.quants import NEEDS_IMATRIX, QUANT_TYPES, QuantType, get_quant_type  # noqa: F401
-from qlora_kit.export.vocab import add_vocab
 from qlora_kit.compat import return_large_frees_to_the_os
+from qlora_kit.errors import StageError, UsageError
+from qlora_kit.gguf.tensors.archs import ARCHS, common_kv, permute_for_llama_cpp
+from qlora_kit.gguf.tensors.quants import NEEDS_IMATRIX, QUANT_TYPES, QuantType, get_quant_type  # noqa: F401
+from qlora_kit.gguf.vocab.vocab import add_vocab
 from qlora_kit.merge.checkpoint import Checkpoint, row_blocks
 
 
@@ -63,7 +63,7 @@ def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int
     the rest are written as `ggml_target` (the model's own precision, as in the GGUF llama.cpp would start from)."""
     import gguf
 
-    from qlora_kit.export.gguf_writer import GGUFWriter
+    from qlora_kit.gguf.gguf_writer import GGUFWriter
     from qlora_kit.native.crash import note
 
     note(doing="ggml was writing", file=str(out_path))
@@ -111,7 +111,7 @@ def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int
 def fallbacks(plan: list[PlannedTensor], mixture: str) -> list[dict]:
     """K-quant super-blocks span 256 values of a row: llama.cpp stores tensors whose rows are not a multiple of
     256 wide in another type (Q4_0, Q5_0, Q5_1, Q8_0 or F16). List them, so a user sees why a file is bigger."""
-    from qlora_kit.export.quant_policy import DEFAULT, block_size
+    from qlora_kit.gguf.tensors.quant_policy import DEFAULT, block_size
 
     if block_size(DEFAULT[mixture]) != 256:
         return []
@@ -151,7 +151,7 @@ def plan_tensors(ckpt: Checkpoint, arch, ggml_target: str, mixture: str | None =
             unit = shape[0] // (heads if ".q_proj." in hf_name else kv_heads)  # the un-permute stays within a head
         plan.append(PlannedTensor(hf_name, gguf_name, shape, tensor_type(gguf_name, shape, ggml_target), unit))
     if mixture:
-        from qlora_kit.export.quant_policy import tensor_types
+        from qlora_kit.gguf.tensors.quant_policy import tensor_types
 
         chosen = tensor_types({t.gguf_name: t.shape for t in plan}, mixture, arch.gguf_arch, config)
         plan = [replace(t, kind=chosen[t.gguf_name], ggml=True) if t.gguf_name in chosen else t for t in plan]
@@ -177,7 +177,7 @@ def _encoded_blocks(ckpt: Checkpoint, t: PlannedTensor, arch, block_bytes: int):
     blocks within a row, and the Q/K un-permute moves rows within a head (blocks hold whole heads)."""
     import torch
 
-    from qlora_kit.export.ggml_quant import quantize_rows
+    from qlora_kit.gguf.tensors.ggml_quant import quantize_rows
 
     rows = t.shape[0] if t.shape else 1
     for start, stop in row_blocks(rows, _numel(t.shape[1:]), block_bytes, t.unit):

@@ -1,5 +1,5 @@
 """Write gguf/Modelfile for every export: Ollama does not run Jinja, so the chat template used in training is
-written as an explicit Go TEMPLATE with its stop strings (see qlora_kit/export/ollama.py)."""
+written as an explicit Go TEMPLATE with its stop strings (see qlora_kit/gguf/ollama/ollama.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ def plan_modelfile(model_dir: Path, run_dir: Path | None, targets: dict[str, Pat
     files (parsed in Python: ~80 MiB for a 150k vocabulary), which costs least before the tensor pass, not on top of
     what it leaves behind. write_modelfile writes it once the GGUFs exist."""
     from qlora_kit.compat import release_freed_heap
-    from qlora_kit.export.light_tokenizer import load_without_vocabulary
-    from qlora_kit.export.ollama import OLLAMA_TEMPLATES, build_modelfile, identify_template
-    from qlora_kit.export.vocab import require_tokenizer, tokenizer_json, unloadable
+    from qlora_kit.data.templates import OLLAMA_TEMPLATES, identify_template
+    from qlora_kit.gguf.ollama.ollama import build_modelfile
+    from qlora_kit.gguf.vocab.light_tokenizer import load_without_vocabulary
+    from qlora_kit.gguf.vocab.vocab import require_tokenizer, tokenizer_json, unloadable
 
     chosen = next((q for q in PREFERRED if q in targets), next(iter(targets)))
     require_tokenizer(model_dir)

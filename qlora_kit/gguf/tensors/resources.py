@@ -1,9 +1,9 @@
 """Disk and memory an export needs, estimated before anything is written (as `plan` does for training).
 
 Memory is what the process itself must allocate, stage by stage; the peak is the largest stage, not their sum:
-  convert    a few row blocks (qlora_kit/export/convert.py: BLOCK_BYTES; K-quants too, ggml's quantizer encodes
-             the same blocks) + the tokenizer's parsed JSON (~8x tokenizer.json, measured: 82 MiB for Qwen's 11 MB
-             file) + the tokenizer code transformers imports;
+  convert    a few row blocks (qlora_kit/gguf/tensors/convert.py: BLOCK_BYTES; K-quants too, ggml's quantizer
+             encodes the same blocks) + the tokenizer's parsed JSON (~8x tokenizer.json; measurements:
+             benchmarks/RESULTS.md) + the tokenizer code transformers imports;
   verify     the HF reference: one decoder layer in float32 + the reference logits; llama.cpp: its logits
              buffers (ours and llama-cpp-python's, n_ctx x vocab floats each) and compute buffers.
 The GGUF file itself is mapped by llama.cpp, not allocated: its pages are file cache that the kernel can drop, so
@@ -50,7 +50,7 @@ def require_disk(out: Path, needed: float) -> None:
 
 
 def conversion_bytes(model_dir: Path) -> int:
-    from qlora_kit.export.convert import BLOCK_BYTES
+    from qlora_kit.gguf.tensors.convert import BLOCK_BYTES
 
     tokenizer = model_dir / "tokenizer.json"
     return FIXED + 4 * BLOCK_BYTES + 8 * (tokenizer.stat().st_size if tokenizer.is_file() else 0)

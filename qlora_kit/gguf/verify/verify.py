@@ -11,10 +11,10 @@ behaviour, and top-1 agreement counted only where HF's top1-top2 margin is large
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from qlora_kit.gguf.vocab.expectations import TokenExpectations, known_spm_difference
+from qlora_kit.gguf.vocab.vocab_plan import VocabPlan
 from qlora_kit.native.loader import captured_native_output, load
 
 TOKEN_TEXTS = (
@@ -26,52 +26,18 @@ TOKEN_TEXTS = (
     "it's they're we've I'm you'll he'd CAPS MiXeD",
 )
 F32_MAX_ABS_DIFF = 1e-2
-# Per-type limit on the mean relative logit error, about 1.4x the worst correct export measured (llama-cpp-python
-# 0.3.36, CPU). Tiny random Llama/Qwen2/Qwen3/Gemma2/Gemma3 models, peaked and flat: f16 0.0016, bf16 0.0134, q8_0
-# 0.042, q6_k 0.114, q4_k_m 0.317, q4_0 0.375, q2_k 0.43 (Gemma the most sensitive). A real model, SmolLM2-135M
-# fine-tuned on the date task (30 layers, BF16 from a Q4_1 GGUF, its held-out rows): bf16 0.0099, q8_0 0.0707 (the
-# same 0.058 on fixed texts for llama.cpp's own Q8_0 quantizer and ours), q6_k 0.102, q5_k_m 0.227, q4_k_m 0.261,
-# q3_k_m 0.442, q4_0 0.568, q2_k 0.629. Broken conversions: Llama without the Q/K un-permute 0.25 at q8_0 on the
-# trained demo model and 0.79 on SmolLM2 (0.024-0.047 on random models, whose attention carries little position
-# information: there only f32/f16/bf16, and K-quants through their intermediate, refuse it); Gemma without the +1
-# on norms 0.59.
+# Per-type limit on the mean relative logit error, ~1.4x the worst correct export; measurements: benchmarks/RESULTS.md
 REL_ERROR_LIMITS = {"f32": 1e-3, "f16": 0.006, "bf16": 0.02, "q8_0": 0.1, "q6_k": 0.16, "q5_k_m": 0.32,
                     "q4_k_m": 0.45, "q4_0": 0.8, "q3_k_m": 0.65, "q2_k": 0.9}
-# A position counts for top-1 when HF's top1-top2 margin > this x the type's limit x the logits' spread. The error
-# concentrates on the large (top) logits of a trained model: on the trained demo model, flips were measured at
-# margins up to 9.4x the mean relative error (q8_0), i.e. up to 4.6x the type's limit (q4_0); 6 leaves room.
+# Top-1 counts where HF's margin > this x limit x spread: room over measured flips; measurements: benchmarks/RESULTS.md
 DECISIVE_MARGIN = 6.0
 DECISIVE_AGREEMENT = 0.98
 MIN_DECISIVE = 8  # fewer decisive positions than this: top-1 is reported, not judged
 
 
-@dataclass(frozen=True)
-class TokenExpectations:
-    """What the token check needs from the HF tokenizer, computed once so the tokenizer (hundreds of MiB for a
-    150k vocabulary) is not held while the GGUF files are written."""
-
-    texts: list[str]  # probe texts (+ the chat sample, for verification)
-    ids: list[list[int]]  # HF's ids for each, no special tokens added
-    with_specials: list[int]  # HF's ids for "Hello world" with BOS/EOS added as it adds them
-    added: list[str]  # the added tokens' texts
-    space_rule: str  # how HF prepends '▁' (tokenizer_probe.spm_space_rule)
-
-    @classmethod
-    def of(cls, hf_tokenizer, chat_sample: str | None = None, data: dict | None = None) -> "TokenExpectations":
-        from qlora_kit.export.tokenizer_probe import added_texts, hf_ids, probe_texts, spm_space_rule
-
-        texts = probe_texts(hf_tokenizer) + ([chat_sample] if chat_sample is not None else [])
-        return cls(texts, hf_ids(hf_tokenizer, texts),
-                   list(hf_tokenizer("Hello world", add_special_tokens=True)["input_ids"]),
-                   added_texts(hf_tokenizer), spm_space_rule(data))
-
-
 def check_tokens(gguf_path, expect: TokenExpectations) -> dict:
     """llama.cpp's ids vs HF's on the probe texts and the chat sample (specials parsed), and with BOS/EOS added as
     each side adds them. Differences llama.cpp's SentencePiece tokenizer cannot avoid are reported apart."""
-    from qlora_kit.export.tokenizer_probe import known_spm_difference
-    from qlora_kit.export.vocab_plan import VocabPlan
-
     texts = expect.texts
     llm = load(gguf_path, "checking the tokens of", vocab_only=True)
     with captured_native_output():
@@ -105,13 +71,6 @@ def gguf_logits(gguf_path, rows: list[list[int]]) -> list[np.ndarray]:
         finally:
             llm.close()
     return out
-
-
-def hf_logits(model, rows: list[list[int]]) -> list[np.ndarray]:
-    import torch
-
-    with torch.no_grad():
-        return [model(input_ids=torch.tensor([ids])).logits[0].float().numpy() for ids in rows]
 
 
 def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:

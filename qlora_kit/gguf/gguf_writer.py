@@ -1,8 +1,8 @@
 """gguf's GGUFWriter, with the vocabulary's long arrays packed in one pass.
 
 A 150k-token vocabulary is four arrays of ~150k items (tokens, types, merges, scores). GGUFWriter packs each item
-through a recursive `_pack_val` with its own `struct.pack` call: 3.7 s of a 17 s F16 export of a 424M Qwen2
-under cProfile (1.1 s this way), paid twice (the probe vocabulary and the real file). Here homogeneous lists of
+through a recursive `_pack_val` with its own `struct.pack` call, a large share of an export's time, paid twice
+(the probe vocabulary and the real file; measurements: benchmarks/RESULTS.md). Here homogeneous lists of
 strings, Python ints (INT32) and Python floats (FLOAT32) are packed at once; anything else goes to GGUFWriter
 unchanged. The bytes are the same (tests/test_export_tokenizers.py compares them with GGUFWriter's own).
 """
@@ -35,7 +35,7 @@ class GGUFWriter(gguf.GGUFWriter):
         types, nested arrays, other item types: GGUFWriter then packs or refuses them itself)."""
         kind = sub_type if sub_type is not None else gguf.GGUFValueType.get_type(val[0])
         head = struct.pack("<IQ", kind, len(val))
-        if kind == gguf.GGUFValueType.STRING:  # one growing buffer: no per-item objects kept (~30 MiB for 200k)
+        if kind == gguf.GGUFValueType.STRING:  # one growing buffer: no per-item objects (benchmarks/RESULTS.md)
             out = bytearray(head)
             for v in val:
                 if isinstance(v, str):

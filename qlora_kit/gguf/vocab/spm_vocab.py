@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from qlora_kit.export.vocab_plan import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, VocabPlan
+from qlora_kit.gguf.vocab.vocab_plan import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, VocabPlan
 
 BYTE_TOKEN = re.compile(r"^<0x[0-9A-F]{2}>$")
 

@@ -8,26 +8,18 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from qlora_kit.errors import StageError, UsageError
-from qlora_kit.export.convert import QUANT_TYPES, get_quant_type, write_gguf
+from qlora_kit.gguf.tensors.convert import QUANT_TYPES, get_quant_type, write_gguf
+from qlora_kit.recipe.options import ExportOptions
 
 # Approximate bytes per weight, for the free-space check before writing.
 BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 1.07, "q6_k": 0.82, "q5_k_m": 0.7, "q4_k_m": 0.6,
                     "q4_0": 0.57, "q3_k_m": 0.5, "q2_k": 0.42}
 # Tensors a K-quant leaves unquantized keep the model's own precision, as in the GGUF llama.cpp would start from.
 INTERMEDIATE = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
-
-
-@dataclass
-class ExportOptions:
-    quants: list[str] = field(default_factory=lambda: ["q8_0"])
-    verify: bool = True
-    allow_mismatch: bool = False
-    overwrite: bool = False
-    samples: int = 4
 
 
 def resolve_source(source: Path) -> tuple[Path, Path | None]:
@@ -54,13 +46,14 @@ class ExportPlan:
     targets: dict[str, Path]
 
 
-def plan_export(source: str | Path, options: ExportOptions, out: str | Path | None = None) -> ExportPlan:
+def plan_export(source: str | Path, options: ExportOptions, out: str | Path | None = None,
+                overwrite: bool = False) -> ExportPlan:
     """Everything export refuses before any work (exit 2), so a refused command writes nothing: no file, and no
     event in the run's events.jsonl (the CLI attaches to the run's log only after this)."""
     from qlora_kit.model.check import check_config
 
     model_dir, run_dir = resolve_source(Path(source))
-    quants = [get_quant_type(q) for q in options.quants]
+    quants = [get_quant_type(q) for q in options.quant]
     out = Path(out) if out else (run_dir or model_dir) / "gguf"
     config = json.loads((model_dir / "config.json").read_text())
     if config.get("quantization_config"):
@@ -70,15 +63,29 @@ def plan_export(source: str | Path, options: ExportOptions, out: str | Path | No
     stem = run_dir.name if run_dir else model_dir.name
     targets = {q.name: out / f"{stem}-{q.name}.gguf" for q in quants}
     existing = [p for p in targets.values() if p.exists()]
-    if existing and not options.overwrite:
+    if existing and not overwrite:
         raise UsageError(f"{existing[0]} already exists; pass --overwrite to replace it")
     return ExportPlan(model_dir, run_dir, quants, out, config, stem, targets)
 
 
-def export(source: str | Path, options: ExportOptions, out: str | Path | None = None, log=None) -> Path:
+def run_export(source: str | Path, options: ExportOptions, log, *, out: str | Path | None = None,
+               overwrite: bool = False, warnings: tuple[str, ...] | list[str] = ()) -> Path:
+    """The export stage (qk.export, `qlora-kit export`), recorded in the run's events.jsonl when SOURCE is a run;
+    returns the output dir."""
+    from qlora_kit.eventlog import run_stage
+
+    plan = plan_export(source, options, out, overwrite)  # refused here: nothing reaches the run's events.jsonl
+    with run_stage(log, plan.run_dir):
+        for message in warnings:
+            log.emit("warning", message=message, source="plugins")
+        return export_plan(plan, options, log=log)
+
+
+def export(source: str | Path, options: ExportOptions, out: str | Path | None = None, log=None,
+           overwrite: bool = False) -> Path:
     """Export; with an EventLog, `stage` events for "export" and an `artifact` event per GGUF, the Modelfile and
     the report (none when the export is refused before any work)."""
-    return export_plan(plan_export(source, options, out), options, log)
+    return export_plan(plan_export(source, options, out, overwrite), options, log)
 
 
 def export_plan(plan: ExportPlan, options: ExportOptions, log=None) -> Path:
@@ -103,7 +110,7 @@ def _export(plan: ExportPlan, options: ExportOptions) -> Path:
     except OSError as exc:
         raise UsageError(f"--out: cannot create {out}: {exc.strerror or exc}") from None
     _check_resources(model_dir, out, [q.name for q in quants], options.verify)
-    from qlora_kit.export.modelfile import plan_modelfile, write_modelfile
+    from qlora_kit.gguf.ollama.modelfile import plan_modelfile, write_modelfile
 
     report = {"source": str(model_dir), "run": str(run_dir) if run_dir else None, "exports": {}}
     modelfile = plan_modelfile(model_dir, run_dir, targets)
@@ -158,7 +165,7 @@ def _check_base(checker, model_dir: Path, out: Path, stem: str, base, allow_mism
 
 def _check_resources(model_dir: Path, out: Path, quants: list[str], verify: bool) -> None:
     """Disk for every file, and memory for the conversion (verification is checked once its rows are known)."""
-    from qlora_kit.export.resources import conversion_bytes, require, require_disk
+    from qlora_kit.gguf.tensors.resources import conversion_bytes, require, require_disk
     from qlora_kit.merge.checkpoint import Checkpoint
 
     ckpt = Checkpoint(model_dir)
@@ -178,14 +185,14 @@ def _numel(shape) -> int:
 class _Verifier:
     """What the checks need from the HF side, all computed before the first GGUF is written: the probe rows, the
     HF tokenizer's ids for the token check (the tokenizer itself is released before conversion), and the reference
-    logits, streamed layer by layer from the shards (qlora_kit/export/reference.py), so the model is never held
+    logits, streamed layer by layer from the shards (qlora_kit/gguf/verify/reference.py), so the model is never held
     whole."""
 
     def __init__(self, model_dir: Path, run_dir: Path | None, samples: int):
-        from qlora_kit.export.reference import reference_logits
-        from qlora_kit.export.resources import require, verification_bytes
-        from qlora_kit.export.verify import TokenExpectations
-        from qlora_kit.export.vocab import effective_tokenizer_json, load_hf_tokenizer
+        from qlora_kit.gguf.tensors.resources import require, verification_bytes
+        from qlora_kit.gguf.verify.reference import reference_logits
+        from qlora_kit.gguf.vocab.expectations import TokenExpectations
+        from qlora_kit.gguf.vocab.vocab import effective_tokenizer_json, load_hf_tokenizer
         from qlora_kit.merge.checkpoint import Checkpoint
 
         tokenizer = load_hf_tokenizer(model_dir)
@@ -205,7 +212,7 @@ class _Verifier:
         self.reference = reference_logits(model_dir, self.rows)
 
     def check(self, quant: str, path: Path) -> dict:
-        from qlora_kit.export.verify import check_tokens, compare, decisive_top1, gguf_logits, judge
+        from qlora_kit.gguf.verify.verify import check_tokens, compare, decisive_top1, gguf_logits, judge
 
         tokens = check_tokens(path, self.tokens)
         candidate = gguf_logits(path, self.rows)
@@ -260,6 +267,6 @@ def _held_out(model_dir: Path, run_dir: Path | None, tokenizer, n: int):
 
         source, rows = held_out_rows(load_recipe(run_dir / "recipe.yaml"), tokenizer, n)
         return [r.input_ids[:PROBE_TOKENS] for r in rows], source
-    from qlora_kit.export.verify import TOKEN_TEXTS
+    from qlora_kit.gguf.verify.verify import TOKEN_TEXTS
 
     return [tokenizer(t, add_special_tokens=True)["input_ids"] for t in TOKEN_TEXTS[:n]], "fixed texts"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,21 +26,21 @@ def should_watch(args, argv) -> bool:
 
 def watch(args) -> int:
     """Run this process's own command line in a child; its exit code, or a crash reported in one line."""
-    from qlora_kit.native.crash import crash_error, died_by_signal, watched_child_env
+    from qlora_kit.process import Child
 
-    with watched_child_env() as (env, noted):
-        proc = subprocess.Popen([sys.executable, "-m", "qlora_kit", *sys.argv[1:]], env=env)
-        # Ctrl-C reaches the child from the terminal (same process group); a SIGTERM sent to this pid is passed on.
-        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-                    signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))}
-        try:
-            code = proc.wait()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-        if died_by_signal(code) is None:
-            return code
-        error = crash_error(args.command, code, noted())
+    child = Child(sys.argv[1:])  # stdin/stdout/stderr inherited; a crash note in its environment
+    child.command = args.command  # the crash names the command, whatever flags come before it
+    # Ctrl-C reaches the child from the terminal (same process group); a SIGTERM sent to this pid is passed on.
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: child.terminate())}
+    try:
+        code = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    error = child.crash()
+    if error is None:
+        return code
     print(f"qlora-kit: error: {error}", file=sys.stderr)
     _record(args, error)
     return error.exit_code
@@ -53,7 +52,7 @@ def _record(args, error) -> None:
 
     if not hasattr(args, "events"):
         return
-    from qlora_kit.cli import event_log
+    from qlora_kit.cli.common import event_log
 
     run = getattr(args, "source", None) or getattr(args, "run_dir", None)
     try:

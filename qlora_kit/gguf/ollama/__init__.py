@@ -1,0 +1,1 @@
+"""Ollama Modelfiles written next to the GGUF files."""
