@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 CHILD = r"""
 import os, sys, time, json
 import torch, transformers, gguf, llama_cpp  # the fixed cost every export pays
-from qlora_kit.memory import peak_rss_bytes
+from qlora_kit.runtime.memory import peak_rss_bytes
 t0 = time.time()
 if sys.argv[1:2] == ["--llama-cpp"]:  # llama.cpp's converter script, run in this process (its gguf-py on the path)
     import os, runpy
@@ -208,7 +208,7 @@ def _shape_params(s: dict) -> int:
 
 
 def _params(model: Path) -> int:
-    from qlora_kit.merge.checkpoint import Checkpoint
+    from qlora_kit.merging.checkpoint import Checkpoint
 
     ckpt = Checkpoint(model)
     total = 0

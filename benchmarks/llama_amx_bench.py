@@ -25,7 +25,7 @@ from pathlib import Path
 
 CHILD = r"""
 import json, sys, time
-from qlora_kit import compat
+from qlora_kit.runtime import compat
 path, route, n_prompt, n_gen = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 compat.keep_llama_cpp_off_amx(amx=True if route == "guard" else None)
 from qlora_kit.native.loader import captured_native_output, load

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/merge_memory.py [--layers 9] [--hidden 1024] [--intermediate 2816]
 
 Builds a random Llama of the given size and a random LoRA adapter on all its linear layers (in a temp dir), then
-runs each merge in a fresh process and reads that process's own peak RSS (VmHWM, see qlora_kit/memory.py):
+runs each merge in a fresh process and reads that process's own peak RSS (VmHWM, see qlora_kit/runtime/memory.py):
   naive      transformers loads the fp32 model, peft applies the adapter, merge_and_unload(), save_pretrained()
   streaming  `qlora-kit merge --base original --no-verify` (same math as naive: W + s*B@A)
   streaming  `qlora-kit merge --base dequantized --no-verify` (adds the NF4 round trip)
@@ -38,7 +38,7 @@ elif mode in ("original", "dequantized"):
     from qlora_kit.cli import main
     assert main(["merge", run, "--base", mode, "--no-verify", "--out", out, "--overwrite"]) == 0
 seconds = time.time() - t0
-from qlora_kit.memory import peak_rss_bytes  # VmHWM: ru_maxrss would include this driver's RSS
+from qlora_kit.runtime.memory import peak_rss_bytes  # VmHWM: ru_maxrss would include this driver's RSS
 print(json.dumps({"seconds": seconds, "peak": peak_rss_bytes()}))
 """
 

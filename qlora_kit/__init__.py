@@ -13,8 +13,6 @@ well under a second and a host that only uses `qk.start` never imports them.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -31,6 +29,9 @@ _EXPORTS = {
     "QKError": "qlora_kit.errors", "UsageError": "qlora_kit.errors", "RecipeError": "qlora_kit.errors",
     "DataError": "qlora_kit.errors", "StageError": "qlora_kit.errors", "DiskFullError": "qlora_kit.errors",
     "OutOfMemoryError": "qlora_kit.errors", "Client": "qlora_kit.server.client",
+    "MergeOptions": "qlora_kit.recipe.options", "ExportOptions": "qlora_kit.recipe.options",
+    "EvalOptions": "qlora_kit.recipe.options", "PlanOptions": "qlora_kit.recipe.options",
+    "BenchOptions": "qlora_kit.recipe.options",
 }
 __all__ = ["__version__", *_EXPORTS]
 
@@ -40,53 +41,12 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'qlora_kit' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
-    if name in _STAGES:
-        value = _StageCall(value, f"{__name__}.{name}")
     globals()[name] = value
     return value
 
 
-_STAGES = ("train", "merge", "plan", "bench")  # API calls named like the stage subpackages
-
-
-class _StageCall:
-    """The API function `qk.merge` (etc.), which must also answer for the subpackage `qlora_kit.merge`: Python
-    reads `import qlora_kit.merge.run as m` as attribute lookups from this package, so attribute lookups on the
-    function fall through to the subpackage."""
-
-    def __init__(self, fn, package: str):
-        import functools
-
-        functools.update_wrapper(self, fn)
-        self._package = package
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.__wrapped__(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        module = sys.modules.get(self._package) or importlib.import_module(self._package)
-        return getattr(module, name)
-
-    def __repr__(self) -> str:
-        return repr(self.__wrapped__)
-
-
 def __dir__() -> list[str]:
     return sorted(__all__)
-
-
-class _Package(types.ModuleType):
-    """`qk.train`, `qk.merge`, `qk.export`, `qk.plan` and `qk.bench` share their names with subpackages (the
-    pipeline stages). Importing a subpackage makes Python set it as an attribute of this package, which would
-    replace the API function; this keeps the function (the subpackage stays importable through sys.modules)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily above
@@ -98,6 +58,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from qlora_kit.events import parse_event
     from qlora_kit.hooks import Hook
     from qlora_kit.jobs import Job
+    from qlora_kit.recipe.options import BenchOptions, EvalOptions, ExportOptions, MergeOptions, PlanOptions
     from qlora_kit.recipe.schema import Recipe
     from qlora_kit.results import Artifact, ExportResult, MergeResult, TrainResult
     from qlora_kit.server.client import Client

@@ -20,7 +20,7 @@ from qlora_kit.recipe import load_recipe as _load_recipe
 from qlora_kit.results import TrainResult, train_result
 
 if TYPE_CHECKING:
-    from qlora_kit.train.context import RunContext
+    from qlora_kit.training.context import RunContext
 
 
 def load_recipe(source: str | Path | dict | Recipe, overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
@@ -51,7 +51,7 @@ def train(recipe: str | Path | dict | Recipe, *, hooks: Iterable[Any] = (), canc
           console=None) -> TrainResult:
     """Train the recipe in this process (any thread). Cancelled runs return status "cancelled" (resume with
     resume=True); failures raise a QKError subclass after an `error` event."""
-    from qlora_kit.train.context import RunContext, quiet
+    from qlora_kit.training.context import RunContext, quiet
 
     log, plugin_warnings = make_log(hooks, events, plugins, strict_plugins)
     ctx = RunContext(log, cancel or CancelToken(), resume=resume, overwrite=overwrite, console=console or quiet,
@@ -62,7 +62,7 @@ def train(recipe: str | Path | dict | Recipe, *, hooks: Iterable[Any] = (), canc
 def run_training(recipe, overrides, ctx: RunContext) -> TrainResult:
     """Shared by `qk.train` and `qlora-kit train`: parse the recipe into the RunContext (train/context.py) and
     train it. `ctx.dist` None means this process alone (the API), which cannot launch several processes."""
-    from qlora_kit.train.runner import train_recipe
+    from qlora_kit.training.runner import train_recipe
 
     try:
         ctx.load(recipe, overrides)

@@ -1,4 +1,4 @@
-"""User-facing errors and the exit codes they map to.
+"""User-facing errors (and warnings) and the exit codes they map to.
 
 Exit codes (documented in the README and `qlora-kit --help`):
   0    success
@@ -98,3 +98,14 @@ def error_for_kind(kind: str, message: str) -> QKError:
     """The QKError an `error` event's kind stands for (a child process's failure, re-raised in the host)."""
     cls = {"recipe": UsageError, "data": DataError, "oom": OutOfMemoryError, "disk": DiskFullError}.get(kind, StageError)
     return cls(message)
+
+
+class QKWarning(UserWarning):
+    """qlora-kit's own warnings: shown even while library warnings are silenced (see `qlora_kit.runtime.compat`)."""
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr, in the form of the one-line errors."""
+    import sys
+
+    print(f"qlora-kit: warning: {message}", file=sys.stderr, flush=True)

@@ -103,7 +103,7 @@ def plan(recipe, options: PlanOptions | None = None, *, overrides: dict | list |
          **fields: Any) -> Plan:
     """Predict peak training memory. Options: a PlanOptions, or its fields as keywords (gpu_mem, device, backend,
     seq_len, batch_size, nproc, strategy)."""
-    from qlora_kit.plan.make import run_plan
+    from qlora_kit.planner.make import run_plan
 
     opts = make_options(PlanOptions, fields, base=options, caller="qk.plan")
     result, _ = run_plan(load_recipe(recipe, overrides), opts)
@@ -115,7 +115,7 @@ def bench(recipe, options: BenchOptions | None = None, *, out: str | Path = "ben
     """Benchmark backends x sequence lengths x batch sizes. Options: a BenchOptions, or its fields as keywords
     (backends, seq_lens, batch_sizes, steps, warmup, repeats, data, device, mem_limit, cell_timeout), over the
     recipe's bench section."""
-    from qlora_kit.bench.run import run_bench
+    from qlora_kit.benchmark.run import run_bench
 
     check_names(BenchOptions, fields, "qk.bench")
     parsed = load_recipe(recipe, overrides)
@@ -126,7 +126,7 @@ def bench(recipe, options: BenchOptions | None = None, *, out: str | Path = "ben
 
 
 # The stages on a run directory, in this process: command -> "module:function".
-_RUNNERS = {"merge": "qlora_kit.merge.run:run_merge", "export": "qlora_kit.gguf.run:run_export",
+_RUNNERS = {"merge": "qlora_kit.merging.run:run_merge", "export": "qlora_kit.gguf.run:run_export",
             "eval": "qlora_kit.eval.run:run_eval"}
 
 

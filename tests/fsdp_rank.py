@@ -20,11 +20,11 @@ def main(out: Path) -> None:
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    from qlora_kit.bench.tensors import held_bytes
+    from qlora_kit.benchmark.tensors import held_bytes
     from qlora_kit.model.backends import get_backend
     from qlora_kit.model.builtin import materialize
     from qlora_kit.recipe.schema import LoraSection, ModelSection
-    from qlora_kit.train.auto import Runtime
+    from qlora_kit.training.auto import Runtime
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()

@@ -36,7 +36,7 @@ IMPORT_CALLS = {"import_module", "__import__"}
 
 @dataclass(frozen=True)
 class Edge:
-    source: str  # importing module, e.g. qlora_kit.bench.sweep
+    source: str  # importing module, e.g. qlora_kit.benchmark.sweep
     target: str  # imported module
     where: str  # path:line
     text: str  # the import as written

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from qlora_kit.plan.estimate import estimate
-from qlora_kit.plan.inputs import plan_input_for
-from qlora_kit.plan.shape import load_config, shape_from_config
+from qlora_kit.planner.estimate import estimate
+from qlora_kit.planner.inputs import plan_input_for
+from qlora_kit.planner.shape import load_config, shape_from_config
 from qlora_kit.recipe import load_recipe
 
 from conftest import run_cli, write_recipe

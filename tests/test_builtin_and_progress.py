@@ -7,7 +7,7 @@ import io
 import json
 
 from qlora_kit.model import builtin
-from qlora_kit.train.callbacks import Progress
+from qlora_kit.training.callbacks import Progress
 
 
 def _digest(path):
@@ -54,7 +54,7 @@ def test_metrics_describe_the_whole_run_across_a_crash_a_cancel_and_two_resumes(
     """Session 1 logs steps 2, 4, 6 (logging_steps 2) and crashes after its checkpoint at 4; session 2 resumes from
     checkpoint-4, redoes step 6 and is cancelled at step 9; session 3 resumes from checkpoint-9 and logs step 10."""
     from qlora_kit.events import make_event
-    from qlora_kit.train.sessions import whole_run
+    from qlora_kit.training.sessions import whole_run
 
     lines = [
         ("run_start", 100, {"run_dir": "r", "backend": "hf", "device": "cpu"}),

@@ -1,4 +1,4 @@
-"""qlora_kit.compat, one test per workaround: the library still behaves the way that made the workaround
+"""qlora_kit.runtime.compat, one test per workaround: the library still behaves the way that made the workaround
 necessary (a pinned upgrade that changes it fails here, and the workaround can go), and the workaround still
 undoes it. Versions verified: compat.VERIFIED."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, pinned_versions
-from qlora_kit import compat
+from qlora_kit.runtime import compat
 
 
 def _python(code: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -121,7 +121,7 @@ class Info(ctypes.Structure):
 libc.mallinfo2.restype = Info
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 if sys.argv[1] == "pinned":
-    from qlora_kit.compat import return_large_frees_to_the_os
+    from qlora_kit.runtime.compat import return_large_frees_to_the_os
     return_large_frees_to_the_os()
 size = 4 << 20  # one tensor-sized block, freed and allocated again as a streaming loop does
 libc.free(libc.malloc(size))
@@ -142,7 +142,7 @@ def test_glibc_raises_its_mmap_threshold_after_a_free_unless_pinned():
 PROGRESS = """
 import sys, datasets
 if sys.argv[1] == "quiet":
-    from qlora_kit.compat import no_datasets_progress_bars
+    from qlora_kit.runtime.compat import no_datasets_progress_bars
     no_datasets_progress_bars()
 datasets.load_dataset("json", data_files=sys.argv[2], split="train", cache_dir=sys.argv[3])
 """
@@ -159,9 +159,9 @@ WARNINGS = """
 import sys, warnings
 warnings.simplefilter("default")  # show everything Python would hide by default, then narrow
 if sys.argv[1] == "quiet":
-    from qlora_kit.compat import quiet_libraries
+    from qlora_kit.runtime.compat import quiet_libraries
     quiet_libraries()
-from qlora_kit.messages import QKWarning
+from qlora_kit.errors import QKWarning
 import peft  # the stack: torch 2.13 warns a deprecation, bitsandbytes 0.50.2 logs that `kernels` is absent
 warnings.warn_explicit("a library's note", UserWarning, "modules.py", 1, module="bitsandbytes.nn.modules")
 warnings.warn_explicit("a deprecation", FutureWarning, "encode.py", 1, module="qlora_kit.data.encode")
@@ -195,7 +195,7 @@ def test_torch_cannot_load_onto_cpu_rank_devices_unless_registered(tmp_path):
     """Resuming a multi-process CPU run: the Trainer loads with map_location=torch.device('cpu', rank)."""
     code = """
 import sys, torch
-from qlora_kit import compat
+from qlora_kit.runtime import compat
 torch.save({"x": torch.ones(3)}, sys.argv[1])
 try:
     torch.load(sys.argv[1], map_location=torch.device("cpu", 1), weights_only=True)

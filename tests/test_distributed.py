@@ -98,7 +98,7 @@ def test_nproc_flag_is_the_short_form_and_torchrun_gets_a_static_rendezvous(tmp_
 
 def test_resume_with_another_world_size_says_so(tmp_path):
     from qlora_kit.errors import UsageError
-    from qlora_kit.train.rundir import RunDir
+    from qlora_kit.training.rundir import RunDir
 
     run = RunDir(tmp_path / "run")
     run.root.mkdir()
@@ -112,7 +112,7 @@ def test_resume_with_another_world_size_says_so(tmp_path):
 
 
 def test_a_non_main_rank_never_writes_the_run_directory(tmp_path):
-    from qlora_kit.train.rundir import RunDir
+    from qlora_kit.training.rundir import RunDir
 
     run = RunDir(tmp_path / "run", writer=False)
     run.start("recipe: {}\n", resume=False, overwrite=False, info={})
@@ -122,7 +122,7 @@ def test_a_non_main_rank_never_writes_the_run_directory(tmp_path):
 
 def _tiny_shape():
     from qlora_kit.model.builtin import materialize
-    from qlora_kit.plan.shape import load_config, shape_from_config
+    from qlora_kit.planner.shape import load_config, shape_from_config
 
     materialize("builtin:tiny-llama")
     return shape_from_config(load_config("builtin:tiny-llama")[0])
@@ -131,7 +131,7 @@ def _tiny_shape():
 def test_planner_per_gpu_ddp_is_a_full_copy_and_fsdp_shards_weights_and_optimizer():
     from dataclasses import replace
 
-    from qlora_kit.plan.estimate import PlanInput, estimate
+    from qlora_kit.planner.estimate import PlanInput, estimate
 
     shape = _tiny_shape()
     one = PlanInput(backend="hf", device="cuda", dtype="bfloat16", batch_size=2, seq_len=128, lora_r=16,
@@ -174,7 +174,7 @@ def test_fsdp_configuration_wraps_decoder_layers_and_stores_4bit_weights_in_the_
     from qlora_kit.distributed.fsdp import trainer_args
     from qlora_kit.model.backends import get_backend
     from qlora_kit.recipe.schema import LoraSection, ModelSection
-    from qlora_kit.train.auto import Runtime
+    from qlora_kit.training.auto import Runtime
 
     rt = Runtime(device="cpu", dtype="float32", gradient_checkpointing=False, seed=1, strategy="fsdp")
     model, _ = get_backend("hf").load(str(tiny_model_dir), ModelSection(name="x", backend="hf"), LoraSection(), rt)
@@ -305,9 +305,9 @@ def test_ddp_writes_one_run_directory_and_one_event_stream(ddp_runs):
 
 @pytest.mark.slow
 def test_planner_per_gpu_ddp_terms_equal_what_each_rank_held(ddp_runs):
-    from qlora_kit.plan.estimate import estimate
-    from qlora_kit.plan.inputs import plan_input_for
-    from qlora_kit.plan.shape import load_config, shape_from_config
+    from qlora_kit.planner.estimate import estimate
+    from qlora_kit.planner.inputs import plan_input_for
+    from qlora_kit.planner.shape import load_config, shape_from_config
     from qlora_kit.recipe import load_recipe
 
     tmp, _ = ddp_runs
@@ -439,7 +439,7 @@ def test_fsdp_on_cpu_shards_the_4bit_model_as_the_planner_says(tmp_path):
     """torch's FSDP2 on gloo with the FSDP-QLoRA layout (tests/fsdp_rank.py: the hf backend's strategy-fsdp load,
     fully_shard per decoder layer and root, three AdamW steps): what each rank held against the planner's per-GPU
     fsdp terms. (The Trainer path itself needs CUDA: accelerate enables FSDP only for GPU-class devices.)"""
-    from qlora_kit.plan.estimate import PlanInput, estimate
+    from qlora_kit.planner.estimate import PlanInput, estimate
 
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                              str(_port()), str(ROOT / "tests" / "fsdp_rank.py"), str(tmp_path)], cwd=ROOT,

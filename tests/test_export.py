@@ -512,7 +512,7 @@ MEASURE = """
 import sys
 import torch, transformers, gguf, llama_cpp  # the fixed cost every export pays
 from qlora_kit.cli import main
-from qlora_kit.memory import peak_rss_bytes
+from qlora_kit.runtime.memory import peak_rss_bytes
 code = main(sys.argv[1:])
 print("PEAK", peak_rss_bytes())
 sys.exit(code)

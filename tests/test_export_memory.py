@@ -44,7 +44,7 @@ def test_row_blocks_write_the_same_bytes_as_whole_tensors(tiny_model_dir, tmp_pa
 
     from qlora_kit.gguf.tensors.archs import ARCHS
     from qlora_kit.gguf.tensors.convert import write_gguf
-    from qlora_kit.merge.checkpoint import Checkpoint
+    from qlora_kit.merging.checkpoint import Checkpoint
 
     model = make_model(tmp_path, tiny_model_dir, kind)
     if dtype != torch.float32:
@@ -69,7 +69,7 @@ def test_row_blocks_write_the_same_bytes_as_whole_tensors(tiny_model_dir, tmp_pa
 
 
 def test_row_blocks_hold_whole_heads_and_whole_quant_blocks():
-    from qlora_kit.merge.checkpoint import row_blocks
+    from qlora_kit.merging.checkpoint import row_blocks
 
     assert list(row_blocks(10, 256, 4 * 256 * 4)) == [(0, 4), (4, 8), (8, 10)]
     assert list(row_blocks(256, 256, 4 * 256 * 100, unit=64)) == [(0, 64), (64, 128), (128, 192), (192, 256)]
@@ -144,7 +144,7 @@ MEASURE = """
 import sys
 import torch, transformers, gguf, llama_cpp  # the fixed cost every export pays
 from qlora_kit.cli import main
-from qlora_kit.memory import peak_rss_bytes
+from qlora_kit.runtime.memory import peak_rss_bytes
 code = main(sys.argv[1:])
 print("PEAK", peak_rss_bytes())
 sys.exit(code)
@@ -161,7 +161,7 @@ REFERENCE = """
 import sys
 import torch, transformers, gguf, llama_cpp
 from qlora_kit.gguf.verify.reference import reference_logits
-from qlora_kit.memory import peak_rss_bytes
+from qlora_kit.runtime.memory import peak_rss_bytes
 reference_logits(sys.argv[1], [[1, 5, 9, 200, 7, 7, 3, 2]], device="cpu")
 print("PEAK", peak_rss_bytes())
 """
@@ -258,9 +258,9 @@ def test_merge_in_row_blocks_writes_the_same_bytes(tiny_model_dir, tmp_path, bas
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from qlora_kit.merge.adapter import load_adapter
-    from qlora_kit.merge.checkpoint import Checkpoint, nf4_roundtrip
-    from qlora_kit.merge.merge import merge_weights
+    from qlora_kit.merging.adapter import load_adapter
+    from qlora_kit.merging.checkpoint import Checkpoint, nf4_roundtrip
+    from qlora_kit.merging.merge import merge_weights
     from qlora_kit.recipe.options import MergeOptions
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, run_cli, write_recipe
-from qlora_kit.merge.writer import PlannedTensor, ShardWriter, plan_shards, write_index
+from qlora_kit.merging.writer import PlannedTensor, ShardWriter, plan_shards, write_index
 
 
 def test_nf4_roundtrip_is_bit_identical_to_the_loaded_4bit_model(tiny_model_dir):
@@ -22,7 +22,7 @@ def test_nf4_roundtrip_is_bit_identical_to_the_loaded_4bit_model(tiny_model_dir)
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from qlora_kit.merge.checkpoint import nf4_roundtrip
+    from qlora_kit.merging.checkpoint import nf4_roundtrip
 
     for dtype in (torch.float32, torch.bfloat16):
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -178,7 +178,7 @@ MEASURE = """
 import sys
 import torch, transformers, bitsandbytes, safetensors  # the fixed cost every merge pays
 from qlora_kit.cli import main
-from qlora_kit.memory import peak_rss_bytes
+from qlora_kit.runtime.memory import peak_rss_bytes
 code = main(sys.argv[1:]) if len(sys.argv) > 1 else 0
 print("PEAK", peak_rss_bytes())
 sys.exit(code)
@@ -257,9 +257,9 @@ def test_unwritable_output_and_existing_output(trained_run, tmp_path):
 def test_not_enough_disk_leaves_nothing_behind(trained_run, monkeypatch):
     """The disk-space check runs before any tensor is written; the free-space query is the only thing faked."""
     from qlora_kit.errors import StageError
-    from qlora_kit.merge import merge as merge_module
+    from qlora_kit.merging import merge as merge_module
     from qlora_kit.recipe.options import MergeOptions
-    from qlora_kit.merge.run import merge_run
+    from qlora_kit.merging.run import merge_run
 
     real = shutil.disk_usage
     monkeypatch.setattr(merge_module.shutil, "disk_usage", lambda p: real(p)._replace(free=1_000_000))

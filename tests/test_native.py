@@ -18,7 +18,7 @@ from conftest import ROOT, run_cli, write_recipe
 
 LOADS = """
 import json, sys
-from qlora_kit import compat
+from qlora_kit.runtime import compat
 from qlora_kit.native.loader import load
 forced = {"auto": None, "amx": True, "none": False}[sys.argv[2]]
 if forced is not None:
@@ -107,7 +107,7 @@ def test_every_llama_cpp_load_goes_through_the_loader():
              for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Call)
              and getattr(node.func, "attr", getattr(node.func, "id", None)) == "Llama"]
     assert calls == ["qlora_kit/native/loader.py"]
-    from qlora_kit import compat
+    from qlora_kit.runtime import compat
 
     assert compat.VERIFIED["llama-cpp-python"] == "0.3.36" and "#20824" in compat.LLAMA_AMX_ISSUE
 

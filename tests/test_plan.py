@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import pytest
 
-from qlora_kit.plan.estimate import (PlanInput, estimate, largest_fitting, nf4_bytes, optimizer_bytes,
+from qlora_kit.planner.estimate import (PlanInput, estimate, largest_fitting, nf4_bytes, optimizer_bytes,
                                      runtime_bytes)
-from qlora_kit.plan.shape import shape_from_config
+from qlora_kit.planner.shape import shape_from_config
 
 from conftest import run_cli, write_recipe
 
@@ -211,7 +211,7 @@ def test_unknown_layout_is_one_line(tmp_path):
 
 
 def test_known_gpu_names():
-    from qlora_kit.plan.gpus import find_gpu
+    from qlora_kit.planner.gpus import find_gpu
 
     assert find_gpu("NVIDIA H100 80GB HBM3").name == "h100"
     assert find_gpu("NVIDIA A100-SXM4-80GB").name == "a100-80gb"

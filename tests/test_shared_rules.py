@@ -52,7 +52,7 @@ def test_merge_fidelity_and_gguf_verification_measure_the_same_logits_alike(nois
 
     from qlora_kit.data.encode import Encoded
     from qlora_kit.gguf.verify.verify import compare as verify_compare
-    from qlora_kit.merge.fidelity import compare as fidelity_compare
+    from qlora_kit.merging.fidelity import compare as fidelity_compare
 
     reference, candidate = _logit_pairs(7, noise)
     rows = [Encoded(input_ids=list(range(len(r))), labels=list(range(len(r)))) for r in reference]
@@ -104,7 +104,7 @@ def _recipe(tmp_path, **sections):
 
 
 def test_the_resolved_recipe_records_the_runtime_training_uses(tmp_path):
-    from qlora_kit.train.auto import resolve
+    from qlora_kit.training.auto import resolve
 
     recipe = _recipe(tmp_path, train={"device": "cpu", "seed": 11, "gradient_checkpointing": "auto"})
     resolved, runtime = resolve(recipe)
@@ -119,9 +119,9 @@ def test_the_resolved_recipe_records_the_runtime_training_uses(tmp_path):
 def test_plan_predicts_the_dtype_that_training_picks(tmp_path, tiny_model_dir, monkeypatch, device, bf16, dtype):
     import torch
 
-    from qlora_kit.plan.inputs import plan_input_for
-    from qlora_kit.plan.shape import shape_from_config
-    from qlora_kit.train.auto import pick_dtype
+    from qlora_kit.planner.inputs import plan_input_for
+    from qlora_kit.planner.shape import shape_from_config
+    from qlora_kit.training.auto import pick_dtype
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     recipe = _recipe(tmp_path)
@@ -134,10 +134,10 @@ def test_plan_counts_the_tensors_the_hf_backend_trains_embeddings_and_head_in_fu
     """Named in target_modules, embed_tokens and lm_head are trained in full (not with LoRA) by the backend, and
     the planner sizes its optimizer states for exactly those tensors."""
     from qlora_kit.model.backends import get_backend
-    from qlora_kit.plan.estimate import trainable_tensors
-    from qlora_kit.plan.inputs import plan_input_for
-    from qlora_kit.plan.shape import shape_from_config
-    from qlora_kit.train.auto import resolve
+    from qlora_kit.planner.estimate import trainable_tensors
+    from qlora_kit.planner.inputs import plan_input_for
+    from qlora_kit.planner.shape import shape_from_config
+    from qlora_kit.training.auto import resolve
 
     targets = ["q_proj", "down_proj", "embed_tokens", "lm_head"]
     recipe = _recipe(tmp_path, model={"backend": "hf", "load_in_4bit": False},

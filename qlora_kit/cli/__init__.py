@@ -12,7 +12,7 @@ import sys
 import traceback
 
 from qlora_kit import __version__
-from qlora_kit.compat import quiet_libraries
+from qlora_kit.runtime.compat import quiet_libraries
 from qlora_kit.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, QKError, RecipeError, first_line
 
 # Each module exposes register(subparsers, common) and sets `func` on its parser.

@@ -26,7 +26,7 @@ def register(subparsers, common) -> None:
 
 
 def run(args) -> int:
-    from qlora_kit.bench.run import run_bench
+    from qlora_kit.benchmark.run import run_bench
     from qlora_kit.cli.options import given_options
     from qlora_kit.errors import StageError
     from qlora_kit.recipe import load_recipe

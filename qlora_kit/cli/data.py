@@ -25,7 +25,7 @@ def register(subparsers, common) -> None:
 
 def run(args) -> int:
     from qlora_kit.errors import DataError
-    from qlora_kit.messages import warn
+    from qlora_kit.errors import warn
     from qlora_kit.recipe import load_recipe
     from qlora_kit.recipe.checks import check_paths
 

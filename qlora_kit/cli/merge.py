@@ -24,7 +24,7 @@ def register(subparsers, common) -> None:
 
 def run(args) -> int:
     from qlora_kit.cli.options import given_options
-    from qlora_kit.merge.run import run_merge, summary
+    from qlora_kit.merging.run import run_merge, summary
     from qlora_kit.recipe.options import make_options
 
     with event_log(args) as (log, warnings):

@@ -26,7 +26,7 @@ def register(subparsers, common) -> None:
 
 def run(args) -> int:
     from qlora_kit.cli.options import given_options
-    from qlora_kit.plan.make import run_plan
+    from qlora_kit.planner.make import run_plan
     from qlora_kit.recipe import load_recipe
     from qlora_kit.recipe.options import PlanOptions, make_options
 

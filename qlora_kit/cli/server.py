@@ -40,7 +40,7 @@ def run(args) -> int:
 
     from qlora_kit.errors import UsageError
     from qlora_kit.server.security import is_loopback
-    from qlora_kit.sizes import parse_size
+    from qlora_kit.recipe.sizes import parse_size
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: not a TCP port")

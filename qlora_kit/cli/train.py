@@ -77,7 +77,7 @@ def run(args) -> int:
 
 def _context(args, log, warnings, hint: str, dist):
     """The run's context from the flags (the recipe is parsed into it later)."""
-    from qlora_kit.train.context import RunContext
+    from qlora_kit.training.context import RunContext
 
     return RunContext(log, resume=args.resume, overwrite=args.overwrite, console=_console, resume_hint=hint,
                       stage_args=("--debug",) if getattr(args, "debug", False) else (), warnings=warnings,

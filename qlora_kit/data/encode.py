@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from qlora_kit.data.formats import Example
 from qlora_kit.data.templates import CHAT_TEMPLATES, get_template
 from qlora_kit.errors import DataError
-from qlora_kit.messages import QKWarning
+from qlora_kit.errors import QKWarning
 
 IGNORE_INDEX = -100
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from qlora_kit.errors import DataError
-from qlora_kit.registry import Registry
+from qlora_kit.recipe.registry import Registry
 
 ROLES = ("system", "user", "assistant", "tool", "function")
 # Keys the OpenAI chat fine-tuning format allows on a message.

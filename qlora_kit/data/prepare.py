@@ -13,7 +13,7 @@ from qlora_kit.data.encode import Encoded, encode_example, pack, truncate
 from qlora_kit.data.formats import Example, Format, RowProblem, convert_row, detect_format, get_format
 from qlora_kit.data.sources import Rows, read_rows
 from qlora_kit.errors import DataError
-from qlora_kit.messages import warn
+from qlora_kit.errors import warn
 from qlora_kit.recipe.schema import DataSection
 
 

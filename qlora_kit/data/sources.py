@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlora_kit.errors import DataError, first_line
-from qlora_kit.registry import did_you_mean
+from qlora_kit.recipe.registry import did_you_mean
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -207,7 +207,7 @@ def _read_hub(name: str, split: str, field_name: str) -> Rows:
     # The user asked for a Hub dataset by name: this is the one place data may come over the network.
     import datasets
 
-    from qlora_kit.compat import no_datasets_progress_bars
+    from qlora_kit.runtime.compat import no_datasets_progress_bars
 
     no_datasets_progress_bars()
     try:

@@ -100,7 +100,7 @@ def plan_launch(recipe) -> Launch | None:
         return None
     nproc = resolve_nproc(d.nproc, recipe.train.device)
     if d.strategy == "fsdp":
-        from qlora_kit.train.device import detect_device
+        from qlora_kit.training.device import detect_device
 
         check_fsdp_device("fsdp", detect_device(recipe.train.device))
     if nproc * d.nnodes == 1:

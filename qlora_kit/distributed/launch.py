@@ -32,7 +32,7 @@ from qlora_kit.process import Child
 from qlora_kit.process.tree import die_with_parent, kill_tracked, track_descendants
 
 if TYPE_CHECKING:
-    from qlora_kit.train.context import RunContext
+    from qlora_kit.training.context import RunContext
 
 TORCHRUN = "torch.distributed.run"
 
@@ -53,7 +53,7 @@ def supervise(launch: Launch, ctx: RunContext, overrides: list[str]) -> int:
     """Run the context's recipe on `launch`'s processes; returns the exit code (raises QKError for a failed
     run). `overrides` are the user's --set values, passed on to every worker."""
     from qlora_kit.recipe.checks import check_paths
-    from qlora_kit.train.rundir import RunDir
+    from qlora_kit.training.rundir import RunDir
 
     recipe = ctx.recipe
     check_paths(recipe, ctx.source)
@@ -139,7 +139,7 @@ def _outcome(ctx: RunContext, run, code: int, control: Path, stop_reason) -> int
     status = run.read_status().get("status")
     if code == 0 and status == "complete":
         from qlora_kit.recipe import load_recipe
-        from qlora_kit.train.finish import end_with_later_stages
+        from qlora_kit.training.finish import end_with_later_stages
 
         end_with_later_stages(ctx, run, load_recipe(run.recipe))
         return EXIT_OK

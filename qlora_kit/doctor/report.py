@@ -42,7 +42,7 @@ class Gpu(BaseModel):
 
 
 class Guard(BaseModel):
-    name: str = Field(description="The workaround's function in qlora_kit.compat.")
+    name: str = Field(description="The workaround's function in qlora_kit.runtime.compat.")
     active: bool
     why: str
 
@@ -70,7 +70,7 @@ class DoctorReport(BaseModel):
     bitsandbytes_cuda: bool = Field(description="Whether bitsandbytes has the CUDA library for torch's CUDA version "
                                                "(libbitsandbytes_cudaXYZ for CUDA X.YZ), the one it loads.")
     llama_cpp: dict = Field(description="llama.cpp's own system info: backends and CPU features it uses.")
-    guards: list[Guard] = Field(description="Workarounds in qlora_kit.compat and whether each applies here.")
+    guards: list[Guard] = Field(description="Workarounds in qlora_kit.runtime.compat and whether each applies here.")
     verdict: Verdict
 
 
@@ -197,7 +197,7 @@ def _bnb_cuda_library(libs: list[str], torch_cuda: str | None) -> bool:
 
 def _llama_cpp() -> tuple[dict, dict | None]:
     try:
-        from qlora_kit.compat import keep_llama_cpp_off_amx
+        from qlora_kit.runtime.compat import keep_llama_cpp_off_amx
         from qlora_kit.native.loader import system_info
 
         info = system_info()

@@ -61,7 +61,7 @@ def check_eval(run_dir: str | Path, options: EvalOptions) -> tuple:
     """What eval refuses before any work (exit 2): (run, its status, systems, what they need: a GGUF file, the merged
     directory, a parsed file of recorded answers). The CLI checks it before it records into the run's log, so a
     refused eval leaves no event there."""
-    from qlora_kit.train.rundir import RunDir
+    from qlora_kit.training.rundir import RunDir
 
     run = RunDir(Path(run_dir))
     status = run.require_complete("eval")
@@ -136,7 +136,7 @@ def _run_systems(run, recipe, status, systems, paths, rows, shots, options, scor
             peft_model = peft_model or _peft_model(run, recipe, status)
             system = HFSystem(peft_model, adapter=kind == "adapter")
         elif kind == "merged":
-            from qlora_kit.merge.fidelity import plain_model
+            from qlora_kit.merging.fidelity import plain_model
 
             system = HFSystem(plain_model(str(paths["merged"]), _dtype(recipe)))
         else:
@@ -151,7 +151,7 @@ def _run_systems(run, recipe, status, systems, paths, rows, shots, options, scor
 
 
 def _score_system(system, encoded, rows, tokenizer, stop, eot, options, scorer) -> dict:
-    from qlora_kit.memory import peak_rss_bytes
+    from qlora_kit.runtime.memory import peak_rss_bytes
 
     per_row, nll, answer_tokens, gen_tokens, gen_seconds = [], 0.0, 0, 0, 0.0
     for (prompt, answer), row in zip(encoded, rows):
@@ -248,9 +248,9 @@ def _dtype(recipe):
 
 
 def _peft_model(run, recipe, status):
-    from qlora_kit.merge.checkpoint import Checkpoint
-    from qlora_kit.merge.fidelity import reference_model
-    from qlora_kit.merge.run import base_model_dir
+    from qlora_kit.merging.checkpoint import Checkpoint
+    from qlora_kit.merging.fidelity import reference_model
+    from qlora_kit.merging.run import base_model_dir
 
     ckpt = Checkpoint(base_model_dir(status.get("base_model") or recipe.model.name, recipe.model.revision))
     return reference_model(str(ckpt.path), str(run.adapter), _dtype(recipe), ckpt.prequantized)

@@ -55,7 +55,7 @@ class HFSystem:
     def nll(self, prompt: list[int], answer: list[int]) -> float:
         import torch
 
-        from qlora_kit.logits import log_probs
+        from qlora_kit.model.logits import log_probs
 
         with torch.no_grad(), self._ctx():
             logits = self.model(input_ids=torch.tensor([prompt + answer])).logits[0]
@@ -94,7 +94,7 @@ class GGUFSystem:
             self.llm.reset()
             self.llm.eval(prompt + answer)
             scores = np.array(self.llm.scores[: len(prompt) + len(answer)], dtype=np.float32)
-        from qlora_kit.logits import log_probs
+        from qlora_kit.model.logits import log_probs
 
         return _nll(log_probs(scores), prompt, answer)
 

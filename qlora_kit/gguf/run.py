@@ -166,7 +166,7 @@ def _check_base(checker, model_dir: Path, out: Path, stem: str, base, allow_mism
 def _check_resources(model_dir: Path, out: Path, quants: list[str], verify: bool) -> None:
     """Disk for every file, and memory for the conversion (verification is checked once its rows are known)."""
     from qlora_kit.gguf.tensors.resources import conversion_bytes, require, require_disk
-    from qlora_kit.merge.checkpoint import Checkpoint
+    from qlora_kit.merging.checkpoint import Checkpoint
 
     ckpt = Checkpoint(model_dir)
     params = sum(_numel(ckpt.shape(n)) for n in ckpt.names())
@@ -193,7 +193,7 @@ class _Verifier:
         from qlora_kit.gguf.verify.reference import reference_logits
         from qlora_kit.gguf.vocab.expectations import TokenExpectations
         from qlora_kit.gguf.vocab.vocab import effective_tokenizer_json, load_hf_tokenizer
-        from qlora_kit.merge.checkpoint import Checkpoint
+        from qlora_kit.merging.checkpoint import Checkpoint
 
         tokenizer = load_hf_tokenizer(model_dir)
         self.rows, self.rows_from = _held_out(model_dir, run_dir, tokenizer, samples)

@@ -13,14 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from qlora_kit.compat import exact_nf4_on_cpu, unsloth_cpu_fp32
+from qlora_kit.runtime.compat import exact_nf4_on_cpu, unsloth_cpu_fp32
 from qlora_kit.errors import UsageError
 from qlora_kit.model.check import loading
-from qlora_kit.registry import Registry
+from qlora_kit.recipe.registry import Registry
 from qlora_kit.recipe.schema import LoraSection, ModelSection
 
 if TYPE_CHECKING:
-    from qlora_kit.train.auto import Runtime
+    from qlora_kit.training.auto import Runtime
 
 # Module names never adapted by 'all-linear': the output head (and embeddings, which are not Linear anyway).
 EXCLUDED_LINEAR = {"lm_head", "embed_out", "output"}

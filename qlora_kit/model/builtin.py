@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from qlora_kit.data.sources import BUILTIN_DATASETS
-from qlora_kit.registry import Registry
+from qlora_kit.recipe.registry import Registry
 
 PREFIX = "builtin:"
 

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from qlora_kit.errors import QKError, UsageError, first_line, is_oom
-from qlora_kit.messages import warn
+from qlora_kit.errors import warn
 from qlora_kit.recipe.schema import ModelSection
 
 CAUSAL_LM_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModel")
@@ -99,7 +99,7 @@ def check_weights(path: Path, config=None, trust_remote_code: bool = False) -> N
     tensors of the shapes it implies. Reads headers only; the model is built on the meta device (no memory)."""
     import json
 
-    from qlora_kit.merge.checkpoint import read_header
+    from qlora_kit.merging.checkpoint import read_header
 
     index = path / "model.safetensors.index.json"
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from qlora_kit.errors import UsageError
 from qlora_kit.model import builtin, gguf_source
-from qlora_kit.registry import did_you_mean
+from qlora_kit.recipe.registry import did_you_mean
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FORMS = "a Hub id ORG/NAME, a GGUF (gguf:PATH, pkg:PACKAGE/FILE.gguf, ollama:NAME[:TAG]) or a built-in model: "

@@ -32,7 +32,7 @@ def captured_native_output():
 def prepare() -> None:
     """What every llama.cpp load in this process needs first (idempotent): the CPU workarounds. `serve` calls it
     before llama-cpp-python's server constructs its own `Llama`."""
-    from qlora_kit.compat import keep_llama_cpp_off_amx
+    from qlora_kit.runtime.compat import keep_llama_cpp_off_amx
 
     keep_llama_cpp_off_amx()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qlora_kit.errors import QKError, RecipeError
 from qlora_kit.recipe.schema import Recipe
-from qlora_kit.registry import did_you_mean
+from qlora_kit.recipe.registry import did_you_mean
 
 
 def check_paths(recipe: Recipe, source: str) -> None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from qlora_kit.errors import RecipeError, UsageError
 from qlora_kit.recipe.schema import Recipe
-from qlora_kit.registry import did_you_mean
+from qlora_kit.recipe.registry import did_you_mean
 
 
 DEFAULT_RUN_NAME = "run"  # for a recipe given as a dict without output.name (no file name to borrow)

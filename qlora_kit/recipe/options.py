@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from qlora_kit.registry import registry_choice
+from qlora_kit.recipe.registry import registry_choice
 
 BackendName = registry_choice("qlora_kit.model.backends:BACKENDS")
 QuantName = registry_choice("qlora_kit.gguf.tensors.quants:QUANT_TYPES", fold_case=True)  # Q4_K_M as llama.cpp writes it
@@ -49,7 +49,7 @@ def _is_list(annotation: Any) -> bool:
 
 
 def _size(value: str | None) -> str | None:
-    from qlora_kit.sizes import parse_size
+    from qlora_kit.recipe.sizes import parse_size
 
     if value is not None:
         parse_size(value)
@@ -78,7 +78,7 @@ class MergeOptions(StageOptions):
 
     @property
     def max_shard_bytes(self) -> int:
-        from qlora_kit.sizes import parse_size
+        from qlora_kit.recipe.sizes import parse_size
 
         return parse_size(self.max_shard_size)
 
@@ -130,7 +130,7 @@ class PlanOptions(StageOptions):
                                 "mean 24 GiB (as GPU makers write it); M/MB/MiB are MiB; under 1 GiB is refused "
                                 "(default: --device's).")
     device: str | None = Field(None, description="A GPU by name (rtx4090, a100-80gb, h100, ...: the table in "
-                               "qlora_kit/plan/gpus.py), 'cuda' for this machine's GPU, or 'cpu' (default: this machine's GPU if it has one).")
+                               "qlora_kit/planner/gpus.py), 'cuda' for this machine's GPU, or 'cpu' (default: this machine's GPU if it has one).")
     backend: BackendName | None = Field(None, description="Default: the recipe's model.backend.")
     seq_len: int | None = Field(None, gt=0, description="Default: the recipe's model.max_seq_length.")
     batch_size: int | None = Field(None, gt=0, description="Default: the recipe's train.batch_size.")
@@ -143,7 +143,7 @@ class PlanOptions(StageOptions):
     @field_validator("gpu_mem")
     @classmethod
     def _gpu_mem(cls, value: str | None) -> str | None:
-        from qlora_kit.sizes import parse_gpu_memory
+        from qlora_kit.recipe.sizes import parse_gpu_memory
 
         if value is not None:
             parse_gpu_memory(value)

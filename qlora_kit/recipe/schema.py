@@ -2,7 +2,7 @@
 
 A recipe is parsed once, at the edge (`qlora_kit.recipe.load`); every stage receives only its own section plus
 explicit inputs. Unknown keys are errors (never silently ignored). Fields whose best value depends on the device
-accept "auto"; `qlora_kit.train.auto` resolves them, and the resolved recipe is what a run directory records.
+accept "auto"; `qlora_kit.training.auto` resolves them, and the resolved recipe is what a run directory records.
 Field descriptions feed `validate` messages and `qlora-kit schema`.
 """
 
@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from qlora_kit.recipe.options import (BackendName, BenchOptions, EvalOptions, ExportOptions, MergeOptions,
                                      Section)
-from qlora_kit.registry import registry_choice
+from qlora_kit.recipe.registry import registry_choice
 
 Auto = Literal["auto"]
 

@@ -131,7 +131,7 @@ def recover(store: JobStore, wait_s: float = ORPHAN_WAIT_S) -> list[str]:
 
 def resume_mode(run_dir: Path) -> str:
     """How to start a stopped job again: from its latest checkpoint, over a run dir without one, or afresh."""
-    from qlora_kit.train.rundir import RunDir
+    from qlora_kit.training.rundir import RunDir
 
     run = RunDir(Path(run_dir))
     if run.root.exists() and run.latest_checkpoint() is not None:

@@ -14,7 +14,7 @@ def plan_modelfile(model_dir: Path, run_dir: Path | None, targets: dict[str, Pat
     """The Modelfile for these targets, worked out before any GGUF is written: its settings come from the tokenizer
     files (parsed in Python: ~80 MiB for a 150k vocabulary), which costs least before the tensor pass, not on top of
     what it leaves behind. write_modelfile writes it once the GGUFs exist."""
-    from qlora_kit.compat import release_freed_heap
+    from qlora_kit.runtime.compat import release_freed_heap
     from qlora_kit.data.templates import OLLAMA_TEMPLATES, identify_template
     from qlora_kit.gguf.ollama.ollama import build_modelfile
     from qlora_kit.gguf.vocab.light_tokenizer import load_without_vocabulary

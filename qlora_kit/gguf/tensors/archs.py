@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from qlora_kit.registry import Registry
+from qlora_kit.recipe.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from qlora_kit.compat import return_large_frees_to_the_os
+from qlora_kit.runtime.compat import return_large_frees_to_the_os
 from qlora_kit.errors import StageError, UsageError
 from qlora_kit.gguf.tensors.archs import ARCHS, common_kv, permute_for_llama_cpp
 from qlora_kit.gguf.tensors.quants import NEEDS_IMATRIX, QUANT_TYPES, QuantType, get_quant_type  # noqa: F401
 from qlora_kit.gguf.vocab.vocab import add_vocab
-from qlora_kit.merge.checkpoint import Checkpoint, row_blocks
+from qlora_kit.merging.checkpoint import Checkpoint, row_blocks
 
 
 NUMPY_TYPES = {"F32": np.float32, "F16": np.float16}  # GGML types numpy can hold directly
@@ -67,7 +67,7 @@ def write_gguf(model_dir: Path, out_path: Path, ggml_target: str, file_type: int
     from qlora_kit.native.crash import note
 
     note(doing="ggml was writing", file=str(out_path))
-    return_large_frees_to_the_os()  # block-sized buffers come and go one after another (see qlora_kit.memory)
+    return_large_frees_to_the_os()  # block-sized buffers come and go one after another (see qlora_kit.runtime.memory)
     ckpt = Checkpoint(model_dir)
     arch = _arch_of(ckpt, model_dir)
     plan = plan_tensors(ckpt, arch, ggml_target, mixture)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qlora_kit.errors import UsageError
-from qlora_kit.registry import Registry
+from qlora_kit.recipe.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from qlora_kit.errors import StageError
-from qlora_kit.merge.checkpoint import Checkpoint, row_blocks
+from qlora_kit.merging.checkpoint import Checkpoint, row_blocks
 
 HEAD_BLOCK_BYTES = 16 * 2**20  # fp32 bytes of one block of output-projection rows
 
@@ -37,7 +37,7 @@ class _Stop(Exception):
 def reference_logits(model_dir: str | Path, rows: list[list[int]], device: str | None = None,
                      block_bytes: int = HEAD_BLOCK_BYTES) -> list[np.ndarray]:
     """float32 logits (tokens x vocab) of the HF model in `model_dir` for each row of token ids."""
-    from qlora_kit.compat import return_large_frees_to_the_os
+    from qlora_kit.runtime.compat import return_large_frees_to_the_os
 
     return_large_frees_to_the_os()  # block-sized buffers come and go (measured: +120 MiB of heap without it)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

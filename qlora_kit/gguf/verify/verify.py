@@ -75,9 +75,9 @@ def gguf_logits(gguf_path, rows: list[list[int]]) -> list[np.ndarray]:
 
 def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:
     """Per-position agreement of two logit sets (rows x positions x vocab), summarised: the shared comparison
-    (qlora_kit.logits) plus what the fair quantized check needs: relative error and correlation of the centred
+    (qlora_kit.model.logits) plus what the fair quantized check needs: relative error and correlation of the centred
     logits, and per position HF's top1-top2 margin, the logits' spread and whether top-1 agrees (`positions`)."""
-    from qlora_kit.logits import compare_logits
+    from qlora_kit.model.logits import compare_logits
 
     out = compare_logits(reference, candidate)
     rel, corr, margins, spreads, agrees = [], [], [], [], []

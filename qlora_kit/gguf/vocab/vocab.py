@@ -214,7 +214,7 @@ def add_vocab(writer, model_dir: Path, vocab_size: int, space_prefix: bool = Tru
 
     import gguf
 
-    from qlora_kit.compat import release_freed_heap
+    from qlora_kit.runtime.compat import release_freed_heap
     from qlora_kit.gguf.vocab.expectations import TokenExpectations
     from qlora_kit.gguf.vocab.tokenizer_probe import choose
 

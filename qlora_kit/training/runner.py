@@ -16,11 +16,11 @@ from dataclasses import replace
 
 from qlora_kit.distributed.env import current as current_dist
 from qlora_kit.errors import DiskFullError, OutOfMemoryError, QKError, StageError, first_line, is_oom
-from qlora_kit.train.context import RunContext
-from qlora_kit.train.finish import end_with_later_stages, finish
-from qlora_kit.train.fit import fit
-from qlora_kit.train.prepare import prepare
-from qlora_kit.train.rundir import RunDir
+from qlora_kit.training.context import RunContext
+from qlora_kit.training.finish import end_with_later_stages, finish
+from qlora_kit.training.fit import fit
+from qlora_kit.training.prepare import prepare
+from qlora_kit.training.rundir import RunDir
 
 
 def train_recipe(ctx: RunContext) -> RunDir:

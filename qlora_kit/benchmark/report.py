@@ -110,8 +110,8 @@ def _add_measures(cell: dict, device: str) -> None:
 
 
 def _add_prediction(cell: dict, sweep, recipe, shape) -> None:
-    from qlora_kit.plan.inputs import plan_input_for
-    from qlora_kit.plan.estimate import estimate
+    from qlora_kit.planner.inputs import plan_input_for
+    from qlora_kit.planner.estimate import estimate
 
     p = plan_input_for(recipe, shape, cell["backend"], sweep.device, cell["seq_len"], cell["batch_size"])
     est = estimate(shape, p)
@@ -123,7 +123,7 @@ def _add_prediction(cell: dict, sweep, recipe, shape) -> None:
 
 
 def _add_mfu(cell: dict, shape, machine: dict) -> None:
-    from qlora_kit.plan.gpus import peak_flops_for
+    from qlora_kit.planner.gpus import peak_flops_for
 
     peak = peak_flops_for(machine.get("gpu"))
     if cell["status"] != "ok" or not peak or not cell.get("tokens_per_second"):
@@ -161,8 +161,8 @@ def evaluate_targets(cells: list[dict], device: str) -> list[dict]:
 
 
 def write_report(report: dict, out: Path) -> None:
-    from qlora_kit.bench.markdown import render_markdown
-    from qlora_kit.bench.plots import write_plots
+    from qlora_kit.benchmark.markdown import render_markdown
+    from qlora_kit.benchmark.plots import write_plots
 
     report["plots"] = write_plots(report, out)
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")

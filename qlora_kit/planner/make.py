@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from qlora_kit.errors import UsageError
-from qlora_kit.plan.estimate import PlanInput, estimate, largest_fitting, runtime_bytes
-from qlora_kit.plan.inputs import plan_input_for
-from qlora_kit.plan.shape import load_config, shape_from_config
+from qlora_kit.planner.estimate import PlanInput, estimate, largest_fitting, runtime_bytes
+from qlora_kit.planner.inputs import plan_input_for
+from qlora_kit.planner.shape import load_config, shape_from_config
 from qlora_kit.recipe.options import PlanOptions
 from qlora_kit.recipe.schema import Recipe
 
@@ -75,8 +75,8 @@ def _parallel(options: PlanOptions, recipe: Recipe) -> tuple[str, int]:
 
 def _target(options: PlanOptions) -> tuple[str, str | None, int | None, bool]:
     """-> (device kind, GPU name, memory budget in bytes or None, bf16 supported)."""
-    from qlora_kit.plan.gpus import GPUS, find_gpu
-    from qlora_kit.sizes import parse_gpu_memory
+    from qlora_kit.planner.gpus import GPUS, find_gpu
+    from qlora_kit.recipe.sizes import parse_gpu_memory
 
     budget = parse_gpu_memory(options.gpu_mem) if options.gpu_mem else None  # checked by PlanOptions
     name = (options.device or "").strip().lower()

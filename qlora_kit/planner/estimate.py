@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 from qlora_kit.model.backends import FULLY_TRAINED
-from qlora_kit.plan.shape import ModelShape
+from qlora_kit.planner.shape import ModelShape
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_BLOCK = 64

@@ -16,10 +16,10 @@ from pathlib import Path
 from qlora_kit import __version__
 from qlora_kit.errors import QKError, StageError
 from qlora_kit.eventlog import emit_artifact
-from qlora_kit.train.context import RunContext, peak_memory, quiet
-from qlora_kit.train.fit import Fitted, stage_event
-from qlora_kit.train.prepare import Prepared
-from qlora_kit.train.rundir import RunDir, atomic_write_json
+from qlora_kit.training.context import RunContext, peak_memory, quiet
+from qlora_kit.training.fit import Fitted, stage_event
+from qlora_kit.training.prepare import Prepared
+from qlora_kit.training.rundir import RunDir, atomic_write_json
 
 
 def finish(ctx: RunContext, prep: Prepared, fitted: Fitted) -> None:
@@ -72,7 +72,7 @@ def _metrics(fitted: Fitted, prep: Prepared, wall: float) -> dict:
     """The whole run's numbers, over every session a cancel or crash and --resume made (train/sessions.py):
     the trainer's state (steps, epochs, tokens seen) is restored from the checkpoint, but its loss and timers, and
     the callbacks, saw this session only. HF's training_loss (`result`) is used only when no step was logged."""
-    from qlora_kit.train.sessions import whole_run
+    from qlora_kit.training.sessions import whole_run
 
     state, split, rt = fitted.trainer.state, fitted.train_split, prep.rt
     tokens_seen = state.num_input_tokens_seen

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from qlora_kit.data.encode import Encoded
-from qlora_kit.logits import compare_logits
-from qlora_kit.compat import exact_nf4_on_cpu
+from qlora_kit.model.logits import compare_logits
+from qlora_kit.runtime.compat import exact_nf4_on_cpu
 
 
 @dataclass

@@ -3,11 +3,11 @@ so TRL's own dataset preparation is skipped: what `data check` previews is exact
 
 from __future__ import annotations
 
-from qlora_kit.compat import (plain_loss_sft_trainer, remove_printer_callback, restore_trainable_dtypes,
+from qlora_kit.runtime.compat import (plain_loss_sft_trainer, remove_printer_callback, restore_trainable_dtypes,
                               trainable_dtypes)
 from qlora_kit.data.encode import Encoded
 from qlora_kit.recipe.schema import Recipe
-from qlora_kit.train.auto import Runtime
+from qlora_kit.training.auto import Runtime
 
 
 def to_dataset(rows: list[Encoded]):

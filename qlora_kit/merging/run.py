@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from qlora_kit.errors import QKError, StageError, UsageError
-from qlora_kit.merge.checkpoint import Checkpoint
-from qlora_kit.merge.merge import (check_tied, load_adapter_checked, merge_weights, publish,
+from qlora_kit.merging.checkpoint import Checkpoint
+from qlora_kit.merging.merge import (check_tied, load_adapter_checked, merge_weights, publish,
                                    resolve_out_dtype, temp_dir_for, write_model_files)
 from qlora_kit.recipe.options import MergeOptions
-from qlora_kit.train.rundir import RunDir, atomic_write_json
+from qlora_kit.training.rundir import RunDir, atomic_write_json
 
 # Top-1 agreement below this means the merge is wrong (a missing scale, a transposed delta), not float noise.
 MIN_TOP1 = 0.95
@@ -113,7 +113,7 @@ def fidelity_report(recipe, run, ckpt, adapter, merged_dir, options, train_dtype
     from transformers import AutoTokenizer
 
     from qlora_kit.data.held_out import held_out_rows
-    from qlora_kit.merge import fidelity as fid
+    from qlora_kit.merging import fidelity as fid
 
     source, rows = held_out_rows(recipe, AutoTokenizer.from_pretrained(run.adapter), options.samples)
     ref_model = fid.reference_model(str(ckpt.path), str(run.adapter), train_dtype, ckpt.prequantized)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qlora_kit.registry import Registry
+from qlora_kit.recipe.registry import Registry
 
 GIB = 2**30
 

@@ -4,7 +4,7 @@ Each function says what it works around, why, and the versions it was verified a
 requirements/constraints.txt). tests/test_compat.py checks, for each one, that the library still behaves the way
 that made the workaround necessary and that the workaround still undoes it: a pinned upgrade that changes either
 fails there, not silently in a training run. Nothing here runs on import; callers apply each one explicitly.
-Heavy libraries are imported inside the functions (`import qlora_kit.compat` stays cheap, for the CLI).
+Heavy libraries are imported inside the functions (`import qlora_kit.runtime.compat` stays cheap, for the CLI).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def quiet_libraries() -> None:
     libraries above), never globally: a `qlora_kit.*` warning, or one raised as `QKWarning`, still shows. The
     libraries read the variables below when imported, which is why this runs before any command does.
     """
-    from qlora_kit.messages import QKWarning
+    from qlora_kit.errors import QKWarning
 
     for category in LIBRARY_CATEGORIES:
         warnings.filterwarnings("ignore", category=category)
@@ -56,7 +56,7 @@ def quiet_libraries() -> None:
 
 def _format_warning(message, category, filename, lineno, line=None, _python=warnings.formatwarning) -> str:
     """Ours as `qlora-kit: warning: ...`, like the one-line errors; anything else as Python prints it."""
-    from qlora_kit.messages import QKWarning
+    from qlora_kit.errors import QKWarning
 
     if issubclass(category, QKWarning):
         return f"qlora-kit: warning: {message}\n"

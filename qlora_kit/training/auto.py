@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from qlora_kit.distributed.env import DistEnv, recorded_section, worker_strategy
 from qlora_kit.recipe.schema import Recipe
-from qlora_kit.train.device import detect_device
+from qlora_kit.training.device import detect_device
 
 # (GPU, CPU) defaults. GPU: small micro-batches accumulated, 8-bit AdamW and checkpointing to save VRAM.
 # CPU: no accumulation or checkpointing (they only cost time on small models), full-precision AdamW.

@@ -15,8 +15,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from qlora_kit.control import CancelToken
-from qlora_kit.train.context import peak_memory, quiet
-from qlora_kit.train.rundir import RunDir
+from qlora_kit.training.context import peak_memory, quiet
+from qlora_kit.training.rundir import RunDir
 
 
 class EventsCallback(TrainerCallback):
@@ -100,7 +100,7 @@ class RankMemory(TrainerCallback):
         self.held: dict | None = None
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
-        from qlora_kit.bench.tensors import held_bytes
+        from qlora_kit.benchmark.tensors import held_bytes
 
         held = held_bytes(model, optimizer) if model is not None else {}
         self.held = {"rank": args.process_index, **held, "peak_memory_bytes": int(peak_memory(self.device))}

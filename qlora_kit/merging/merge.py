@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from qlora_kit.errors import QKError, StageError, UsageError
-from qlora_kit.merge.adapter import load_adapter
-from qlora_kit.compat import return_large_frees_to_the_os
-from qlora_kit.merge.checkpoint import Checkpoint, nf4_roundtrip, nf4_roundtrip_blocks, row_blocks
-from qlora_kit.merge.writer import PlannedTensor, ShardWriter, plan_shards, write_index
+from qlora_kit.merging.adapter import load_adapter
+from qlora_kit.runtime.compat import return_large_frees_to_the_os
+from qlora_kit.merging.checkpoint import Checkpoint, nf4_roundtrip, nf4_roundtrip_blocks, row_blocks
+from qlora_kit.merging.writer import PlannedTensor, ShardWriter, plan_shards, write_index
 from qlora_kit.recipe.options import MergeOptions
 
 OUT_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlora_kit.errors import UsageError, first_line
-from qlora_kit.registry import Registry
+from qlora_kit.recipe.registry import Registry
 
 
 @dataclass(frozen=True)

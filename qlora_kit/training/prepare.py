@@ -22,11 +22,11 @@ from qlora_kit.distributed.env import check_fsdp_device, topology
 from qlora_kit.errors import UsageError
 from qlora_kit.recipe import Recipe, dump_recipe
 from qlora_kit.recipe.checks import check_paths
-from qlora_kit.train.context import RunContext
-from qlora_kit.train.rundir import RunDir
+from qlora_kit.training.context import RunContext
+from qlora_kit.training.rundir import RunDir
 
 if TYPE_CHECKING:
-    from qlora_kit.train.auto import Runtime
+    from qlora_kit.training.auto import Runtime
 
 
 @dataclass
@@ -61,7 +61,7 @@ def prepare(ctx: RunContext) -> Prepared:
     from qlora_kit.model.check import check_model
 
     model_notes = check_model(recipe.model)  # a config transformers cannot load: one line, before the run dir
-    from qlora_kit.train.auto import resolve
+    from qlora_kit.training.auto import resolve
 
     resolved, rt = resolve(recipe, dist)
     check_fsdp_device(rt.strategy, rt.device)
@@ -106,7 +106,7 @@ def _start_run(ctx: RunContext, prep: Prepared, notes: dict[str, list[str]]) -> 
 
 
 def _check_loggers(recipe: Recipe) -> None:
-    from qlora_kit.train.trainer import check_loggers
+    from qlora_kit.training.trainer import check_loggers
 
     check_loggers(recipe.train.report_to)
 

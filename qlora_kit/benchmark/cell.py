@@ -1,4 +1,4 @@
-"""One benchmark cell in a process of its own: `python -m qlora_kit.bench.cell SPEC.json RESULT.json`.
+"""One benchmark cell in a process of its own: `python -m qlora_kit.benchmark.cell SPEC.json RESULT.json`.
 
 A fresh process per cell because Unsloth patches transformers globally at import (it must never share a process
 with the hf baseline) and because peak memory is a per-process quantity. The cell trains through the same
@@ -66,12 +66,12 @@ def run_cell(spec: dict) -> dict:
     import torch
     import trl  # noqa: F401
 
-    from qlora_kit.memory import current_rss_bytes
+    from qlora_kit.runtime.memory import current_rss_bytes
 
     import_rss = current_rss_bytes()
 
     from qlora_kit.model.resolve import resolve_model_path
-    from qlora_kit.train.auto import resolve
+    from qlora_kit.training.auto import resolve
 
     resolved, rt = resolve(recipe)
     loaded = time.perf_counter()
@@ -95,9 +95,9 @@ def _train(spec, resolved, rt, model, tokenizer, rows, timer) -> dict:
 
     import torch
 
-    from qlora_kit.bench.tensors import held_bytes
-    from qlora_kit.memory import peak_rss_bytes
-    from qlora_kit.train.trainer import build_trainer
+    from qlora_kit.benchmark.tensors import held_bytes
+    from qlora_kit.runtime.memory import peak_rss_bytes
+    from qlora_kit.training.trainer import build_trainer
 
     with tempfile.TemporaryDirectory(prefix="qlora-kit-bench-") as tmp:
         trainer = build_trainer(resolved, rt, model, tokenizer, rows, [], tmp, [timer], save=False)
@@ -187,7 +187,7 @@ def make_timer(steps: int, profile_last: bool, cuda: bool):
 
         def on_step_begin(self, args, state, control, **kwargs):
             if self.profile_last and state.global_step == self.steps - 1:
-                from qlora_kit.bench.tensors import StepPeak, held_bytes
+                from qlora_kit.benchmark.tensors import StepPeak, held_bytes
 
                 # Tensors alive now (the profiler sees only what is allocated while it runs); gradients are
                 # None between steps, so this is weights, LoRA, optimizer states and buffers.

@@ -15,9 +15,9 @@ from qlora_kit.control import STOP_FILE
 from qlora_kit.data.encode import apply_chat_template_choice
 from qlora_kit.data.prepare import encode_split, untrainable
 from qlora_kit.errors import DataError
-from qlora_kit.train.context import RunContext
-from qlora_kit.train.prepare import Prepared
-from qlora_kit.train.rundir import RunDir
+from qlora_kit.training.context import RunContext
+from qlora_kit.training.prepare import Prepared
+from qlora_kit.training.rundir import RunDir
 
 
 @dataclass
@@ -100,10 +100,10 @@ def _encode(ctx: RunContext, prep: Prepared, tokenizer):
 
 def _build(ctx: RunContext, prep: Prepared, model, tokenizer, train_split, eval_split):
     """The trainer and its callbacks: events and progress, cancellation, what this rank held."""
-    from qlora_kit.compat import load_checkpoints_on_cpu_ranks
+    from qlora_kit.runtime.compat import load_checkpoints_on_cpu_ranks
     from qlora_kit.distributed import sync
-    from qlora_kit.train.callbacks import CancelCallback, EventsCallback, Progress, RankMemory
-    from qlora_kit.train.trainer import build_trainer
+    from qlora_kit.training.callbacks import CancelCallback, EventsCallback, Progress, RankMemory
+    from qlora_kit.training.trainer import build_trainer
 
     dist, rt = ctx.dist, prep.rt
     if dist.active and rt.device == "cpu":

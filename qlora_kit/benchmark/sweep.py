@@ -87,7 +87,7 @@ def check(sweep: Sweep, recipe, shape) -> None:
 
 
 def _device(requested: str) -> str:
-    from qlora_kit.train.auto import detect_device
+    from qlora_kit.training.auto import detect_device
 
     try:
         return detect_device(requested)
@@ -96,7 +96,7 @@ def _device(requested: str) -> str:
 
 
 def run(sweep: Sweep, recipe, shape) -> dict:
-    from qlora_kit.bench.report import build_report, machine_info, write_report
+    from qlora_kit.benchmark.report import build_report, machine_info, write_report
 
     work = sweep.out.with_name(sweep.out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
@@ -156,7 +156,7 @@ def _run_cell(sweep: Sweep, cell_dir: Path, backend: str, seq_len: int, batch_si
     started = time.time()
     with open(log_path, "w", encoding="utf-8") as log:
         try:
-            code = subprocess.call([sys.executable, "-m", "qlora_kit.bench.cell", str(spec_path), str(result_path)],
+            code = subprocess.call([sys.executable, "-m", "qlora_kit.benchmark.cell", str(spec_path), str(result_path)],
                                    stdout=log, stderr=subprocess.STDOUT, timeout=sweep.cell_timeout)
         except subprocess.TimeoutExpired:
             code = None

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from qlora_kit.control import CancelToken
 from qlora_kit.distributed.env import DistEnv
 from qlora_kit.eventlog import EventLog
-from qlora_kit.memory import peak_rss_bytes
+from qlora_kit.runtime.memory import peak_rss_bytes
 from qlora_kit.recipe import Recipe
 from qlora_kit.recipe import load_recipe as _load_recipe
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from qlora_kit.plan.estimate import PlanInput, resolve_targets
-from qlora_kit.plan.shape import ModelShape
-from qlora_kit.train.auto import AUTO, auto_dtype
+from qlora_kit.planner.estimate import PlanInput, resolve_targets
+from qlora_kit.planner.shape import ModelShape
+from qlora_kit.training.auto import AUTO, auto_dtype
 
 
 def plan_input_for(recipe, shape: ModelShape, backend: str, device: str, seq_len: int, batch_size: int | None = None,

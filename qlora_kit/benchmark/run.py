@@ -16,10 +16,10 @@ def run_bench(recipe: Recipe, recipe_path: str, overrides: list[str], options: B
               overwrite: bool = False, argv: list[str] | None = None) -> tuple[dict, Path]:
     """The sweep's report (what report.json holds) and its directory (qk.bench, `qlora-kit bench`). The cells
     load the recipe from `recipe_path` with `overrides`, as the caller did to get `recipe`."""
-    from qlora_kit.bench.sweep import Sweep, check
-    from qlora_kit.bench.sweep import run as run_sweep
-    from qlora_kit.plan.shape import load_config, shape_from_config
-    from qlora_kit.sizes import parse_size
+    from qlora_kit.benchmark.sweep import Sweep, check
+    from qlora_kit.benchmark.sweep import run as run_sweep
+    from qlora_kit.planner.shape import load_config, shape_from_config
+    from qlora_kit.recipe.sizes import parse_size
 
     sweep = Sweep(recipe=recipe_path, overrides=list(overrides), backends=list(options.backends),
                   seq_lens=list(options.seq_lens or []), batch_sizes=list(options.batch_sizes or []),
@@ -33,7 +33,7 @@ def run_bench(recipe: Recipe, recipe_path: str, overrides: list[str], options: B
         sweep.seq_lens = [n for n in DEFAULT_SEQ_LENS if n <= context] or [context]
     check(sweep, recipe, shape)
     if not sweep.batch_sizes:
-        from qlora_kit.train.auto import AUTO
+        from qlora_kit.training.auto import AUTO
 
         size = recipe.train.batch_size
         sweep.batch_sizes = [AUTO["batch_size"][0 if sweep.device == "cuda" else 1] if size == "auto" else size]
