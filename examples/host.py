@@ -1,10 +1,12 @@
 """A host program driving qlora-kit as its training backend (what a UI, agent or scheduler does).
 
-    python examples/host.py RECIPE [--cancel-at STEP]
+    python examples/host.py RECIPE [--cancel-at STEP] [--name NAME]
 
-It starts the run in a child process (`qk.start`: Unsloth and torch are never imported here), renders progress
-from the event stream, cancels at --cancel-at (the child saves a checkpoint and stops), resumes, and prints the
-artifacts with their sizes and checksums. The last line is a JSON summary (tests read it).
+It starts the run in a child process (`qk.start`: Unsloth and torch are never imported here), under a name of its
+own (--name, default host-demo: output.dir/host-demo, replaced at each start), so it never overwrites the run the
+recipe itself makes (runs/tiny-demo, what `make demo` leaves to look at). It renders progress from the event
+stream, cancels at --cancel-at (the child saves a checkpoint and stops), resumes, and prints the artifacts with
+their sizes and checksums. The last line is a JSON summary (tests read it).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 import sys
 
 import qlora_kit as qk
+
+HOST_RUN = "host-demo"  # overwritten at each start (overwrite=True below): a name of its own, never the recipe's
 
 
 def follow(job: qk.Job, cancel_at: int | None) -> None:
@@ -31,12 +35,13 @@ def follow(job: qk.Job, cancel_at: int | None) -> None:
             print(f"  {event.event}: {event.model_dump(exclude={'v', 'run_id', 't'})}", flush=True)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("--cancel-at", type=int, default=None)
-    args = parser.parse_args()
-    recipe = qk.load_recipe(args.recipe)
+    parser.add_argument("--name", default=HOST_RUN, help=f"the run's output.name (default: {HOST_RUN})")
+    args = parser.parse_args(argv)
+    recipe = qk.load_recipe(args.recipe, {"output.name": args.name})
 
     print(f"starting {recipe.output.name}", flush=True)
     job = qk.start(recipe, overwrite=True)

@@ -48,15 +48,28 @@ def add_hooks(log: EventLog, hooks: Iterable[Any], plugins: bool, strict_plugins
 def train(recipe: str | Path | dict | Recipe, *, hooks: Iterable[Any] = (), cancel: CancelToken | None = None,
           resume: bool = False, overwrite: bool = False, overrides: dict[str, Any] | list[str] | None = None,
           events: IO[str] | None = None, plugins: bool = True, strict_plugins: bool = False,
-          console=None) -> TrainResult:
+          console=None, verbose: bool | None = None) -> TrainResult:
     """Train the recipe in this process (any thread). Cancelled runs return status "cancelled" (resume with
-    resume=True); failures raise a QKError subclass after an `error` event."""
+    resume=True); failures raise a QKError subclass after an `error` event.
+
+    Quiet by default, like the CLI: while the call runs, what the libraries print on this thread (Unsloth's banner,
+    transformers' "Loading weights" bars, library warnings and log records) stays out of the host's stdout and
+    stderr; qlora-kit's own warning lines, and whatever `hooks` and `console` print, still show. Everything is put
+    back when the call returns (qlora_kit/runtime/quiet.py says what is touched and why). `verbose=True`, or
+    QLORA_KIT_LOG=verbose in the environment when `verbose` is None, lets the libraries' output through."""
+    from qlora_kit.runtime.compat import verbose_requested
+    from qlora_kit.runtime.quiet import library_output_hidden, shown
     from qlora_kit.training.context import RunContext, quiet
 
+    hide = not verbose_requested(verbose)
     log, plugin_warnings = make_log(hooks, events, plugins, strict_plugins)
+    if hide:  # the host's own code runs on this thread: its output is not the libraries'
+        log.deliver[:] = [shown(deliver) for deliver in log.deliver]
+        console = shown(console) if console is not None else None
     ctx = RunContext(log, cancel or CancelToken(), resume=resume, overwrite=overwrite, console=console or quiet,
                      warnings=plugin_warnings)
-    return run_training(recipe, overrides, ctx)
+    with library_output_hidden(hide):
+        return run_training(recipe, overrides, ctx)
 
 
 def run_training(recipe, overrides, ctx: RunContext) -> TrainResult:
@@ -92,7 +105,9 @@ def _refuse_in_process_launch(recipe: Recipe) -> None:
 def start(recipe: str | Path | dict | Recipe, *, hooks: Iterable[Any] = (), cancel: CancelToken | None = None,
           resume: bool = False, overwrite: bool = False, overrides: dict[str, Any] | list[str] | None = None,
           plugins: bool = True, log_file: str | Path | None = None):
-    """Start the training in a child process and return its `Job` at once (events stream live)."""
+    """Start the training in a child process and return its `Job` at once (events stream live). The child is
+    `qlora-kit train`, as quiet as the CLI; its stderr goes to `log_file` (QLORA_KIT_LOG=verbose in the
+    environment lets the libraries' output into it)."""
     from qlora_kit.jobs import Job
 
     return Job(_load_recipe(recipe, overrides), hooks=hooks, cancel=cancel, resume=resume, overwrite=overwrite,

@@ -1,6 +1,6 @@
 """User-facing errors (and warnings) and the exit codes they map to.
 
-Exit codes (documented in the README and `qlora-kit --help`):
+Exit codes (documented in docs/troubleshooting.md and `qlora-kit --help`):
   0    success
   1    a stage failed while running (training crashed, disk full, ...)
   2    the command, the recipe or an input it names is wrong (fix it and rerun)

@@ -101,8 +101,8 @@ def evaluate(run_dir: str | Path, options: EvalOptions | None = None, *, out: st
 
 def plan(recipe, options: PlanOptions | None = None, *, overrides: dict | list | None = None,
          **fields: Any) -> Plan:
-    """Predict peak training memory. Options: a PlanOptions, or its fields as keywords (gpu_mem, device, backend,
-    seq_len, batch_size, nproc, strategy)."""
+    """Predict peak training memory. Options: a PlanOptions, or its fields as keywords (gpu_mem, device, gpu,
+    backend, seq_len, batch_size, nproc, strategy): `qk.plan(recipe, gpu="rtx4090")`."""
     from qlora_kit.planner.make import run_plan
 
     opts = make_options(PlanOptions, fields, base=options, caller="qk.plan")

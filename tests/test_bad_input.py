@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import run_cli, write_jsonl, write_recipe
+from conftest import ROOT, run_cli, write_jsonl, write_recipe
 
 GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
 
@@ -46,9 +46,9 @@ def test_zero_or_negative_lr(tmp_path, lr, shown):
 
 def test_missing_model_dir(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", model={"name": "./models/missing"})
-    train_fails(tmp_path, recipe, f"{recipe}: model.name: ./models/missing: no such directory (and not a Hub id "
-                "ORG/NAME, a GGUF (gguf:PATH, pkg:PACKAGE/FILE.gguf, ollama:NAME[:TAG]) or a built-in model: "
-                "builtin:tiny-llama)")
+    train_fails(tmp_path, recipe, f"{recipe}: model.name: ./models/missing: no such directory (relative paths are "
+                f"read from the current directory, {ROOT}), and not a Hub id ORG/NAME, a GGUF (gguf:PATH, "
+                "pkg:PACKAGE/FILE.gguf, ollama:NAME[:TAG]) or a built-in model: builtin:tiny-llama")
 
 
 def test_model_dir_without_config(tmp_path):

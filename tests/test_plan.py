@@ -145,7 +145,7 @@ def _local_recipe(tmp_path, model_type="llama"):
 
 def test_plan_cli_json_is_consistent(tmp_path):
     recipe = _local_recipe(tmp_path)
-    r = run_cli("plan", str(recipe), "--device", "rtx4090", "--json", "--seq-len", "128")
+    r = run_cli("plan", str(recipe), "--gpu", "rtx4090", "--json", "--seq-len", "128")
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
     assert plan["budget_bytes"] == 24 * 2**30 and plan["fits"] is True
@@ -159,7 +159,7 @@ def test_plan_cli_json_is_consistent(tmp_path):
 
 def test_plan_cli_says_when_it_does_not_fit(tmp_path):
     recipe = _local_recipe(tmp_path)
-    r = run_cli("plan", str(recipe), "--gpu-mem", "1", "--device", "t4", "--batch-size", "1024")
+    r = run_cli("plan", str(recipe), "--gpu-mem", "1", "--gpu", "t4", "--batch-size", "1024")
     assert r.returncode == 0, r.stderr
     assert "of 1.0 GiB (t4): does NOT fit" in r.stdout and "float16" in r.stdout  # a T4 has no bf16
     largest = r.stdout.splitlines()[-1]
@@ -167,7 +167,11 @@ def test_plan_cli_says_when_it_does_not_fit(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--device", "rtx9090"], "qlora-kit: error: --device: unknown GPU 'rtx9090'; known: h200, h100"),
+    (["--gpu", "rtx9090"], "qlora-kit: error: --gpu: unknown GPU 'rtx9090'; known: h200, h100"),
+    (["--device", "t4"], "qlora-kit: error: --device t4: auto, cpu or cuda; for a GPU by name use --gpu t4\n"),
+    (["--device", "tpu"], "qlora-kit: error: --device: 'tpu' is not one of: auto, cpu, cuda\n"),
+    (["--gpu", "t4", "--device", "cpu"], "qlora-kit: error: --gpu: t4 is a CUDA GPU, which does not go with device "
+     "cpu; give one or the other\n"),
     (["--seq-len", "100000"], "qlora-kit: error: --seq-len: 100000 is above the model's context of"),
     (["--batch-size", "0"], "qlora-kit: error: --batch-size: 0 must be at least 1"),
     (["--gpu-mem", "lots"], "qlora-kit: error: --gpu-mem: 'lots' is not a size"),
@@ -184,7 +188,7 @@ def test_plan_cli_bad_input(tmp_path, args, message):
 @pytest.mark.parametrize("size", ["24", "24G", "24GB", "24GiB", "24gib", "24576MiB"])
 def test_gpu_mem_is_binary_whatever_the_spelling(tmp_path, size):
     # GPU makers' "24 GB" is 24 GiB; a bare number is GiB too (it was read as 24 bytes).
-    r = run_cli("plan", str(_local_recipe(tmp_path)), "--gpu-mem", size, "--device", "t4", "--json")
+    r = run_cli("plan", str(_local_recipe(tmp_path)), "--gpu-mem", size, "--gpu", "t4", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["budget_bytes"] == 24 * 2**30
 
@@ -197,7 +201,7 @@ def test_plan_cli_cuda_without_gpu(tmp_path):
     r = run_cli("plan", str(_local_recipe(tmp_path)), "--device", "cuda")
     assert r.returncode == 2
     assert r.stderr.strip() == ("qlora-kit: error: --device: cuda was asked for but no CUDA GPU is visible; name a "
-                                "GPU (e.g. --device rtx4090) or give --gpu-mem SIZE")
+                                "GPU (e.g. --gpu rtx4090) or give --gpu-mem SIZE")
 
 
 def test_unknown_layout_is_one_line(tmp_path):
@@ -225,7 +229,7 @@ def test_known_gpu_names():
 def test_plan_hub_model_offline_is_one_line(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path / "r.yaml", model={"name": "example-org/no-such-model"})
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # CI has no Hub either; this makes the failure immediate
-    r = run_cli("plan", str(recipe), "--device", "rtx4090")
+    r = run_cli("plan", str(recipe), "--gpu", "rtx4090")
     assert r.returncode == 2
     assert r.stderr.startswith("qlora-kit: error: model.name: could not fetch config.json of "
                                "example-org/no-such-model from the Hub (")

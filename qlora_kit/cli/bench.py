@@ -19,7 +19,7 @@ def register(subparsers, common) -> None:
                     "prediction next to every measurement. Out-of-memory cells are recorded and the sweep goes on. "
                     "Every option below overrides the recipe's bench section.")
     add_recipe_args(p)
-    add_option_flags(p, BenchOptions, defaults_note="the recipe's bench section")
+    add_option_flags(p, BenchOptions, section="bench")
     p.add_argument("--out", default="bench", help="report directory (default: ./bench)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     p.set_defaults(func=run)

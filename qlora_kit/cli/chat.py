@@ -6,17 +6,24 @@ formats the conversation, so what you see here is what llama.cpp-based apps will
 
 from __future__ import annotations
 
+import argparse
+
 
 def register(subparsers, common) -> None:
     p = subparsers.add_parser("chat", parents=[common], help="chat with a GGUF file in the terminal",
                               description="Interactive chat (empty line or Ctrl-D to quit); with --prompt, answer "
                                           "one message and exit.")
     p.add_argument("gguf", help="a .gguf file")
-    p.add_argument("--prompt", help="answer this one message and exit")
-    p.add_argument("--system", help="system message")
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--n-ctx", type=int, default=2048)
+    p.add_argument("--prompt", help="answer this one message and exit (default: none; an interactive chat)")
+    p.add_argument("--system", help="system message (default: none)")
+    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
+                   help="longest reply in tokens, as eval's --max-new-tokens (default: 128)")
+    # The old name, kept so scripts keep working; hidden, one name per concept in --help.
+    p.add_argument("--max-tokens", dest="max_new_tokens", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--temperature", type=float, default=0.0, metavar="X",
+                   help="sampling temperature; 0 is greedy decoding (default: 0.0)")
+    p.add_argument("--n-ctx", type=int, default=2048, metavar="N",
+                   help="context window in tokens: the conversation and the reply (default: 2048)")
     p.set_defaults(func=run)
 
 
@@ -40,7 +47,7 @@ def run(args) -> int:
             if not text:
                 return 0
             messages.append({"role": "user", "content": text})
-            reply = llm.create_chat_completion(messages=messages, max_tokens=args.max_tokens,
+            reply = llm.create_chat_completion(messages=messages, max_tokens=args.max_new_tokens,
                                                temperature=args.temperature)["choices"][0]["message"]["content"]
             messages.append({"role": "assistant", "content": reply})
             print(reply if args.prompt is not None else f"assistant> {reply}", flush=True)

@@ -16,9 +16,10 @@ def add_event_args(parser: argparse.ArgumentParser) -> None:
     """--events, --hook, --no-plugins, --strict-plugins: how other programs follow a command (see qlora_kit.hooks)."""
     parser.add_argument("--events", metavar="FILE|-",
                         help="also write every event as a JSON line to FILE; '-' writes them to stdout (only them: "
-                             "human output moves to stderr)")
+                             "human output moves to stderr) (default: none)")
     parser.add_argument("--hook", dest="hooks", action="append", default=[], metavar="MODULE:ATTR",
-                        help="call this hook (an object with on_event, or a class) for every event (repeatable)")
+                        help="call this hook (an object with on_event, or a class) for every event (repeatable; "
+                             "default: none)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--no-plugins", action="store_true",
                        help="do not load hooks of installed packages (entry points 'qlora_kit.hooks')")
@@ -67,4 +68,5 @@ def event_log(args):
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="path to a YAML recipe (see recipes/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe field, e.g. --set train.lr=1e-4 (repeatable)")
+                        help="override a recipe field, the value read as YAML, e.g. --set train.lr=1e-4 (repeatable; "
+                             "default: none)")

@@ -4,7 +4,7 @@ recorded answers), one report."""
 from __future__ import annotations
 
 from qlora_kit.cli.common import add_event_args, event_log
-from qlora_kit.cli.options import add_option_flags
+from qlora_kit.cli.options import add_option_flags, add_set_arg
 from qlora_kit.recipe.options import EvalOptions
 
 
@@ -18,6 +18,7 @@ def register(subparsers, common) -> None:
                     "interval.")
     p.add_argument("run_dir", help="a complete run directory")
     add_option_flags(p, EvalOptions)
+    add_set_arg(p, "eval", "samples=20")
     p.add_argument("--out", help="report directory (default: RUN_DIR/eval)")
     add_event_args(p)
     p.set_defaults(func=run)
@@ -26,12 +27,11 @@ def register(subparsers, common) -> None:
 def run(args) -> int:
     import json
 
-    from qlora_kit.cli.options import given_options
+    from qlora_kit.cli.options import stage_options
     from qlora_kit.eval.run import run_eval
-    from qlora_kit.recipe.options import make_options
 
     with event_log(args) as (log, warnings):
-        options = make_options(EvalOptions, given_options(args, EvalOptions))
+        options = stage_options(args, EvalOptions, "eval")
         out = run_eval(args.run_dir, options, log, out=args.out, warnings=warnings)
         report = json.loads((out / "report.json").read_text())
         for name, r in report["results"].items():

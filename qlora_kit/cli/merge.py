@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qlora_kit.cli.common import add_event_args, event_log
-from qlora_kit.cli.options import add_option_flags
+from qlora_kit.cli.options import add_option_flags, add_set_arg
 from qlora_kit.recipe.options import MergeOptions
 
 
@@ -16,6 +16,7 @@ def register(subparsers, common) -> None:
                     "(merge_report.json).")
     p.add_argument("run_dir", help="a complete run directory (with adapter/)")
     add_option_flags(p, MergeOptions)
+    add_set_arg(p, "merge", "max_shard_size=1GB")
     p.add_argument("--out", help="output directory (default: RUN_DIR/merged)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     add_event_args(p)
@@ -23,12 +24,11 @@ def register(subparsers, common) -> None:
 
 
 def run(args) -> int:
-    from qlora_kit.cli.options import given_options
+    from qlora_kit.cli.options import stage_options
     from qlora_kit.merging.run import run_merge, summary
-    from qlora_kit.recipe.options import make_options
 
     with event_log(args) as (log, warnings):
-        options = make_options(MergeOptions, given_options(args, MergeOptions))
+        options = stage_options(args, MergeOptions, "merge")
         out = run_merge(args.run_dir, options, log, out=args.out, overwrite=args.overwrite, warnings=warnings)
         print(f"{summary(out / 'merge_report.json')}\nmerged model: {out}")
     return 0

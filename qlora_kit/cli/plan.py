@@ -1,4 +1,5 @@
-"""`qlora-kit plan RECIPE [--gpu-mem 24GiB] [--device NAME]`: will this recipe fit, from the config alone."""
+"""`qlora-kit plan RECIPE [--gpu NAME] [--gpu-mem 24GiB] [--device auto|cpu|cuda]`: will this recipe fit, from the
+config alone."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def _text(plan: dict, p) -> str:
                  f"~{alt['needed_bytes'] / GIB:.2f} GiB)")
     if plan["budget_bytes"] is None:
         where = ("of RAM for tensors (the libraries add ~0.5 GiB); give --gpu-mem SIZE for a verdict"
-                 if p.device == "cpu" else "; no GPU here: give --gpu-mem SIZE or --device NAME for a verdict")
+                 if p.device == "cpu" else "; no GPU here: give --gpu-mem SIZE or --gpu NAME for a verdict")
         lines.append(f"needs ~{plan['needed_bytes'] / GIB:.2f} GiB {where}".replace(" ;", ";"))
         return "\n".join(lines)
     budget = plan["budget_bytes"] / GIB

@@ -13,10 +13,11 @@ def register(subparsers, common) -> None:
                               description="Serve /v1/chat/completions, /v1/completions and /v1/models for one GGUF "
                                           "file (Ctrl-C stops it).")
     p.add_argument("gguf", help="a .gguf file")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, metavar="N", help="TCP port to listen on (default: 8000)")
     p.add_argument("--name", help="model alias clients ask for (default: the file name without .gguf)")
-    p.add_argument("--n-ctx", type=int, default=2048)
+    p.add_argument("--n-ctx", type=int, default=2048, metavar="N",
+                   help="context window in tokens per request: prompt and reply (default: 2048)")
     p.set_defaults(func=run)
 
 

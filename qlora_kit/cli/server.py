@@ -1,7 +1,7 @@
 """`qlora-kit server [--host 127.0.0.1] [--port 8765] [--root DIR] [--token-file F]`: the local training job server.
 
 Not `serve` (which serves a GGUF file for chat): this one queues training jobs and runs them one at a time, for
-any tool that speaks HTTP (see README, "Drive it from another tool"). It listens on the loopback interface unless
+any tool that speaks HTTP (see docs/server.md). It listens on the loopback interface unless
 --host says otherwise, and then it requires --token-file.
 """
 
@@ -15,23 +15,27 @@ def register(subparsers, common) -> None:
                     "over HTTP. Jobs, run directories and the queue live under --root, so a restart loses nothing. "
                     "OpenAPI schema at /openapi.json.")
     p.add_argument("--host", default="127.0.0.1",
-                   help="interface to listen on (default 127.0.0.1: this machine only; any other needs --token-file)")
-    p.add_argument("--port", type=int, default=8765)
+                   help="interface to listen on (default: 127.0.0.1, this machine only; any other needs --token-file)")
+    p.add_argument("--port", type=int, default=8765, metavar="N", help="TCP port to listen on (default: 8765)")
     p.add_argument("--root", default="qlora-kit-server",
                    help="directory for jobs and run directories; every path a client names must lie inside it "
                         "(default: ./qlora-kit-server)")
-    p.add_argument("--token-file", metavar="F", help="file holding the bearer token clients must send")
+    p.add_argument("--token-file", metavar="F",
+                   help="file holding the bearer token clients must send (default: none; no token, which only a "
+                        "loopback --host allows)")
     p.add_argument("--data-dir", dest="data_dirs", action="append", default=[], metavar="DIR",
-                   help="also allow data and models from this directory (repeatable)")
+                   help="also allow data and models from this directory (repeatable; default: only paths "
+                        "under --root)")
     p.add_argument("--allow-remote-code", action="store_true",
                    help="accept recipes with model.trust_remote_code: true (runs the model repository's code)")
-    p.add_argument("--max-body", default="1MiB", metavar="SIZE", help="largest request body (default 1MiB)")
+    p.add_argument("--max-body", default="1MiB", metavar="SIZE", help="largest request body (default: 1MiB)")
     p.add_argument("--no-plugins", action="store_true", help="jobs load no hook plugins of installed packages")
     p.add_argument("--models", metavar="FILE",
                    help="model table for the OpenAI-compatible routes (YAML: alias -> {recipe: PATH} or {base: "
-                        "MODEL}); default: each builtin: model by its name and each shipped recipe by its file stem")
-    p.add_argument("--max-file", default="512MiB", metavar="SIZE", help="largest upload to /v1/files (default 512MiB)")
-    p.add_argument("--max-files", type=int, default=1000, metavar="N", help="most files /v1/files keeps (default 1000)")
+                        "MODEL}) (default: each builtin: model by its name and each shipped recipe by its file stem)")
+    p.add_argument("--max-file", default="512MiB", metavar="SIZE", help="largest upload to /v1/files (default: 512MiB)")
+    p.add_argument("--max-files", type=int, default=1000, metavar="N",
+                   help="most files /v1/files keeps (default: 1000)")
     p.set_defaults(func=run)
 
 

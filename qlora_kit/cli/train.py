@@ -21,7 +21,8 @@ def register(subparsers, common) -> None:
     add_recipe_args(p)
     p.add_argument("--nproc", type=int, metavar="N",
                    help="train on N processes on this machine through torchrun (short for --set distributed.nproc=N; "
-                        "the strategy becomes ddp unless the recipe says fsdp)")
+                        "the strategy becomes ddp unless the recipe says fsdp) (default: the recipe's distributed "
+                        "section)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     group.add_argument("--overwrite", action="store_true", help="replace an existing run directory")

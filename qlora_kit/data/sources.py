@@ -62,7 +62,8 @@ def check_source(spec: str, field_name: str) -> None:
         return
     path = Path(spec)
     if not path.exists():
-        raise DataError(f"{field_name}: {spec}: no such file")
+        raise DataError(f"{field_name}: {spec}: no such file" + ("" if path.is_absolute() else
+                        f" (relative paths are read from the current directory, {Path.cwd()})"))
     if not path.is_file():
         raise DataError(f"{field_name}: {spec}: not a file")
     if path.suffix.lower() not in LOCAL_SUFFIXES:
@@ -207,7 +208,11 @@ def _read_hub(name: str, split: str, field_name: str) -> Rows:
     # The user asked for a Hub dataset by name: this is the one place data may come over the network.
     import datasets
 
+    from qlora_kit.model.hub import require
     from qlora_kit.runtime.compat import no_datasets_progress_bars
+
+    # Not cached and no network: one line at once, not five retries first.
+    require(name, field_name, repo_type="dataset", what=f"{name!r} split {split!r}")
 
     no_datasets_progress_bars()
     try:

@@ -17,8 +17,11 @@ from pydantic import BaseModel, Field
 # (compat.keep_llama_cpp_off_amx).
 CPU_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8",
                 "amx_bf16")
-PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo", "llama_cpp_python",
-            "gguf", "accelerate", "datasets", "qlora-kit")
+PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo", "triton",
+            "llama_cpp_python", "gguf", "accelerate", "datasets", "qlora-kit")
+# A C compiler: Triton (Unsloth's GPU kernels) compiles a small launcher with one at run time ($CC wins), and pip
+# builds llama-cpp-python from source with one and cmake (`make install`).
+C_COMPILERS = ("cc", "gcc", "clang")
 NVIDIA_SMI_TIMEOUT_S = 10
 
 
@@ -49,7 +52,7 @@ class Guard(BaseModel):
 
 class Verdict(BaseModel):
     cpu_training: bool = Field(description="QLoRA training on CPU (torch, bitsandbytes' CPU library, Unsloth or hf).")
-    gpu_training_unsloth: bool = Field(description="A CUDA GPU, a CUDA torch, bitsandbytes' CUDA library, Unsloth.")
+    gpu_training_unsloth: bool = Field(description="An NVIDIA GPU and nothing in `gpu_missing`.")
     gguf_export: bool = Field(description="Writing GGUF files (gguf, and ggml's quantizers from llama-cpp-python).")
     verification: bool = Field(description="Running GGUF files through llama.cpp (export checks, eval, chat).")
     text: str = Field(description="The verdict in one line.")
@@ -69,6 +72,14 @@ class DoctorReport(BaseModel):
     bitsandbytes_libraries: list[str] = Field(description="bitsandbytes' native libraries (CPU and CUDA builds).")
     bitsandbytes_cuda: bool = Field(description="Whether bitsandbytes has the CUDA library for torch's CUDA version "
                                                "(libbitsandbytes_cudaXYZ for CUDA X.YZ), the one it loads.")
+    build_tools: dict[str, str | None] = Field(description="Where the C compiler ($CC, else cc, gcc or clang) and "
+                                                          "cmake are (None: not found). Triton compiles with the "
+                                                          "compiler at run time; pip builds llama-cpp-python with "
+                                                          "both.")
+    gpu_missing: list[str] = Field(description="Only on a machine with an NVIDIA GPU: what GPU training with Unsloth "
+                                               "still lacks here, one item each (a CUDA build of torch, bitsandbytes' "
+                                               "CUDA library, triton, unsloth, a C compiler; cmake where "
+                                               "llama-cpp-python is not installed yet). Empty: nothing, or no GPU.")
     llama_cpp: dict = Field(description="llama.cpp's own system info: backends and CPU features it uses.")
     guards: list[Guard] = Field(description="Workarounds in qlora_kit.runtime.compat and whether each applies here.")
     verdict: Verdict
@@ -94,8 +105,10 @@ def collect(out_dir: str | Path = "runs") -> DoctorReport:
         cpu=cpu, ram_bytes=meminfo.get("MemTotal"), ram_available_bytes=meminfo.get("MemAvailable"),
         disks=[_disk(Path(out_dir)), _disk(cache_root())], gpus=gpus, cuda_driver_version=cuda_driver,
         torch_cuda_version=torch_cuda, versions=versions, bitsandbytes_libraries=bnb_libs,
-        bitsandbytes_cuda=_bnb_cuda_library(bnb_libs, torch_cuda), llama_cpp=llama, guards=guards,
+        bitsandbytes_cuda=_bnb_cuda_library(bnb_libs, torch_cuda), build_tools=_build_tools(), gpu_missing=[],
+        llama_cpp=llama, guards=guards,
         verdict=Verdict(cpu_training=False, gpu_training_unsloth=False, gguf_export=False, verification=False, text=""))
+    report.gpu_missing = _gpu_missing(report)
     report.verdict = _verdict(report)
     return report
 
@@ -195,6 +208,33 @@ def _bnb_cuda_library(libs: list[str], torch_cuda: str | None) -> bool:
     return any(lib.split(".")[0] == wanted for lib in libs)
 
 
+def _build_tools() -> dict[str, str | None]:
+    cc = os.environ.get("CC")
+    found = shutil.which(cc.split()[0]) if cc else None
+    for name in C_COMPILERS if not found else ():
+        found = found or shutil.which(name)
+    return {"c_compiler": found, "cmake": shutil.which("cmake")}
+
+
+def _gpu_missing(r: DoctorReport) -> list[str]:
+    """What stands between this machine's NVIDIA GPU and training on it (nothing to say without a GPU)."""
+    if not r.gpus:
+        return []
+    v, missing = r.versions, []
+    if not r.torch_cuda_version:
+        missing.append(f"a CUDA build of torch ({v['torch']} is a CPU build)" if v["torch"] else "torch")
+    elif not r.bitsandbytes_cuda:
+        missing.append(f"bitsandbytes' CUDA library for CUDA {r.torch_cuda_version} (libbitsandbytes_cuda"
+                       f"{''.join(r.torch_cuda_version.split('.')[:2])})")
+    missing += [f"{name} ({why})" for name, why in (("triton", "Unsloth's GPU kernels"), ("unsloth", "the backend"))
+                if not v[name]]
+    if not r.build_tools["c_compiler"]:
+        missing.append("a C compiler (cc, gcc or clang, or $CC), which Triton builds its launcher with")
+    if not r.build_tools["cmake"] and not v["llama_cpp_python"]:
+        missing.append("cmake (pip builds llama-cpp-python from source with it)")
+    return missing
+
+
 def _llama_cpp() -> tuple[dict, dict | None]:
     try:
         from qlora_kit.runtime.compat import keep_llama_cpp_off_amx
@@ -209,15 +249,17 @@ def _llama_cpp() -> tuple[dict, dict | None]:
 def _verdict(r: DoctorReport) -> Verdict:
     v = r.versions
     cpu = bool(v["torch"] and v["bitsandbytes"] and any("cpu" in lib for lib in r.bitsandbytes_libraries))
-    gpu = bool(r.gpus and r.torch_cuda_version and r.bitsandbytes_cuda and v["unsloth"])
+    gpu = bool(r.gpus) and not r.gpu_missing
     export = bool(v["gguf"] and "error" not in r.llama_cpp)
     verify = export and "CPU" in r.llama_cpp.get("backends", [])
     missing = [what for what, ok in (("GPU training with Unsloth", gpu), ("CPU training", cpu),
                                      ("GGUF export", export), ("verification", verify)) if not ok]
     works = [what for what, ok in (("CPU training", cpu), ("GPU training with Unsloth", gpu),
                                    ("GGUF export", export), ("verification through llama.cpp", verify)) if ok]
-    why_no_gpu = "no NVIDIA GPU found" if not r.gpus else "torch is a CPU build" if not r.torch_cuda_version else \
-        "bitsandbytes has no CUDA library" if not r.bitsandbytes_cuda else "unsloth is not installed"
+    why_no_gpu = "no NVIDIA GPU found"
+    if r.gpus:
+        why_no_gpu = f"it still needs: {'; '.join(r.gpu_missing)}; `make install` on this machine installs the " \
+                     "Python packages"
     text = f"works here: {', '.join(works) or 'nothing'}"
     if missing:
         text += f"; not here: {', '.join(missing)}" + (f" ({why_no_gpu})" if not gpu else "")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qlora_kit.errors import UsageError
-from qlora_kit.model import builtin, gguf_source
+from qlora_kit.model import builtin, gguf_source, hub
 from qlora_kit.recipe.registry import did_you_mean
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -44,11 +44,16 @@ def check_model_name(name: str) -> str:
         return "local"
     if HUB_ID.match(name) and not name.startswith((".", "/", "~")):
         return "hub"
-    raise UsageError(f"model.name: {name}: no such directory (and not {FORMS}"
-                     + ", ".join(f"builtin:{k}" for k in builtin.BUILTIN_MODELS) + ")")
+    names = ", ".join(f"builtin:{k}" for k in builtin.BUILTIN_MODELS)
+    if path.is_absolute():
+        raise UsageError(f"model.name: {name}: no such directory (and not {FORMS}{names})")
+    raise UsageError(f"model.name: {name}: no such directory (relative paths are read from the current directory, "
+                     f"{Path.cwd()}), and not {FORMS}{names}")
 
 
 def resolve_model(name: str) -> ResolvedModel:
+    """Where the model comes from. A Hub id must be in the local cache or the Hub must answer (model/hub.py):
+    otherwise one line at once, instead of the loaders' retries."""
     kind = check_model_name(name)
     if kind == "builtin":
         return ResolvedModel(str(builtin.materialize(name)))
@@ -57,6 +62,7 @@ def resolve_model(name: str) -> ResolvedModel:
     if kind == "gguf":
         path, source = gguf_source.resolve(name)
         return ResolvedModel(str(path), asdict(source))
+    hub.require(name, "model.name")
     return ResolvedModel(name)
 
 

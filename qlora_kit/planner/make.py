@@ -75,22 +75,19 @@ def _parallel(options: PlanOptions, recipe: Recipe) -> tuple[str, int]:
 
 def _target(options: PlanOptions) -> tuple[str, str | None, int | None, bool]:
     """-> (device kind, GPU name, memory budget in bytes or None, bf16 supported)."""
-    from qlora_kit.planner.gpus import GPUS, find_gpu
+    from qlora_kit.planner.gpus import find_gpu
     from qlora_kit.recipe.sizes import parse_gpu_memory
 
     budget = parse_gpu_memory(options.gpu_mem) if options.gpu_mem else None  # checked by PlanOptions
-    name = (options.device or "").strip().lower()
-    if name == "cpu":
+    if options.gpu:  # a known GPU, not with device cpu: checked by PlanOptions
+        gpu = find_gpu(options.gpu)
+        return "cuda", gpu.name, budget or gpu.memory, gpu.bf16
+    if options.device == "cpu":
         return "cpu", None, budget, False
-    if name in ("", "cuda"):
-        local = _local_gpu(required=name == "cuda")
-        if local:
-            return "cuda", local[0], budget or local[1], local[2]
-        return "cuda", None, budget, True
-    gpu = find_gpu(name)
-    if gpu is None:
-        raise UsageError(f"--device: unknown GPU {options.device!r}; known: {', '.join(GPUS)}, or give --gpu-mem SIZE")
-    return "cuda", gpu.name, budget or gpu.memory, gpu.bf16
+    local = _local_gpu(required=options.device == "cuda")
+    if local:
+        return "cuda", local[0], budget or local[1], local[2]
+    return "cuda", None, budget, True
 
 
 def _local_gpu(required: bool):
@@ -99,7 +96,7 @@ def _local_gpu(required: bool):
     if not torch.cuda.is_available():
         if required:
             raise UsageError("--device: cuda was asked for but no CUDA GPU is visible; name a GPU (e.g. "
-                             "--device rtx4090) or give --gpu-mem SIZE")
+                             "--gpu rtx4090) or give --gpu-mem SIZE")
         return None
     props = torch.cuda.get_device_properties(0)
     return props.name, props.total_memory, torch.cuda.is_bf16_supported()

@@ -142,6 +142,9 @@ def load_config(name: str, revision: str | None = None) -> tuple[dict, str]:
 
 
 def _hub_config(name: str, revision: str | None) -> str:
+    from qlora_kit.model.hub import require
+
+    require(name, "model.name", what=f"config.json of {name}")  # not cached, no network: one line at once
     try:
         from huggingface_hub import hf_hub_download
 

@@ -7,6 +7,7 @@ Nothing here imports torch or transformers: `validate` must stay fast.
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,13 @@ _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
-    """`--set train.lr=1e-4`: the value is parsed as YAML, so numbers, booleans and lists keep their types."""
+    key, value = parse_override(item)
+    _set_dotted(raw, key, value, f"--set {item!r}")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`--set train.lr=1e-4` -> ("train.lr", 0.0001): the value is parsed as YAML, so numbers, booleans and lists
+    keep their types. Also how merge, export and eval read their --set (cli/options.py)."""
     key, sep, value = item.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise UsageError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=1e-4")
@@ -92,13 +99,14 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         parsed = value
     if isinstance(parsed, str) and _FLOAT.match(parsed):
         parsed = float(parsed)  # PyYAML reads YAML 1.1, where "1e-4" (no dot) is a string
-    _set_dotted(raw, key, parsed, f"--set {item!r}")
+    return key, parsed
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     parts = key.split(".")
     if not key or any(not part for part in parts):
         raise UsageError(f"{where}: expected a dotted key such as train.lr")
+    _check_key(parts, where)
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -106,6 +114,50 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
             raise UsageError(f"{where}: {part} is not a section")
         node = child
     node[parts[-1]] = value
+
+
+def _check_key(parts: list[str], where: str) -> None:
+    """An override must name a recipe field or section: `--set max_steps=10` is refused with
+    "did you mean train.max_steps?" (the recipe, validated later, would only say "unknown key" at the top level)."""
+    model: type[BaseModel] = Recipe
+    for depth, part in enumerate(parts):
+        if part not in model.model_fields:
+            break
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return  # a field; anything below it is the schema's to refuse
+        model = annotation
+    else:
+        return  # a whole section
+    key = ".".join(parts)
+    here = "recipe sections" if model is Recipe else f"allowed in {'.'.join(parts[:depth])}"
+    raise UsageError(f"{where}: unknown key {key}{suggest_key(key, recipe_keys())}; {here}: "
+                     f"{', '.join(model.model_fields)}")
+
+
+def recipe_keys() -> list[str]:
+    """Every field of the recipe as its dotted key (`train.max_steps`), sections in recipe order."""
+    return [f"{section}.{name}" for section, info in Recipe.model_fields.items()
+            for name in info.annotation.model_fields]
+
+
+def suggest_key(key: str, keys: list[str]) -> str:
+    """' (did you mean train.max_steps?)' for a dotted key that is not one of `keys`: the field of that name (or its
+    usual synonym, or the closest name) in the key's own section if it has one, else in every section that has it
+    (`trian.lr` finds train.lr by its name); '' when no name is close."""
+    section, _, name = key.rpartition(".")
+    names = list(dict.fromkeys(k.rpartition(".")[2] for k in keys))
+    for word in (name, _SYNONYMS.get(name), *difflib.get_close_matches(name, names, n=1, cutoff=0.6)):
+        owners = [k for k in keys if word and k.rpartition(".")[2] == word]
+        if owners:
+            return _mean([k for k in owners if k.rpartition(".")[0] == section] or owners)
+    return ""
+
+
+def _mean(keys: list[str]) -> str:
+    if not keys:
+        return ""
+    return f" (did you mean {keys[0] if len(keys) == 1 else ', '.join(keys[:-1]) + ' or ' + keys[-1]}?)"
 
 
 def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:

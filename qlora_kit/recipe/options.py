@@ -12,9 +12,9 @@ list is one comma-separated flag value (`--quant q4_k_m,q8_0`), which the models
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from qlora_kit.recipe.registry import registry_choice
 
@@ -42,9 +42,21 @@ class StageOptions(Section):
         return data
 
 
-def _is_list(annotation: Any) -> bool:
-    from typing import get_args, get_origin
+class ValueForAnotherOption(ValueError):
+    """A value that belongs to another option (`--device t4`: a GPU, which is `--gpu t4`); make_options words it
+    in the caller's spelling (the server shows the API's)."""
 
+    def __init__(self, allowed: str, purpose: str, other: str, value: Any):
+        self.allowed, self.purpose, self.other, self.value = allowed, purpose, other, value
+        super().__init__(f"{allowed}; {purpose} use {other}={value!r}")
+
+    def worded(self, name: str, caller: str | None) -> str:
+        v = self.value
+        return f"{caller}: {name}={v!r}: {self}" if caller else \
+            f"{flag(name)} {v}: {self.allowed}; {self.purpose} use {flag(self.other)} {v}"
+
+
+def _is_list(annotation: Any) -> bool:
     return get_origin(annotation) is list or any(get_origin(a) is list for a in get_args(annotation))
 
 
@@ -112,10 +124,12 @@ class EvalOptions(StageOptions):
                                       "(an old model's recorded answers, JSONL) (default: base, fewshot, adapter, "
                                       "and merged and every GGUF the run has).")
     samples: int | None = Field(None, gt=0, description="Evaluate at most this many held-out rows (default: all).")
-    data: str | None = Field(None, description="Held-out rows from this file instead of the run's eval split.")
+    data: str | None = Field(None, description="Held-out rows from this file instead of the run's eval split "
+                             "(default: the run's eval split).")
     max_new_tokens: int = Field(64, gt=0, description="Longest generated answer in tokens.")
     fewshot: int = Field(3, gt=0, description="Training examples in the few-shot prompt.")
-    scorer: str | None = Field(None, description="Task score 'module:function(prediction, reference, row) -> float'.")
+    scorer: str | None = Field(None, description="Task score 'module:function(prediction, reference, row) -> float' "
+                               "(default: none; the built-in metrics only).")
     gguf_drop: float = Field(0.05, ge=0, le=1, description="Warn when a GGUF scores more than this fraction of the "
                              "metric below the merged model.")
     match_margin: float = Field(0.05, ge=0, le=1, description="A tuned model matches a recorded one when the 95% "
@@ -128,12 +142,15 @@ class PlanOptions(StageOptions):
 
     gpu_mem: str | None = Field(None, description="GPU memory to plan for, in GiB: 24, 24G, 24GB and 24GiB all "
                                 "mean 24 GiB (as GPU makers write it); M/MB/MiB are MiB; under 1 GiB is refused "
-                                "(default: --device's).")
-    device: str | None = Field(None, description="A GPU by name (rtx4090, a100-80gb, h100, ...: the table in "
-                               "qlora_kit/planner/gpus.py), 'cuda' for this machine's GPU, or 'cpu' (default: this machine's GPU if it has one).")
-    backend: BackendName | None = Field(None, description="Default: the recipe's model.backend.")
-    seq_len: int | None = Field(None, gt=0, description="Default: the recipe's model.max_seq_length.")
-    batch_size: int | None = Field(None, gt=0, description="Default: the recipe's train.batch_size.")
+                                "(default: the memory of the named gpu, else of this machine's GPU).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: this machine's GPU if it has one (else a GPU of unknown memory); cuda: this "
+        "machine's GPU, refused without one; cpu: training on the CPU (as train.device and bench's device).")
+    gpu: str | None = Field(None, description="Plan for a GPU by name: rtx4090, a100-80gb, h100, ... (the table in "
+                            "qlora_kit/planner/gpus.py); implies device cuda (default: none; device decides).")
+    backend: BackendName | None = Field(None, description="Backend to plan for (default: the recipe's model.backend).")
+    seq_len: int | None = Field(None, gt=0, description="Sequence length (default: the recipe's model.max_seq_length).")
+    batch_size: int | None = Field(None, gt=0, description="Rows per step (default: the recipe's train.batch_size).")
     nproc: int | None = Field(None, gt=0, description="Plan one GPU of an N-process run (default: the recipe's "
                               "distributed.nproc x nnodes, else 1).")
     strategy: Literal["none", "ddp", "fsdp"] | None = Field(
@@ -147,6 +164,27 @@ class PlanOptions(StageOptions):
 
         if value is not None:
             parse_gpu_memory(value)
+        return value
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_is_not_a_gpu(cls, value: Any) -> Any:
+        """`--device t4` (how a GPU by name was once given) points to --gpu."""
+        from qlora_kit.planner.gpus import find_gpu
+
+        if isinstance(value, str) and value not in ("auto", "cpu", "cuda") and find_gpu(value):
+            raise ValueForAnotherOption("auto, cpu or cuda", "for a GPU by name", "gpu", value)
+        return "auto" if value is None else value  # JSON null (POST /v1/plan): the default, as before
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from qlora_kit.planner.gpus import GPUS, find_gpu
+
+        if value is not None and find_gpu(value) is None:
+            raise ValueError(f"unknown GPU {value!r}; known: {', '.join(GPUS)}, or give --gpu-mem SIZE")
+        if value is not None and info.data.get("device") == "cpu":
+            raise ValueError(f"{value} is a CUDA GPU, which does not go with device cpu; give one or the other")
         return value
 
 
@@ -168,7 +206,7 @@ class BenchOptions(StageOptions):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible, else cpu.")
     mem_limit: str | None = Field(None, description="Cap each cell's memory, e.g. 8GiB, to see what a smaller "
                                   "machine could run (CUDA: a share of the GPU; CPU: the process's data segment "
-                                  "limit).")
+                                  "limit) (default: no cap).")
     cell_timeout: int = Field(1800, gt=0, description="Seconds before a cell is stopped.")
 
     @field_validator("mem_limit")
@@ -191,8 +229,7 @@ def flag(name: str, default: Any = None) -> str:
 
 
 def to_argv(options: StageOptions) -> list[str]:
-    """The flags that give these options to the stage's command (fields left at their default are left out):
-    how a stage is handed to a child process."""
+    """The flags that give these options to the stage's command, defaults left out (how a stage goes to a child)."""
     argv: list[str] = []
     for name, info in type(options).model_fields.items():
         value = getattr(options, name)
@@ -211,10 +248,11 @@ def from_section(model: type[StageOptions], section: BaseModel) -> StageOptions:
 
 
 def make_options(model: type[StageOptions], given: dict[str, Any], base: BaseModel | None = None, *,
-                 caller: str | None = None) -> StageOptions:
+                 caller: str | None = None, spelled: dict[str, str] | None = None) -> StageOptions:
     """`model` from the options given (over `base`, a recipe section, where the stage starts from one).
     A bad value is a UsageError in the caller's spelling: `--samples: 0 must be at least 1` for the command line
-    (caller None), `qk.evaluate: samples: 0 must be at least 1` for the API (caller "qk.evaluate")."""
+    (caller None; `spelled`: options given otherwise than by their flag, e.g. {"samples": "--set merge.samples"}),
+    `qk.evaluate: samples: 0 must be at least 1` for the API (caller "qk.evaluate")."""
     from pydantic import ValidationError
 
     from qlora_kit.errors import UsageError
@@ -226,7 +264,10 @@ def make_options(model: type[StageOptions], given: dict[str, Any], base: BaseMod
     except ValidationError as exc:
         error = exc.errors()[0]
         name = str(error["loc"][0]) if error["loc"] else ""
-        where = f"{caller}: {name}" if caller else flag(name)
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, ValueForAnotherOption) and name not in (spelled or {}):
+            raise UsageError(cause.worded(name, caller)) from None
+        where = f"{caller}: {name}" if caller else (spelled or {}).get(name) or flag(name)
         raise UsageError(f"{where}: {_problem(error, model.model_fields.get(name))}") from None
 
 

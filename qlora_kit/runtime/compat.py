@@ -28,30 +28,57 @@ LIBRARY_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarni
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
+VERBOSE_ENV = "QLORA_KIT_LOG"  # =verbose: let the libraries' output through (CLI, qk.train, qk.start's child)
+
+
+def verbose_requested(verbose: bool | None = None) -> bool:
+    """An explicit True/False wins; None: whether QLORA_KIT_LOG=verbose is set."""
+    if verbose is not None:
+        return verbose
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() == "verbose"
+
+
 def quiet_libraries() -> None:
-    """Silence library chatter without hiding qlora-kit's own warnings. Verified: transformers 5.17.0, datasets 4.8.5.
+    """Silence library chatter without hiding qlora-kit's own warnings. Verified: transformers 5.17.0, datasets 4.8.5,
+    huggingface_hub 1.33.0.
 
     Deprecation warnings, bitsandbytes' note that the optional `kernels` package is absent, and progress bars when
-    output goes to a log bury our own progress and one-line errors; --debug keeps them (this is then not called).
-    Warnings are ignored by category (deprecations, whoever raises them) and by the module that raises them (the
-    libraries above), never globally: a `qlora_kit.*` warning, or one raised as `QKWarning`, still shows. The
-    libraries read the variables below when imported, which is why this runs before any command does.
+    output goes to a log bury our own progress and one-line errors; --debug and QLORA_KIT_LOG=verbose keep them
+    (this then does nothing). The libraries read the variables below when imported, which is why this runs before
+    any command does. huggingface_hub sets its logger's level when imported (HF_HUB_VERBOSITY, default warning),
+    undoing a level set earlier: hence the variable as well as the level.
     """
-    from qlora_kit.errors import QKWarning
-
-    for category in LIBRARY_CATEGORIES:
-        warnings.filterwarnings("ignore", category=category)
-    pattern = "|".join(LIBRARY_MODULES)
-    warnings.filterwarnings("ignore", module=rf"^({pattern})(\.|$)")
-    warnings.filterwarnings("default", category=QKWarning)  # inserted first: wins over the lines above
+    if verbose_requested():
+        return
+    hide_library_warnings()
     warnings.formatwarning = _format_warning
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     if not sys.stderr.isatty():
         # In logs, progress bars are noise; on a terminal they are how a multi-GB Hub download shows it is alive.
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings precede our one-line error
+
+
+def hide_library_warnings() -> None:
+    """Ignore warnings by category (deprecations, whoever raises them) and by the module that raises them (the
+    libraries above), never globally: a `qlora_kit.*` warning, or one raised as `QKWarning`, still shows."""
+    for action, _, category, module, _ in reversed(library_warning_filters()):
+        warnings.filterwarnings(action, category=category, module=module.pattern if module else "")
+
+
+def library_warning_filters() -> list[tuple]:
+    """The entries hide_library_warnings puts first in `warnings.filters`, in their order there (QKWarning's
+    first: it wins). runtime/quiet.py inserts these very objects for one API call and takes them out after."""
+    import re
+
+    from qlora_kit.errors import QKWarning
+
+    modules = re.compile(rf"^({'|'.join(LIBRARY_MODULES)})(\.|$)")
+    return [("default", None, QKWarning, None, 0), ("ignore", None, Warning, modules, 0),
+            *(("ignore", None, category, None, 0) for category in reversed(LIBRARY_CATEGORIES))]
 
 
 def _format_warning(message, category, filename, lineno, line=None, _python=warnings.formatwarning) -> str:

@@ -1,4 +1,4 @@
-"""POST /v1/fine_tuning/jobs's body -> a recipe dict. The rule (also in the README):
+"""POST /v1/fine_tuning/jobs's body -> a recipe dict. The rule (also in docs/server.md):
 
     model                              -> the model table's entry: its recipe (or {model: {name: BASE}})
     training_file / validation_file    -> data.path / data.eval_path (the stored upload; no validation file:
