@@ -32,8 +32,10 @@ CHATTER = ("Unsloth", "no GPU found, training on CPU", "Loading weights", "Writi
 
 
 def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-                                                             "QLORA_KIT_LOG")}
+    # Also what quiet_libraries() leaves in os.environ when an earlier test ran the CLI in this process.
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "QLORA_KIT_LOG", "TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
@@ -287,8 +289,9 @@ def test_doctor_names_what_gpu_training_lacks_on_a_machine_with_an_nvidia_gpu(tm
 def test_make_install_takes_the_cuda_path_only_where_nvidia_smi_works(tmp_path):
     def dry_run(bin_dir: Path) -> str:
         env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-        env.pop("INSTALL_KIND", None)
-        result = subprocess.run(["make", "-n", "-B", "install"], cwd=ROOT, capture_output=True, text=True, env=env,
+        for name in ("INSTALL_KIND", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"):  # `make test` runs this test inside make
+            env.pop(name, None)
+        result = subprocess.run(["make", "--no-print-directory", "-n", "-B", "install"], cwd=ROOT, capture_output=True, text=True, env=env,
                                 timeout=60)
         assert result.returncode == 0, result.stderr
         return result.stdout
