@@ -47,22 +47,6 @@ class Sweep:
                         yield backend, seq_len, batch_size, repeat
 
 
-def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
-    values = []
-    for item in str(text).split(","):
-        item = item.strip()
-        try:
-            value = int(item)
-        except ValueError:
-            raise UsageError(f"{flag}: {item!r} is not an integer; give a comma-separated list, e.g. 512,1024") from None
-        if value < minimum:
-            raise UsageError(f"{flag}: {value} must be at least {minimum}")
-        values.append(value)
-    if not values:
-        raise UsageError(f"{flag}: give at least one value")
-    return values
-
-
 def check(sweep: Sweep, recipe, shape) -> None:
     """Every bad input, before any cell runs. `recipe` is the parsed recipe, `shape` the model's config shape."""
     from qlora_kit.model.backends import BACKENDS

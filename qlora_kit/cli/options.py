@@ -9,6 +9,7 @@ description and default. Only the flags given on the command line reach the mode
 from __future__ import annotations
 
 import argparse
+import types
 import typing
 from typing import Any, Literal
 
@@ -87,8 +88,7 @@ def set_options(items: list[str], model: type[StageOptions], section: str) -> di
 def _plain(annotation: Any) -> Any:
     """`int | None` -> int; a list or Literal stays as it is."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)) \
-            and len(args) == 1:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
         return _plain(args[0])
     if typing.get_origin(annotation) is typing.Annotated:
         return _plain(args[0])

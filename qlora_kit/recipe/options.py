@@ -242,11 +242,6 @@ def to_argv(options: StageOptions) -> list[str]:
     return argv
 
 
-def from_section(model: type[StageOptions], section: BaseModel) -> StageOptions:
-    """A recipe section as its stage's options (the section is the options plus `enabled`)."""
-    return model.model_validate(section.model_dump(include=set(model.model_fields)))
-
-
 def make_options(model: type[StageOptions], given: dict[str, Any], base: BaseModel | None = None, *,
                  caller: str | None = None, spelled: dict[str, str] | None = None) -> StageOptions:
     """`model` from the options given (over `base`, a recipe section, where the stage starts from one).
@@ -268,7 +263,7 @@ def make_options(model: type[StageOptions], given: dict[str, Any], base: BaseMod
         if isinstance(cause, ValueForAnotherOption) and name not in (spelled or {}):
             raise UsageError(cause.worded(name, caller)) from None
         where = f"{caller}: {name}" if caller else (spelled or {}).get(name) or flag(name)
-        raise UsageError(f"{where}: {_problem(error, model.model_fields.get(name))}") from None
+        raise UsageError(f"{where}: {_problem(error)}") from None
 
 
 def check_names(model: type[StageOptions], given: dict[str, Any], caller: str | None) -> None:
@@ -280,7 +275,7 @@ def check_names(model: type[StageOptions], given: dict[str, Any], caller: str | 
         raise UsageError(f"{caller}: {unknown[0]}: not an option (options: {', '.join(model.model_fields)})")
 
 
-def _problem(error: dict, info: Any) -> str:
+def _problem(error: dict) -> str:
     """One pydantic error as the CLI has always worded it."""
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     if kind in ("greater_than", "greater_than_equal"):

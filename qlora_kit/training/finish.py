@@ -122,14 +122,14 @@ def run_later_stages(ctx: RunContext, run: RunDir, recipe) -> None:
 def _later_stage_commands(run: RunDir, recipe) -> list[tuple[str, list[str]]]:
     """The commands of the stages the recipe enables: each section is its stage's options (recipe/options.py),
     written as that command's flags."""
-    from qlora_kit.recipe.options import EvalOptions, ExportOptions, MergeOptions, from_section, to_argv
+    from qlora_kit.recipe.options import EvalOptions, ExportOptions, MergeOptions, make_options, to_argv
 
     stages = []
     for name, model, section, extra in (("merge", MergeOptions, recipe.merge, ["--overwrite"]),
                                         ("export", ExportOptions, recipe.export, ["--overwrite"]),
                                         ("eval", EvalOptions, recipe.eval, [])):
         if section.enabled:
-            stages.append((name, [name, str(run.root), *to_argv(from_section(model, section)), *extra]))
+            stages.append((name, [name, str(run.root), *to_argv(make_options(model, {}, base=section)), *extra]))
     return stages
 
 
