@@ -63,6 +63,35 @@ class Data(BaseEvent):
     trained_tokens: int
 
 
+# The preference methods' metrics (TRL's log keys -> ours), on step events and, for the held-out rows, eval events.
+# Rewards are the implicit rewards beta * (log p_model - log p_reference) of the answers (SimPO, ORPO: length-
+# normalised log-probabilities, no reference); accuracy is the share of pairs whose chosen reward is higher.
+PREFERENCE_METRICS = {
+    "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected", "rewards/margins": "reward_margin",
+    "rewards/accuracies": "reward_accuracy", "logps/chosen": "logp_chosen", "logps/rejected": "logp_rejected",
+    "kl": "kl", "log_odds_ratio": "log_odds_ratio", "nll_loss": "nll_loss",
+}
+
+
+class PreferenceMetrics(BaseModel):
+    """A step's (or the held-out rows') preference numbers: runs with train.method dpo, orpo, kto or simpo. Each
+    method logs the ones it has (null: not this method's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reward_chosen: float | None = Field(None, description="Mean implicit reward of the chosen (KTO: desirable) "
+                                        "answers.")
+    reward_rejected: float | None = Field(None, description="Mean implicit reward of the rejected (KTO: undesirable) "
+                                          "answers.")
+    reward_margin: float | None = Field(None, description="Mean of chosen minus rejected reward.")
+    reward_accuracy: float | None = Field(None, description="Share of pairs whose chosen reward is the higher (0..1).")
+    logp_chosen: float | None = Field(None, description="Mean log-probability of the chosen answers.")
+    logp_rejected: float | None = Field(None, description="Mean log-probability of the rejected answers.")
+    kl: float | None = Field(None, description="KTO: estimated KL divergence between the model and the reference.")
+    log_odds_ratio: float | None = Field(None, description="ORPO: mean log odds ratio of chosen over rejected.")
+    nll_loss: float | None = Field(None, description="ORPO: the supervised (negative log-likelihood) part of the loss.")
+
+
 class Step(BaseEvent):
     event: Literal["step"] = "step"
     step: int
@@ -74,12 +103,15 @@ class Step(BaseEvent):
     epoch: float | None = None
     memory_bytes: int | None = Field(None, description="CUDA: max allocated so far; CPU: peak RSS so far.")
     eta_s: float | None = Field(None, description="Estimated seconds to the last step.")
+    preference: PreferenceMetrics | None = Field(None, description="The preference method's metrics (null for sft).")
 
 
 class Eval(BaseEvent):
     event: Literal["eval"] = "eval"
     step: int
     eval_loss: float
+    preference: PreferenceMetrics | None = Field(None, description="The preference method's metrics on the "
+                                                 "held-out rows (null for sft).")
 
 
 class Checkpoint(BaseEvent):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from qlora_kit.data.encode import IGNORE_INDEX, Encoded, apply_chat_template_choice, encode_example
 from qlora_kit.data.formats import PROBLEM_KINDS
-from qlora_kit.data.prepare import convert_rows, keep_trainable, split_examples, untrainable
+from qlora_kit.data.prepare import convert_rows, keep_trainable, method_mismatch, split_examples, untrainable
 from qlora_kit.data.sources import read_rows
 from qlora_kit.recipe.schema import Recipe
 
@@ -57,6 +57,9 @@ class CheckReport:
     max_steps: int | None = None
     preview: list[tuple[str, bool]] = field(default_factory=list)  # (text piece, trained?)
     preview_row: str = ""
+    method: str = "sft"  # train.method
+    preference: dict = field(default_factory=dict)  # preference methods' numbers (data/check_preference.py)
+    preview_rejected: list[tuple[str, bool]] = field(default_factory=list)  # a pair's other answer
     on_bad_rows: str = "error"
     refusal: str | None = None  # why `train` would refuse this data (besides the rows with problems)
 
@@ -68,15 +71,15 @@ class CheckReport:
 def check(recipe: Recipe, tokenizer) -> CheckReport:
     """Statistics of the rows `train` would train on (held-out rows counted apart), and whether it would refuse."""
     d = recipe.data
-    train = convert_rows(read_rows(d.path, "data.path", d.split), d.format)
-    held = convert_rows(read_rows(d.eval_path, "data.eval_path", d.split), d.format) if d.eval_path else None
+    train = convert_rows(read_rows(d.path, "data.path", d.split), d.format, d.columns)
+    held = convert_rows(read_rows(d.eval_path, "data.eval_path", d.split), d.format, d.columns) if d.eval_path else None
     converted = [train] + ([held] if held else [])
     report = CheckReport(sources=[c.origin for c in converted], format=train.format.name,
                          format_detected=train.detected, rows=train.total_rows, valid=len(train.items),
                          eval_rows=held.total_rows if held else 0, eval_valid=len(held.items) if held else 0,
                          held_out_from="data.eval_path" if held else "data.eval_split" if d.eval_split else "",
                          max_seq_length=recipe.model.max_seq_length, epochs=recipe.train.epochs,
-                         max_steps=recipe.train.max_steps, on_bad_rows=d.on_bad_rows)
+                         max_steps=recipe.train.max_steps, on_bad_rows=d.on_bad_rows, method=recipe.train.method)
     for c in converted:
         for p in c.problems:
             entry = report.problems.setdefault(p.kind, {"label": PROBLEM_KINDS[p.kind], "count": 0, "first": []})
@@ -95,6 +98,16 @@ def check(recipe: Recipe, tokenizer) -> CheckReport:
     report.missing_user = sum(1 for m in chats if not any(x["role"] == "user" for x in m))
     report.messages_per_example = stats([len(m) for m in chats])
     report.chat_template = apply_chat_template_choice(tokenizer, d.chat_template) if chats else "(raw text)"
+    mismatch = method_mismatch(report.method, {e.kind for _, e in items + held_items}, report.format)
+    if mismatch or report.method != "sft":
+        _token_stats(report, [], recipe.model.max_seq_length)
+        report.refusal = None
+        if not mismatch:
+            from qlora_kit.data.check_preference import preference_stats
+
+            preference_stats(report, recipe, tokenizer, items)
+        report.refusal = mismatch or report.refusal
+        return report
     encoded = [encode_example(tokenizer, e, d.train_on, w) for w, e in items]
     _token_stats(report, encoded, recipe.model.max_seq_length)
     if encoded:
@@ -150,9 +163,14 @@ def render_text(r: CheckReport, color: bool = False) -> str:
         f"chat template: {r.chat_template}",
         f"tokens per example: min {tpe['min']}, mean {tpe['mean']}, p95 {tpe['p95']}, max {tpe['max']}",
         f"trained tokens per example: min {tte['min']}, mean {tte['mean']}, p95 {tte['p95']}, max {tte['max']}",
-        f"rows over max_seq_length ({r.max_seq_length}): {r.over_max_length} (truncated when training)",
-        f"rows with no trained token (dropped when training): {r.nothing_to_train}",
     ]
+    if r.preference:
+        from qlora_kit.data.check_preference import render_lines
+
+        out += render_lines(r)
+    else:
+        out += [f"rows over max_seq_length ({r.max_seq_length}): {r.over_max_length} (truncated when training)",
+                f"rows with no trained token (dropped when training): {r.nothing_to_train}"]
     if r.max_steps:
         out.append(f"training tokens: {r.total_tokens:,} per pass over the data ({r.total_trained_tokens:,} trained); "
                    f"train.max_steps = {r.max_steps} decides how many passes")
@@ -160,12 +178,16 @@ def render_text(r: CheckReport, color: bool = False) -> str:
         epochs = r.epochs
         out.append(f"training tokens: {r.total_tokens:,} per epoch x {epochs:g} epochs = "
                    f"{int(r.total_tokens * epochs):,} ({int(r.total_trained_tokens * epochs):,} trained)")
-    if r.preview:
-        legend = "trained tokens in green" if color else "trained tokens inside [[ ]]"
-        out.append(f"masking preview ({r.preview_row}; {legend}):")
-        if color:
-            body = "".join(f"\033[32m{t}\033[0m" if trained else f"\033[2m{t}\033[0m" for t, trained in r.preview)
-        else:
-            body = "".join(f"[[{t}]]" if trained else t for t, trained in r.preview)
-        out.extend("  " + line for line in body.splitlines())
+    legend = "trained tokens in green" if color else "trained tokens inside [[ ]]"
+    for title, runs in ((" of the chosen answer" if r.preview_rejected else "", r.preview),
+                        (" of the rejected answer", r.preview_rejected)):
+        if runs:
+            out.append(f"masking preview{title} ({r.preview_row}; {legend}):")
+            out.extend("  " + line for line in _body(runs, color).splitlines())
     return "\n".join(out)
+
+
+def _body(runs: list[tuple[str, bool]], color: bool) -> str:
+    if color:
+        return "".join(f"\033[32m{t}\033[0m" if trained else f"\033[2m{t}\033[0m" for t, trained in runs)
+    return "".join(f"[[{t}]]" if trained else t for t, trained in runs)

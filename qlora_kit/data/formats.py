@@ -33,6 +33,7 @@ PROBLEM_KINDS = {
     "unknown_key": "unknown message key",
     "missing_content": "missing content",
     "no_assistant_turn": "no assistant turn",
+    "bad_preference": "unusable preference pair",
 }
 
 
@@ -46,10 +47,23 @@ class RowProblem(Exception):
 
 @dataclass
 class Example:
-    """One training example: a conversation (`messages`) or raw `text` (trained on every token)."""
+    """One training example: a conversation (`messages`) or raw `text` (trained on every token).
+
+    Preference rows keep the prompt in `messages` (the conversation before the answer) and the answers apart: a pair
+    has `chosen` and `rejected` (each a list of assistant messages), an unpaired (KTO) row has `completion` and its
+    `label` (True: desirable)."""
 
     messages: list[dict] | None = None
     text: str | None = None
+    chosen: list[dict] | None = None
+    rejected: list[dict] | None = None
+    completion: list[dict] | None = None
+    label: bool | None = None
+
+    @property
+    def kind(self) -> str:
+        """sft (a conversation or a text), pair (chosen/rejected) or unpaired (completion + label)."""
+        return "pair" if self.chosen is not None else "unpaired" if self.completion is not None else "sft"
 
 
 @dataclass(frozen=True)
@@ -117,7 +131,7 @@ def _check_conversation(messages: list[dict]) -> list[dict]:
 
 
 @register("openai", ("messages",), "OpenAI chat fine-tuning JSONL: {'messages': [{'role', 'content'}, ...]}")
-def _openai(row: dict) -> Example:
+def _openai(row: dict, need_assistant: bool = True) -> Example:
     messages = row["messages"]
     if not isinstance(messages, list) or not messages:
         raise RowProblem("no_messages", "'messages' must be a non-empty list")
@@ -139,7 +153,7 @@ def _openai(row: dict) -> Example:
                 raise RowProblem("bad_type", f"messages[{i}].weight must be 0 or 1, on assistant messages only")
             msg["weight"] = int(m["weight"])
         out.append(msg)
-    return Example(messages=_check_conversation(out))
+    return Example(messages=_check_conversation(out) if need_assistant else out)
 
 
 @register("sharegpt", ("conversations",), "ShareGPT: {'conversations': [{'from': 'human'|'gpt', 'value'}, ...]}")
@@ -172,6 +186,89 @@ def _alpaca(row: dict) -> Example:
         raise RowProblem("no_assistant_turn", "'output' is empty: nothing to train on")
     user = f"{instruction}\n\n{extra}" if extra else instruction
     return Example(messages=[{"role": "user", "content": user}, {"role": "assistant", "content": output}])
+
+
+# Preference formats, before prompt_completion: KTO's columns are a superset of its {'prompt', 'completion'}.
+
+def _answer(value: object, what: str) -> list[dict]:
+    """A preference answer: a string, or a list of assistant messages (TRL's conversational form, OpenAI's outputs)."""
+    if isinstance(value, str) or (isinstance(value, list) and value and all(
+            isinstance(p, dict) and p.get("type") == "text" for p in value)):
+        text = _text(value, what)
+        if not text.strip():
+            raise RowProblem("bad_preference", f"{what} is empty: a preference needs both answers")
+        return [{"role": "assistant", "content": text}]
+    if not isinstance(value, list) or not value:
+        raise RowProblem("bad_preference", f"{what} must be a string or a non-empty list of assistant messages")
+    messages = _openai({"messages": value}).messages
+    if any(m["role"] != "assistant" for m in messages):
+        raise RowProblem("bad_preference", f"{what} must hold assistant messages only (the prompt goes in the prompt)")
+    if not "".join(m["content"] for m in messages).strip():
+        raise RowProblem("bad_preference", f"{what} is empty: a preference needs both answers")
+    return [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+
+
+def _prompt(value: object, what: str) -> list[dict]:
+    """The conversation before the answer: a string (one user message) or a list of messages ending before it."""
+    if isinstance(value, list):
+        if not value:
+            raise RowProblem("missing_content", f"{what} is an empty list")
+        messages = [{k: v for k, v in m.items() if k != "weight"} for m in _openai_messages(value, what)]
+        if messages[-1]["role"] == "assistant":
+            raise RowProblem("bad_preference", f"{what} ends with an assistant message; the answers go in the "
+                             "chosen/rejected (or completion) columns")
+        return messages
+    text = _text(value if value is not None else "", what)
+    if not text.strip():
+        raise RowProblem("missing_content", f"{what} is empty")
+    return [{"role": "user", "content": text}]
+
+
+def _pair(prompt: list[dict], chosen: list[dict], rejected: list[dict], names: tuple[str, str]) -> Example:
+    if chosen == rejected:
+        raise RowProblem("bad_preference", f"{names[0]} and {names[1]} are the same answer: the pair teaches nothing")
+    return Example(messages=prompt, chosen=chosen, rejected=rejected)
+
+
+@register("preference", ("prompt", "chosen", "rejected"),
+          "TRL preference pairs: {'prompt', 'chosen', 'rejected'} (strings, or prompt messages and assistant messages)")
+def _preference(row: dict) -> Example:
+    return _pair(_prompt(row["prompt"], "'prompt'"), _answer(row["chosen"], "'chosen'"),
+                 _answer(row["rejected"], "'rejected'"), ("'chosen'", "'rejected'"))
+
+
+@register("openai_dpo", ("input", "preferred_output", "non_preferred_output"),
+          "OpenAI DPO JSONL: {'input': {'messages'}, 'preferred_output': [...], 'non_preferred_output': [...]}")
+def _openai_dpo(row: dict) -> Example:
+    inp = row["input"]
+    if not isinstance(inp, dict) or "messages" not in inp:
+        raise RowProblem("wrong_columns", "'input' must be an object with 'messages'")
+    extra = sorted(set(inp) - {"messages", "tools", "parallel_tool_calls"})
+    if extra:
+        raise RowProblem("unknown_key", f"'input' has unknown key(s) {', '.join(extra)}")
+    if inp.get("tools"):
+        raise RowProblem("bad_preference", "'input.tools' is not rendered into training text yet; remove the tools "
+                         "(or the row) until tool calls are supported")
+    return _pair(_prompt(inp["messages"], "'input.messages'"), _answer(row["preferred_output"], "'preferred_output'"),
+                 _answer(row["non_preferred_output"], "'non_preferred_output'"),
+                 ("'preferred_output'", "'non_preferred_output'"))
+
+
+@register("kto", ("prompt", "completion", "label"),
+          "KTO unpaired feedback: {'prompt', 'completion', 'label': true (desirable) | false}")
+def _kto(row: dict) -> Example:
+    label = row["label"]
+    if not isinstance(label, bool):
+        raise RowProblem("bad_type", f"'label' must be true or false, not {label!r}")
+    return Example(messages=_prompt(row["prompt"], "'prompt'"), completion=_answer(row["completion"], "'completion'"),
+                   label=label)
+
+
+def _openai_messages(messages: list, what: str) -> list[dict]:
+    try:
+        return _openai({"messages": messages}, need_assistant=False).messages
+    except RowProblem as p:
+        raise RowProblem(p.kind, f"{what}: {p.detail}") from None
 
 
 @register("prompt_completion", ("prompt", "completion"), "{'prompt', 'completion'} (strings or message lists)")

@@ -34,8 +34,20 @@ class Examples:
     total_rows: int = 0
 
 
-def convert_rows(rows: Rows, format_name: str) -> Examples:
+def rename_columns(rows: Rows, columns: dict[str, str]) -> Rows:
+    """data.columns: the file's names -> the format's (a row missing one is then named by the format's check)."""
+    if not columns:
+        return rows
+    back = {theirs: ours for ours, theirs in columns.items()}
+    for row in rows.rows:
+        if isinstance(row.value, dict):
+            row.value = {back.get(k, k): v for k, v in row.value.items()}
+    return rows
+
+
+def convert_rows(rows: Rows, format_name: str, columns: dict[str, str] | None = None) -> Examples:
     """Convert every row, collecting problems (never stopping at the first)."""
+    rows = rename_columns(rows, columns or {})
     first = next((r for r in rows.rows if r.problem is None), None)
     if first is None:
         fmt, detected = (get_format(format_name) if format_name != "auto" else None), False
@@ -64,17 +76,42 @@ def add_system_prompt(example: Example, system_prompt: str | None) -> Example:
     return Example(messages=[{"role": "system", "content": system_prompt}] + example.messages)
 
 
-def load_examples(cfg: DataSection, seed: int, notes: list[str] | None = None
+def load_examples(cfg: DataSection, seed: int, notes: list[str] | None = None, method: str | None = None
                   ) -> tuple[list[tuple[str, Example]], list[tuple[str, Example]], str]:
     """Read and validate rows; return (train, eval, format name). Raises DataError on the first bad row, unless
-    data.on_bad_rows is skip: then such rows are dropped, and said so on stderr and in `notes` (run events)."""
-    train = _strict(convert_rows(read_rows(cfg.path, "data.path", cfg.split), cfg.format), cfg.on_bad_rows, notes)
+    data.on_bad_rows is skip: then such rows are dropped, and said so on stderr and in `notes` (run events).
+    With `method` (train.method), rows of the wrong kind for it are a DataError too."""
+    train = _strict(convert_rows(read_rows(cfg.path, "data.path", cfg.split), cfg.format, cfg.columns),
+                    cfg.on_bad_rows, notes)
     held = None
     if cfg.eval_path:
-        held = _strict(convert_rows(read_rows(cfg.eval_path, "data.eval_path", cfg.split), cfg.format),
+        held = _strict(convert_rows(read_rows(cfg.eval_path, "data.eval_path", cfg.split), cfg.format, cfg.columns),
                        cfg.on_bad_rows, notes)
     items, eval_items = split_examples(train, held, cfg, seed)
+    if method is not None:
+        mismatch = method_mismatch(method, {e.kind for _, e in items + eval_items}, train.format.name)
+        if mismatch:
+            raise DataError(mismatch)
     return items, eval_items, train.format.name
+
+
+PAIR_METHODS = ("dpo", "orpo", "simpo")
+
+
+def method_mismatch(method: str, kinds: set[str], fmt: str) -> str | None:
+    """Why rows of these kinds cannot train with train.method (None: they can). `train` and `data check` ask this."""
+    kind = "sft" if "sft" in kinds else "unpaired" if "unpaired" in kinds else "pair"
+    if method == "sft" and kind != "sft":
+        return (f"data.path: the rows are {'preference pairs' if kind == 'pair' else 'unpaired feedback'} (format "
+                f"{fmt}), but train.method is sft; set train.method: {'dpo' if kind == 'pair' else 'kto'}")
+    if method != "sft" and kind == "sft":
+        return (f"data.path: train.method {method} trains on preference data, but the rows are format {fmt} "
+                "(conversations to imitate); give {prompt, chosen, rejected} pairs" +
+                (" or {prompt, completion, label} rows" if method == "kto" else "") + ", or set train.method: sft")
+    if method in PAIR_METHODS and kind == "unpaired":
+        return (f"data.path: train.method {method} needs pairs (prompt, chosen, rejected), but the rows are unpaired "
+                "(prompt, completion, label); set train.method: kto")
+    return None
 
 
 def split_examples(train: Examples, held: Examples | None, cfg: DataSection, seed: int
@@ -138,6 +175,20 @@ def encode_split(tokenizer, items: list[tuple[str, Example]], train_on: str, max
     return keep_trainable([encode_example(tokenizer, e, train_on, w) for w, e in items], max_len, packing)
 
 
+def encode_splits(recipe, tokenizer, train_items: list, eval_items: list) -> tuple:
+    """The training and held-out rows as the recipe's method trains them: SFT rows (`EncodedSplit`, packed if asked)
+    or preference rows (`data.preference.PreferenceSplit`; KTO unpairs pairs)."""
+    d, max_len, method = recipe.data, recipe.model.max_seq_length, recipe.train.method
+    if method == "sft":
+        return (encode_split(tokenizer, train_items, d.train_on, max_len, d.packing),
+                encode_split(tokenizer, eval_items, d.train_on, max_len, False))
+    from qlora_kit.data.preference import encode_preferences
+
+    p = recipe.preference
+    return tuple(encode_preferences(tokenizer, items, max_len, p.max_prompt_length, p.max_completion_length,
+                                    unpair=method == "kto") for items in (train_items, eval_items))
+
+
 def keep_trainable(encoded: list[Encoded], max_len: int, packing: bool = False) -> EncodedSplit:
     """Truncate to max_len and drop the rows left with no trained token (then pack, if asked)."""
     out = EncodedSplit([])
@@ -153,7 +204,7 @@ def keep_trainable(encoded: list[Encoded], max_len: int, packing: bool = False) 
     return out
 
 
-def untrainable(split: EncodedSplit, rows: int) -> str | None:
+def untrainable(split, rows: int) -> str | None:
     """Why `train` refuses these training rows (None: it trains them). `train` and `data check` both ask this."""
     if split.rows:
         return None

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from qlora_kit.recipe.options import (BackendName, BenchOptions, EvalOptions, ExportOptions, MergeOptions,
                                      Section)
+from qlora_kit.recipe.methods import PreferenceSection, check_method
 from qlora_kit.recipe.registry import registry_choice
 
 Auto = Literal["auto"]
@@ -42,6 +43,10 @@ class ModelSection(Section):
     )
     trust_remote_code: bool = Field(False, description="Run model code shipped with a hub model. Off unless you trust it.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base model.")
+    adapter: str | None = Field(
+        None, description="Start from a trained LoRA adapter instead of a new one: a run directory (its adapter/) or "
+        "an adapter directory, trained on this base. Its LoRA shape replaces the lora section. With dpo or kto the "
+        "reference is then the model with this adapter (SFT, then DPO), not the raw base.")
 
 
 class DataSection(Section):
@@ -53,6 +58,11 @@ class DataSection(Section):
     format: FormatName = Field(
         "auto", description="Row format; auto detects it from the columns of the first row."
     )
+    columns: dict[str, str] = Field(
+        {}, description="Your data's column names for the format's own, e.g. {prompt: question, chosen: good, "
+        "rejected: bad}: each key a format column (messages, conversations, instruction, input, output, prompt, "
+        "completion, chosen, rejected, label, text, input, preferred_output, non_preferred_output), each value the "
+        "name in your data.")
     chat_template: str = Field(
         "auto",
         description="auto: the tokenizer's own chat template. Or a built-in one by name (chatml, llama-3, alpaca), "
@@ -69,6 +79,17 @@ class DataSection(Section):
     on_bad_rows: Literal["error", "skip"] = Field(
         "error", description="error: a row that cannot be read or converted (bad JSON, not UTF-8, wrong columns) "
         "stops training. skip: drop such rows on purpose; the count and their lines are reported.")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v):
+        from qlora_kit.data.formats import FORMATS
+
+        known = sorted({c for f in FORMATS.values() for c in f.columns} | {"input"})
+        for key in v:
+            if key not in known:
+                raise ValueError(f"{key!r} is not a column of any data format; known: {', '.join(known)}")
+        return v
 
     @model_validator(mode="after")
     def _one_eval_source(self) -> "DataSection":
@@ -96,6 +117,10 @@ class LoraSection(Section):
 
 
 class TrainSection(Section):
+    method: Literal["sft", "dpo", "orpo", "kto", "simpo"] = Field(
+        "sft", description="sft: supervised fine-tuning on conversations. dpo, orpo, simpo: preference pairs "
+        "(prompt, chosen, rejected). kto: unpaired feedback (prompt, completion, label), or pairs split into a "
+        "desirable and an undesirable row. The method's options are in the preference section.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
     lr: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
@@ -205,12 +230,17 @@ class Recipe(Section):
         if self.distributed.strategy == "fsdp" and self.model.backend == "unsloth":
             raise ValueError("distributed.strategy fsdp needs model.backend: hf (Unsloth's NF4 weights do not work "
                              "with FSDP's fully_shard); use strategy: ddp with unsloth, or model.backend: hf")
+        check_method(self.train.method, self.preference)
+        if self.train.method != "sft" and self.data.packing:
+            raise ValueError(f"data.packing concatenates SFT rows; train.method {self.train.method} scores each "
+                             "answer after its own prompt. Set data.packing: false")
         return self
 
     model: ModelSection
     data: DataSection
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    preference: PreferenceSection = Field(default_factory=PreferenceSection)
     merge: MergeSection = Field(default_factory=MergeSection)
     export: ExportSection = Field(default_factory=ExportSection)
     eval: EvalSection = Field(default_factory=EvalSection)

@@ -166,6 +166,19 @@ def plain_loss_sft_trainer():
     return PlainLossSFTTrainer
 
 
+def cpu_fused_lm_head() -> bool:
+    """Give TRL's fused LM head a CPU path where its Triton kernel is missing (runtime/logprobs.py says why).
+    Verified: trl 1.15.0. Returns whether it was installed (False where the kernel imported)."""
+    import trl.trainer.utils as trl_utils
+
+    if trl_utils._ChunkedLogProbFunction is not None:
+        return False
+    from qlora_kit.runtime.logprobs import PlainLogProbs
+
+    trl_utils._ChunkedLogProbFunction = PlainLogProbs
+    return True
+
+
 def _glibc():
     """The C library, when it is glibc-like (has mallopt/malloc_trim); None elsewhere."""
     import ctypes

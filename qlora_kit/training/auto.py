@@ -72,7 +72,12 @@ def resolve(recipe: Recipe, dist=None) -> tuple[Recipe, Runtime]:
     model["dtype"] = pick_dtype(recipe.model.dtype, device)
     distributed = {**recipe.distributed.model_dump(), **recorded_section(recipe, dist),
                    "node_rank": 0, "master_addr": "127.0.0.1", "master_port": 29500}
-    resolved = Recipe.model_validate({**recipe.model_dump(), "model": model, "train": train,
+    lora = recipe.lora.model_dump()
+    if recipe.model.adapter:  # continue a trained adapter: its own LoRA shape (model/start_adapter.py)
+        from qlora_kit.model.start_adapter import adapter_lora
+
+        lora = adapter_lora(recipe.model.adapter, recipe.model.name)
+    resolved = Recipe.model_validate({**recipe.model_dump(), "model": model, "train": train, "lora": lora,
                                       "distributed": distributed})
     runtime = Runtime(device=device, dtype=model["dtype"], gradient_checkpointing=bool(train["gradient_checkpointing"]),
                       seed=recipe.train.seed, local_rank=dist.local_rank, strategy=worker_strategy(recipe, dist))

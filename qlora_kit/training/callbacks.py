@@ -30,7 +30,8 @@ class EventsCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if "eval_loss" in logs:
-            self.run.event("eval", step=state.global_step, eval_loss=logs["eval_loss"])
+            self.run.event("eval", step=state.global_step, eval_loss=logs["eval_loss"],
+                           preference=preference_metrics(logs, "eval_"))
             self.progress.note(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
             return
         if "loss" not in logs:
@@ -45,7 +46,7 @@ class EventsCallback(TrainerCallback):
         self.run.event("step", step=state.global_step, max_steps=state.max_steps, loss=loss,
                        lr=logs.get("learning_rate"), grad_norm=_num(logs.get("grad_norm")),
                        tokens_per_s=rate, epoch=logs.get("epoch"), memory_bytes=int(peak_memory(self.device)),
-                       eta_s=eta)
+                       eta_s=eta, preference=preference_metrics(logs))
         self.progress.update(state.global_step, state.max_steps, loss, rate, eta)
 
     def _eta(self, now: float, step: int, total: int) -> float | None:
@@ -137,6 +138,16 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def preference_metrics(logs: dict, prefix: str = "") -> dict | None:
+    """The preference methods' numbers in a trainer log, under the event's names (events.PREFERENCE_METRICS);
+    None when there are none (sft)."""
+    from qlora_kit.events import PREFERENCE_METRICS
+
+    found = {ours: float(logs[prefix + theirs]) for theirs, ours in PREFERENCE_METRICS.items()
+             if _num(logs.get(prefix + theirs)) is not None}
+    return found or None
 
 
 def _num(value):

@@ -89,8 +89,22 @@ def _metrics(fitted: Fitted, prep: Prepared, wall: float) -> dict:
         "peak_memory_bytes": max(int(peak_memory(rt.device)), run["step_memory_bytes"]),
         "peak_memory_kind": "cuda_max_memory_allocated" if rt.device == "cuda" else "cpu_peak_rss",
         "train_seconds": round(run["train_seconds"], 3), "wall_seconds": round(run["wall_seconds"], 3),
-        "device": rt.device, "dtype": rt.dtype,
+        "device": rt.device, "dtype": rt.dtype, "method": prep.recipe.train.method,
+        **_preference(fitted.events.run.events, prep.recipe.train.method),
     }
+
+
+def _preference(events_path: Path, method: str) -> dict:
+    """Preference runs: the last logged step's and held-out metrics (events.PreferenceMetrics), over every session."""
+    if method == "sft":
+        return {}
+    from qlora_kit.eventlog import read_events
+
+    last: dict[str, dict | None] = {"step": None, "eval": None}
+    for event in read_events(events_path):
+        if event.event in last and event.preference is not None:
+            last[event.event] = event.preference.model_dump(exclude_none=True)
+    return {"preference": last["step"], "eval_preference": last["eval"]}
 
 
 def end_with_later_stages(ctx: RunContext, run: RunDir, recipe) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from qlora_kit.control import STOP_FILE
 from qlora_kit.data.encode import apply_chat_template_choice
-from qlora_kit.data.prepare import encode_split, untrainable
+from qlora_kit.data.prepare import encode_splits, untrainable
 from qlora_kit.errors import DataError
 from qlora_kit.training.context import RunContext
 from qlora_kit.training.prepare import Prepared
@@ -71,6 +71,10 @@ def _load_model(prep: Prepared):
     run.write_status("running", base_model=base_path, **({"base_source": base.source} if base.source else {}))
     stage_t = stage_event(run, "load_model")
     model, tokenizer = prep.backend.load(base_path, recipe.model, recipe.lora, prep.rt)
+    if recipe.model.adapter:
+        from qlora_kit.model.start_adapter import load_adapter_weights
+
+        load_adapter_weights(model, recipe.model.adapter)
     run.write_status("running", quantization=quantization_summary(model))
     stage_event(run, "load_model", stage_t)
     return model, tokenizer
@@ -81,9 +85,8 @@ def _encode(ctx: RunContext, prep: Prepared, tokenizer):
     run, recipe = prep.run, prep.recipe
     stage_t = stage_event(run, "prepare_data")
     template = apply_chat_template_choice(tokenizer, recipe.data.chat_template)
-    max_len, d = recipe.model.max_seq_length, recipe.data
-    train_split = encode_split(tokenizer, prep.train_items, d.train_on, max_len, d.packing)
-    eval_split = encode_split(tokenizer, prep.eval_items, d.train_on, max_len, False)
+    max_len = recipe.model.max_seq_length
+    train_split, eval_split = encode_splits(recipe, tokenizer, prep.train_items, prep.eval_items)
     refusal = untrainable(train_split, len(prep.train_items))  # the same rule and words as `qlora-kit data check`
     if refusal:
         raise DataError(refusal)

@@ -51,7 +51,7 @@ def prepare(ctx: RunContext) -> Prepared:
     check_paths(recipe, ctx.source)
     run = _check_run_dir(ctx)
     data_notes: list[str] = []  # rows dropped by data.on_bad_rows: skip, recorded as warning events
-    train_items, eval_items, fmt = load_examples(recipe.data, recipe.train.seed, data_notes)
+    train_items, eval_items, fmt = load_examples(recipe.data, recipe.train.seed, data_notes, recipe.train.method)
     _check_loggers(recipe)
 
     from qlora_kit.model.backends import get_backend

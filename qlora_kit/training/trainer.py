@@ -1,5 +1,6 @@
-"""Build TRL's SFTTrainer from the resolved recipe. Data arrives already tokenized and masked (see data.encode),
-so TRL's own dataset preparation is skipped: what `data check` previews is exactly what trains."""
+"""Build the method's TRL trainer from the resolved recipe: SFTTrainer for sft, the preference trainers for the
+others (training/preference.py). Data arrives already tokenized and masked (data.encode, data.preference), so TRL's
+own dataset preparation is skipped: what `data check` previews is exactly what trains."""
 
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ def to_dataset(rows: list[Encoded]):
     return Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
 
 
-def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool, save: bool = True, model=None):
-    from trl import SFTConfig
-
+def trainer_args(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool, save: bool = True, model=None) -> dict:
+    """The arguments every method's config shares (transformers' TrainingArguments, from the train section)."""
     t = recipe.train
     parallel = {}
     if rt.strategy == "ddp":
@@ -30,7 +30,7 @@ def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool, sav
 
         parallel = trainer_args(model, rt.gradient_checkpointing)
     eval_every = has_eval and t.eval_steps is not None
-    return SFTConfig(
+    return dict(
         output_dir=output_dir,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -45,14 +45,20 @@ def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool, sav
         use_cpu=rt.device == "cpu",
         # Unsloth applies its own checkpointing in get_peft_model; for hf, prepare_model_for_kbit_training did.
         gradient_checkpointing=False,
-        max_length=recipe.model.max_seq_length, packing=False,
-        dataset_kwargs={"skip_prepare_dataset": True},
         report_to=list(t.report_to) or "none", disable_tqdm=True, dataloader_num_workers=0,
         # Counted by the Trainer for every backend alike (TRL's own count lives in its loss, which the CPU hf
         # path replaces), so tokens/s compare fairly; padding excluded.
         include_num_input_tokens_seen="non_padding",
         **parallel,
     )
+
+
+def sft_config(recipe: Recipe, rt: Runtime, output_dir: str, has_eval: bool, save: bool = True, model=None):
+    from trl import SFTConfig
+
+    return SFTConfig(**trainer_args(recipe, rt, output_dir, has_eval, save, model),
+                     max_length=recipe.model.max_seq_length, packing=False,
+                     dataset_kwargs={"skip_prepare_dataset": True})
 
 
 # Package each `train.report_to` logger needs (transformers' integration imports it), and the pip extra with it.
@@ -74,6 +80,9 @@ def check_loggers(names) -> None:
 def build_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eval_rows, output_dir, callbacks,
                   save: bool = True):
     """save=False: no checkpoints at all (benchmark cells; the Trainer would otherwise save at max_steps)."""
+    method = recipe.train.method
+    if method != "sft":
+        return _preference_trainer(recipe, rt, model, tokenizer, train_rows, eval_rows, output_dir, callbacks, save)
     from trl import SFTTrainer
 
     cls = SFTTrainer
@@ -89,7 +98,41 @@ def build_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eva
         train_dataset=to_dataset(train_rows), eval_dataset=to_dataset(eval_rows) if eval_rows else None,
         callbacks=callbacks,
     )
-    remove_printer_callback(trainer)  # raw log dicts on stdout; our Progress callback reports instead
-    restore_trainable_dtypes(model, adapter_dtypes)  # TRL casts LoRA weights of a quantized model to bf16
+    _settle(trainer, recipe, model, adapter_dtypes)
     return trainer
 
+
+def _settle(trainer, recipe: Recipe, model, adapter_dtypes: dict) -> None:
+    remove_printer_callback(trainer)  # raw log dicts on stdout; our Progress callback reports instead
+    restore_trainable_dtypes(model, adapter_dtypes)  # TRL casts LoRA weights of a quantized model to bf16
+    if recipe.model.adapter:
+        # That cast rounded the loaded adapter too: load it again, so training starts exactly from it (and, for
+        # dpo/kto, exactly at TRL's frozen copy, the reference: the first loss is then ln 2).
+        from qlora_kit.model.start_adapter import load_adapter_weights
+
+        load_adapter_weights(model, recipe.model.adapter)
+
+
+
+def _preference_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eval_rows, output_dir, callbacks,
+                        save: bool):
+    from qlora_kit.runtime.compat import cpu_fused_lm_head
+    from qlora_kit.training import preference as pref
+
+    method = recipe.train.method
+    if rt.device == "cpu":
+        cpu_fused_lm_head()
+    cls = pref.trainer_class(method)
+    if rt.strategy != "none":
+        from qlora_kit.distributed.lastbatch import train_each_row_once
+
+        cls = train_each_row_once(cls)
+    adapter_dtypes = trainable_dtypes(model)
+    config = pref.preference_config(recipe, trainer_args(recipe, rt, output_dir, bool(eval_rows), save, model))
+    trainer = cls(
+        model=model, processing_class=tokenizer, args=config, train_dataset=pref.to_preference_dataset(train_rows, method),
+        eval_dataset=pref.to_preference_dataset(eval_rows, method) if eval_rows else None, callbacks=callbacks,
+    )
+    pref.settle_reference(trainer, from_adapter=recipe.model.adapter is not None)
+    _settle(trainer, recipe, model, adapter_dtypes)
+    return trainer
