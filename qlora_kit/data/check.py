@@ -11,22 +11,14 @@ the training rows, and `train`'s own rule (`prepare.untrainable`) says whether i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from qlora_kit.data.encode import IGNORE_INDEX, Encoded, apply_chat_template_choice, encode_example
+from qlora_kit.data.encode import Encoded, apply_chat_template_choice, encode_example
 from qlora_kit.data.formats import PROBLEM_KINDS
+from qlora_kit.data.preview import masking_preview, stats
 from qlora_kit.data.prepare import convert_rows, keep_trainable, method_mismatch, split_examples, untrainable
 from qlora_kit.data.sources import read_rows
 from qlora_kit.recipe.schema import Recipe
-
-
-def stats(values: list[int]) -> dict:
-    if not values:
-        return {"min": 0, "mean": 0.0, "p95": 0, "max": 0}
-    ordered = sorted(values)
-    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-    return {"min": ordered[0], "mean": round(sum(ordered) / len(ordered), 1), "p95": p95, "max": ordered[-1]}
 
 
 @dataclass
@@ -125,18 +117,6 @@ def _token_stats(report: CheckReport, encoded: list[Encoded], max_len: int) -> N
     report.total_tokens = kept.tokens
     report.total_trained_tokens = kept.trained_tokens
     report.refusal = untrainable(kept, len(encoded))
-
-
-def masking_preview(tokenizer, enc: Encoded, limit: int = 400) -> list[tuple[str, bool]]:
-    """Decode the sample into runs of (text, trained?), merging neighbouring tokens with the same mask."""
-    runs: list[tuple[str, bool]] = []
-    ids, labels = enc.input_ids[:limit], enc.labels[:limit]
-    start = 0
-    for i in range(1, len(ids) + 1):
-        if i == len(ids) or (labels[i] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
-            runs.append((tokenizer.decode(ids[start:i]), labels[start] != IGNORE_INDEX))
-            start = i
-    return runs
 
 
 def render_text(r: CheckReport, color: bool = False) -> str:

@@ -9,9 +9,14 @@ or the same answer twice are row problems (data/formats.py), listed with the oth
 
 from __future__ import annotations
 
-from qlora_kit.data.check import CheckReport, masking_preview, stats
+from typing import TYPE_CHECKING
+
 from qlora_kit.data.encode import IGNORE_INDEX, Encoded
 from qlora_kit.data.preference import encode_preferences
+from qlora_kit.data.preview import masking_preview, stats
+
+if TYPE_CHECKING:  # check.py calls this module; a run-time import back would be a circle
+    from qlora_kit.data.check import CheckReport
 
 
 def preference_stats(report: CheckReport, recipe, tokenizer, items: list) -> None:

@@ -60,6 +60,12 @@ class Example:
     completion: list[dict] | None = None
     label: bool | None = None
 
+    def as_conversation(self) -> "Example":
+        """A preference row as the SFT conversation its preferred answer makes (for stages that score a
+        conversation: the merge's fidelity check, the export's logit check); other rows as they are."""
+        answer = self.chosen if self.chosen is not None else self.completion
+        return self if answer is None else Example(messages=self.messages + answer)
+
     @property
     def kind(self) -> str:
         """sft (a conversation or a text), pair (chosen/rejected) or unpaired (completion + label)."""
@@ -200,9 +206,10 @@ def _answer(value: object, what: str) -> list[dict]:
         return [{"role": "assistant", "content": text}]
     if not isinstance(value, list) or not value:
         raise RowProblem("bad_preference", f"{what} must be a string or a non-empty list of assistant messages")
-    messages = _openai({"messages": value}).messages
-    if any(m["role"] != "assistant" for m in messages):
-        raise RowProblem("bad_preference", f"{what} must hold assistant messages only (the prompt goes in the prompt)")
+    if any(not isinstance(m, dict) or m.get("role") != "assistant" for m in value):
+        raise RowProblem("bad_preference", f"{what} must hold assistant messages only (the conversation before the "
+                         "answer goes in the prompt)")
+    messages = _openai_messages(value, what)
     if not "".join(m["content"] for m in messages).strip():
         raise RowProblem("bad_preference", f"{what} is empty: a preference needs both answers")
     return [{k: v for k, v in m.items() if k != "weight"} for m in messages]

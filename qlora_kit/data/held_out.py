@@ -21,5 +21,6 @@ def held_out_rows(recipe, tokenizer, n: int):
     except QKError:
         source, items = "fixed texts (the run's data is no longer readable)", [
             (f"text {i}", Example(text=t)) for i, t in enumerate(FALLBACK_TEXTS)]
-    split = encode_split(tokenizer, items[:n], recipe.data.train_on, recipe.model.max_seq_length)
+    items = [(where, example.as_conversation()) for where, example in items[:n]]
+    split = encode_split(tokenizer, items, recipe.data.train_on, recipe.model.max_seq_length)
     return source, split.rows

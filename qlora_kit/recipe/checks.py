@@ -30,6 +30,7 @@ def reference_problems(raw: dict, skip: frozenset[str] = frozenset()) -> list[st
     from qlora_kit.data.sources import check_source
     from qlora_kit.data.templates import CHAT_TEMPLATES
     from qlora_kit.model.resolve import check_model_name
+    from qlora_kit.model.start_adapter import adapter_dir
 
     def value(key: str) -> str | None:
         section, name = key.split(".")
@@ -38,7 +39,7 @@ def reference_problems(raw: dict, skip: frozenset[str] = frozenset()) -> list[st
 
     problems: list[str] = []
     checks = {"model.name": check_model_name, "data.path": lambda v: check_source(v, "data.path"),
-              "data.eval_path": lambda v: check_source(v, "data.eval_path")}
+              "data.eval_path": lambda v: check_source(v, "data.eval_path"), "model.adapter": adapter_dir}
     for key, check in checks.items():
         if value(key) is None:
             continue
