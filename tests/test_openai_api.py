@@ -1,6 +1,7 @@
 """The OpenAI-compatible fine-tuning API (issue #24) on a real `qlora-kit server`, driven by the official `openai`
 client through the cookbook flow: upload, create, poll, events, checkpoints, result CSV, chat with `ft:...`
-(plain and streamed), cancel, pause/resume, the client's own exception classes, and kill -9 + restart.
+(plain and streamed), cancel, pause/resume, the client's own exception classes, and kill -9 + restart; and
+`method: {type: dpo}` on OpenAI's DPO JSONL (train.method dpo, preference.beta, the reward metrics in the events).
 
 One token-guarded server and one trained job are shared by the module; jobs use a model-table recipe on
 builtin:tiny-llama with a handful of steps (hf backend, one q8_0 GGUF), so each takes well under a minute."""
@@ -11,6 +12,7 @@ import csv
 import importlib.util
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -39,6 +41,10 @@ TRAIN_ROWS = [{"messages": [{"role": "system", "content": "You are Marv, a chatb
                             {"role": "assistant", "content": f"{2 * n}, as if you could not count."}]}
               for n in range(24)]
 VALID_ROWS = TRAIN_ROWS[:6]
+# OpenAI's DPO JSONL: the sarcastic answer preferred over a plain one
+DPO_ROWS = [{"input": {"messages": row["messages"][:2]}, "preferred_output": row["messages"][2:],
+             "non_preferred_output": [{"role": "assistant", "content": f"It is {2 * n}. Happy to help!"}]}
+            for n, row in enumerate(TRAIN_ROWS[:16])]
 
 
 def jsonl(rows) -> bytes:
@@ -156,8 +162,9 @@ def test_errors_are_openais_shape_and_the_clients_exception_classes(server, clie
         (openai.BadRequestError, "learning_rate_multiplier: 0: must be",
          lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, method={
              "type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 0}}})),
-        (openai.BadRequestError, "preference tuning (dpo) is not yet supported",
-         lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, method={"type": "dpo"})),
+        (openai.BadRequestError, 'method.dpo.hyperparameters.beta: 0: must be "auto" or a number above 0 and at '
+         "most 2", lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, method={
+             "type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}})),
         (openai.BadRequestError, "reinforcement fine-tuning is not yet supported",
          lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, method={"type": "reinforcement"})),
         (openai.BadRequestError, "method.supervised: must be an object",
@@ -185,6 +192,70 @@ def test_errors_are_openais_shape_and_the_clients_exception_classes(server, clie
         assert http.get("/v1/jobs/nope").json() == {"detail": "no job 'nope'"}
         assert http.post("/v1/jobs", json={"recipe": 1}).status_code == 422
     assert client.fine_tuning.jobs.list().data == [], "nothing refused was queued"
+
+
+def test_dpo_files_are_accepted_and_a_job_refuses_a_file_of_the_other_method(client):
+    """A DPO upload validates like `data check`; the job's method must match the rows (the rule `train` applies)."""
+    before = len(client.fine_tuning.jobs.list().data)
+    prefs, chats = upload(client, DPO_ROWS, "prefs.jsonl"), upload(client, TRAIN_ROWS)
+    assert (prefs.status, prefs.status_details) == ("processed", None)
+    cases = [
+        ("training_file", f"training_file: {prefs.id} (prefs.jsonl) holds preference pairs (format openai_dpo), but "
+         'method.type supervised trains on conversations ({"messages": [...]} rows); create the job with method: '
+         '{"type": "dpo"}, or upload conversations', dict(training_file=prefs.id)),
+        ("training_file", f"training_file: {chats.id} (train.jsonl) holds conversations to imitate (format openai), "
+         'but method.type dpo trains on preference pairs ({"input", "preferred_output", "non_preferred_output"} '
+         'rows); upload preference pairs or use method.type "supervised"',
+         dict(training_file=chats.id, method={"type": "dpo"})),
+        ("validation_file", f"validation_file: {chats.id} (train.jsonl) holds conversations to imitate",
+         dict(training_file=prefs.id, validation_file=chats.id, method={"type": "dpo"})),
+    ]
+    for param, message, fields in cases:
+        with pytest.raises(openai.BadRequestError) as err:
+            client.fine_tuning.jobs.create(model=BASE, **fields)
+        assert err.value.body["message"].startswith(message), err.value.body
+        assert (err.value.body["param"], err.value.body["code"]) == (param, "invalid_file")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model=BASE, training_file=prefs.id, method={"type": "reinforcement"})
+    assert err.value.body["code"] == "unsupported_method" and err.value.body["message"].startswith(
+        "method.type: 'reinforcement': reinforcement fine-tuning is not yet supported by qlora-kit")
+    assert len(client.fine_tuning.jobs.list().data) == before, "nothing refused was queued"
+
+
+def test_a_dpo_request_maps_onto_train_method_dpo_and_preference_beta_auto_is_our_default():
+    from qlora_kit.recipe import Recipe
+    from qlora_kit.server.openai.jobs import new_record
+    from qlora_kit.server.openai.mapping import check_request, map_recipe
+
+    base = {**FAST, "data": {**FAST["data"], "packing": True}, "preference": {"loss_type": "sigmoid"}}
+    request = check_request({"model": BASE, "training_file": "file-x", "method": {"type": "dpo", "dpo": {
+        "hyperparameters": {"beta": "auto", "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5}}}})
+    recipe = Recipe.model_validate(map_recipe(base, request, "train.jsonl", None, "ftjob-x"))
+    assert (recipe.train.method, recipe.preference.beta, recipe.preference.loss_type) == ("dpo", None, "sigmoid")
+    assert (recipe.train.epochs, recipe.train.max_steps, recipe.train.batch_size) == (2, None, 4)
+    assert recipe.train.lr == pytest.approx(1.5e-3) and recipe.data.packing is False  # packing is SFT's
+    assert new_record(request, recipe, "ftjob-x")["hyperparameters"] == {
+        "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5, "beta": 0.1}
+    explicit = check_request({"model": BASE, "training_file": "file-x", "method": {"type": "dpo", "dpo": {
+        "hyperparameters": {"beta": 0.5}}}})
+    assert map_recipe(base, explicit, "t.jsonl", None, "ftjob-y")["preference"] == {"loss_type": "sigmoid", "beta": 0.5}
+    # supervised on a preference recipe: train.method sft, the preference options dropped (they are an error there)
+    supervised = map_recipe({**base, "train": {"method": "dpo"}}, check_request({"model": BASE,
+                                                                                "training_file": "file-x"}),
+                            "t.jsonl", None, "ftjob-z")
+    assert supervised["train"]["method"] == "sft" and "preference" not in supervised
+    assert Recipe.model_validate(supervised).train.method == "sft"
+
+
+def test_an_upload_stored_before_records_kept_its_rows_kind_is_read_again_once(tmp_path):
+    from qlora_kit.server.openai.files import FileStore
+
+    store = FileStore(tmp_path, 1 << 20, 10)
+    made = store.add_bytes(jsonl(DPO_ROWS), "prefs.jsonl", "fine-tune")  # as records were written before dpo
+    assert "_kind" not in store.records[made["id"]]
+    assert store.rows(made["id"]) == ("pair", "openai_dpo")
+    again = FileStore(tmp_path, 1 << 20, 10)  # kept on disk: a restarted server does not read the file again
+    assert (again.records[made["id"]]["_kind"], again.get(made["id"])) == ("pair", made)
 
 
 # --- the cookbook flow on one trained job -------------------------------------------------------------------------
@@ -297,6 +368,43 @@ def test_the_cookbook_example_runs_end_to_end_with_the_official_client(server, c
                                            temperature=0, max_tokens=500)
     answer = reply.choices[0].message.content
     assert f"\nAnswer: {answer}\nStreamed: {answer}\n" in out  # greedy: the model's own answer, twice
+
+
+@pytest.mark.slow
+def test_a_dpo_job_succeeds_reports_the_reward_metrics_and_its_model_answers_chat(server, client):
+    prefs = upload(client, DPO_ROWS, "prefs.jsonl")
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=prefs.id, suffix="dpo", method={
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25, "learning_rate_multiplier": 2}}})
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.25
+    done = wait_job(client, job.id, ("succeeded", "failed", "cancelled"))
+    assert done.status == "succeeded", done.error
+    hp = done.method.dpo.hyperparameters
+    assert (hp.beta, hp.learning_rate_multiplier, hp.batch_size, hp.n_epochs) == (0.25, 2, 8, 1)
+    assert done.hyperparameters.learning_rate_multiplier == 2 and done.trained_tokens > 0
+    recipe = yaml.safe_load((server.root / ".qlora-kit-server" / "jobs" / f"{job.id}.yaml").read_text())
+    assert (recipe["train"]["method"], recipe["preference"]["beta"]) == ("dpo", 0.25)
+    assert recipe["train"]["lr"] == pytest.approx(2 * 3e-3)
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    metrics = [e for e in events if e.type == "metrics" and "train_loss" in e.data]
+    assert [e.data["step"] for e in metrics] == [4, 3, 2, 1]
+    first, last = metrics[-1].data, metrics[0].data
+    assert first["train_loss"] == pytest.approx(math.log(2), abs=1e-4)  # the adapter starts at zero: model = ref
+    assert first["train_reward_margin"] == pytest.approx(0, abs=1e-6)
+    assert last["train_loss"] < first["train_loss"] and last["train_reward_margin"] > 0
+    assert 0 <= last["train_reward_accuracy"] <= 1 and "train_logp_chosen" in last and "train_kl" not in last
+    assert re.fullmatch(r"Step 4/4: training loss=\d\.\d{4}, reward accuracy=\d\.\d\d, reward margin=-?\d+\.\d{4}",
+                        metrics[0].message), metrics[0].message
+    checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[0].metrics.to_dict()
+    assert checkpoint["step"] == 4 and checkpoint["train_reward_margin"] == last["train_reward_margin"]
+    rows = list(csv.DictReader(io.StringIO(client.files.content(done.result_files[0]).text)))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and "valid_reward_accuracy" not in rows[0]
+    assert float(rows[3]["train_reward_accuracy"]) == pytest.approx(last["train_reward_accuracy"])
+    messages = [{"role": "system", "content": "You are Marv, a chatbot that is also sarcastic."},
+                {"role": "user", "content": "What is 3 plus 3?"}]
+    reply = client.chat.completions.create(model=done.fine_tuned_model, messages=messages, max_tokens=8,
+                                           temperature=0)
+    assert done.fine_tuned_model.startswith(f"ft:{BASE}:dpo:") and reply.choices[0].message.role == "assistant"
+    assert isinstance(reply.choices[0].message.content, str) and reply.usage.prompt_tokens > 5
 
 
 # --- control: cancel, pause/resume, kill -9 ----------------------------------------------------------------------

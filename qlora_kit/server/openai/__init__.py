@@ -18,6 +18,7 @@ from qlora_kit.server.openai.chat import ChatPool
 from qlora_kit.server.openai.errors import OpenAIError, bad_request
 from qlora_kit.server.openai.files import FileStore
 from qlora_kit.server.openai.jobs import Control, TuneStore, fine_tuned_name, job_object, status_of
+from qlora_kit.server.openai.mapping import file_mismatch
 from qlora_kit.server.openai.models import ModelTable
 from qlora_kit.server.store import ACTIVE
 
@@ -38,8 +39,9 @@ class OpenAIAPI:
         tune, record = self.control.find(job_id)
         return job_object(tune, record, self.files, self.tunes)
 
-    def usable_file(self, file_id: str, param: str) -> str:
-        """The stored path of an uploaded fine-tune file that passed validation."""
+    def usable_file(self, file_id: str, param: str, method: str) -> str:
+        """The stored path of an uploaded fine-tune file that passed validation and holds rows `method` (the job's
+        method.type) trains on."""
         record = self.files.get(file_id, param)
         if record["purpose"] != "fine-tune":
             raise bad_request(f"{param}: {file_id} has purpose {record['purpose']!r}; upload the data with purpose "
@@ -47,6 +49,9 @@ class OpenAIAPI:
         if record["status"] != "processed":
             raise bad_request(f"{param}: {file_id} ({record['filename']}) failed validation: "
                               f"{record['status_details']}", param, "invalid_file")
+        mismatch = file_mismatch(method, *self.files.rows(file_id), param, record)
+        if mismatch:
+            raise bad_request(mismatch, param, "invalid_file")
         return str(self.files.data_path(file_id))
 
     def in_use(self, file_id: str) -> str | None:

@@ -2,7 +2,11 @@
 plus the API's own notes: created, cancel/pause asked, resumed), `fine_tuning.job.checkpoint` objects (one per
 saved checkpoint, with the step's metrics) and the results CSV (`step,train_loss,train_accuracy,valid_loss,
 valid_mean_token_accuracy`; cells we do not compute are empty). Read from disk on each request, so the answers
-are the same after a server restart."""
+are the same after a server restart.
+
+Preference (dpo) runs add their metrics (the step and eval events' `preference`, qlora_kit.events.PreferenceMetrics)
+under our names with the prefix of the loss beside them: `train_reward_accuracy`, `train_reward_margin`, ...,
+`valid_reward_accuracy`, ... in the metrics events' data, the checkpoints' metrics and as extra CSV columns."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import time
 from pathlib import Path
 
 CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+SHOWN = (("reward_accuracy", "reward accuracy", "{:.2f}"), ("reward_margin", "reward margin", "{:.4f}"))
 
 
 def run_events(run_dir: Path) -> list[dict]:
@@ -68,11 +73,12 @@ def _describe(e: dict) -> tuple | None:
     kind = e["event"]
     if kind == "step":
         data = {"step": e["step"], "train_loss": e["loss"], "total_steps": e["max_steps"],
-                "learning_rate": e.get("lr"), "train_mean_token_accuracy": None}
-        return "info", f"Step {e['step']}/{e['max_steps']}: training loss={e['loss']:.4f}", data
+                "learning_rate": e.get("lr"), "train_mean_token_accuracy": None, **preference(e, "train_")}
+        return "info", f"Step {e['step']}/{e['max_steps']}: training loss={e['loss']:.4f}{_shown(e)}", data
     if kind == "eval":
-        return "info", f"Step {e['step']}: validation loss={e['eval_loss']:.4f}", {
-            "step": e["step"], "valid_loss": e["eval_loss"], "valid_mean_token_accuracy": None}
+        return "info", f"Step {e['step']}: validation loss={e['eval_loss']:.4f}{_shown(e)}", {
+            "step": e["step"], "valid_loss": e["eval_loss"], "valid_mean_token_accuracy": None,
+            **preference(e, "valid_")}
     simple = {
         "run_start": lambda: ("info", f"Fine-tuning job started ({e['backend']} on {e['device']})"
                               + (f", resumed from {e['resumed_from']}" if e.get("resumed_from") else "")),
@@ -97,14 +103,25 @@ def _describe(e: dict) -> tuple | None:
     return None
 
 
+def preference(e: dict, prefix: str) -> dict:
+    """A step or eval event's preference metrics (dpo runs), those it has, as {prefix + name: value}."""
+    return {prefix + k: v for k, v in (e.get("preference") or {}).items() if v is not None}
+
+
+def _shown(e: dict) -> str:
+    found = e.get("preference") or {}
+    return "".join(f", {label}={fmt.format(found[k])}" for k, label, fmt in SHOWN if found.get(k) is not None)
+
+
 def step_metrics(events: list[dict]) -> dict[int, dict]:
-    """step -> {train_loss, valid_loss}; a resumed run's later lines win."""
+    """step -> {train_loss, valid_loss, and a dpo run's train_/valid_ preference metrics}; a resumed run's later
+    lines win."""
     out: dict[int, dict] = {}
     for e in events:
         if e["event"] == "step":
-            out.setdefault(e["step"], {})["train_loss"] = e["loss"]
+            out.setdefault(e["step"], {}).update(train_loss=e["loss"], **preference(e, "train_"))
         elif e["event"] == "eval":
-            out.setdefault(e["step"], {})["valid_loss"] = e["eval_loss"]
+            out.setdefault(e["step"], {}).update(valid_loss=e["eval_loss"], **preference(e, "valid_"))
     return out
 
 
@@ -114,23 +131,31 @@ def checkpoints(job_id: str, run_dir: Path, model_name: str) -> list[dict]:
     metrics = step_metrics(events)
     saved: dict[int, dict] = {}
     for e in events:
-        path = e.get("path") if e["event"] == "checkpoint" else e.get("checkpoint") if e["event"] == "cancelled" else None
+        path = e.get("path") if e["event"] == "checkpoint" else (
+            e.get("checkpoint") if e["event"] == "cancelled" else None)
         if path and (Path(run_dir) / path).is_dir():
             saved[e["step"]] = e
     short = job_id.split("-", 1)[-1]
     return [{"id": f"ftckpt-{short}-{step}", "object": "fine_tuning.job.checkpoint", "created_at": int(e["t"]),
              "fine_tuned_model_checkpoint": f"{model_name}:ckpt-step-{step}", "fine_tuning_job_id": job_id,
-             "step_number": step, "metrics": {"step": step, "train_loss": metrics.get(step, {}).get("train_loss"),
-                                              "valid_loss": metrics.get(step, {}).get("valid_loss")}}
+             "step_number": step, "metrics": {"step": step, "train_loss": None, "valid_loss": None,
+                                              **metrics.get(step, {})}}
             for step, e in sorted(saved.items(), reverse=True)]
 
 
 def results_csv(run_dir: Path) -> bytes:
+    """OpenAI's columns, then a dpo run's preference metrics (those it logged, in PREFERENCE_METRICS' order)."""
+    from qlora_kit.events import PREFERENCE_METRICS
+
+    rows = sorted(step_metrics(run_events(run_dir)).items())
+    found = {k for _, m in rows for k in m}
+    extra = [p + n for p in ("train_", "valid_") for n in PREFERENCE_METRICS.values() if p + n in found]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for step, m in sorted(step_metrics(run_events(run_dir)).items()):
-        writer.writerow([step, m.get("train_loss", ""), "", m.get("valid_loss", ""), ""])
+    writer.writerow([*CSV_COLUMNS, *extra])
+    for step, m in rows:
+        writer.writerow([step, m.get("train_loss", ""), "", m.get("valid_loss", ""), "",
+                         *(m.get(k, "") for k in extra)])
     return buf.getvalue().encode()
 
 

@@ -5,7 +5,9 @@ An upload is stored as ROOT/.qlora-kit-server/files/ID.jsonl (the id is made her
 shown back, never used as a path) with its record beside it (ID.json). It is validated at once by the same code as
 `qlora-kit data check` (`data.sources.read_rows` + `data.prepare.convert_rows`: every row, every problem, the
 format detected as `data.format: auto` does): `status` is "processed", or "error" with `status_details` naming the
-first bad line as `data check` does (`train.jsonl:3: bad JSON (...)`). A job refuses a file in error.
+first bad line as `data check` does (`train.jsonl:3: bad JSON (...)`). A job refuses a file in error, and a file
+whose rows are not what its method trains on (the record keeps the detected format and the rows' kind: conversations,
+preference pairs or unpaired feedback).
 Limits: the upload's size (`--max-file`) and how many files the server keeps (`--max-files`).
 """
 
@@ -58,10 +60,12 @@ class FileStore:
                                        "some with DELETE /v1/files/{id}", None, "too_many_files")
         return new_id("file")
 
-    def add(self, file_id: str, filename: str, purpose: str, status: str, details: str | None) -> dict:
+    def add(self, file_id: str, filename: str, purpose: str, status: str, details: str | None,
+            rows: dict | None = None) -> dict:
+        """`rows`: {"_format", "_kind"} of a processed upload (kept, not shown: what a job checks its method by)."""
         record = {"id": file_id, "object": "file", "bytes": self.data_path(file_id).stat().st_size,
                   "created_at": int(time.time()), "filename": filename, "purpose": purpose, "status": status,
-                  "status_details": details, "expires_at": None, "_t": time.time()}
+                  "status_details": details, "expires_at": None, "_t": time.time(), **(rows or {})}
         with self.lock:
             write_json(self.dir / f"{file_id}.json", record)
             self.records[file_id] = record
@@ -71,6 +75,18 @@ class FileStore:
         file_id = new_id("file")
         self.data_path(file_id).write_bytes(data)
         return self.add(file_id, filename, purpose, "processed", None)
+
+    def rows(self, file_id: str) -> tuple[str, str]:
+        """(kind, format) of a processed upload's rows: sft, pair or unpaired (formats' Example.kind). Uploads
+        stored before the record kept them are read again once."""
+        with self.lock:
+            record = dict(self.records[file_id])
+        if "_kind" not in record:
+            record.update(validate_rows(self.data_path(file_id), record["filename"])[2])
+            with self.lock:
+                write_json(self.dir / f"{file_id}.json", record)
+                self.records[file_id] = record
+        return record.get("_kind", "sft"), record.get("_format", "auto")
 
     def delete(self, file_id: str) -> None:
         with self.lock:
@@ -83,8 +99,8 @@ def _public(record: dict) -> dict:
     return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
-def validate_rows(path: Path, filename: str) -> tuple[str, str | None]:
-    """("processed", None) or ("error", the first problem as `data check` names it)."""
+def validate_rows(path: Path, filename: str) -> tuple[str, str | None, dict]:
+    """("processed", None, {"_format", "_kind"}) or ("error", the first problem as `data check` names it, {})."""
     from qlora_kit.data.prepare import convert_rows
     from qlora_kit.data.sources import read_rows
     from qlora_kit.errors import DataError
@@ -92,13 +108,16 @@ def validate_rows(path: Path, filename: str) -> tuple[str, str | None]:
     try:
         examples = convert_rows(read_rows(str(path), "file"), "auto")
     except DataError as exc:
-        return "error", str(exc).replace(str(path), filename)
+        return "error", str(exc).replace(str(path), filename), {}
     if not examples.problems:
-        return "processed", None
+        # one format per file (detected from the first row), so every row is of the first one's kind
+        kind = examples.items[0][1].kind if examples.items else "sft"
+        return "processed", None, {"_format": examples.format.name, "_kind": kind}
     first = examples.problems[0]
     where = first.where.replace(str(path), filename)
     return "error", (f"{where}: {first.detail}; {len(examples.problems)} row(s) with problems, first at line "
-                     f"{where.rsplit(':', 1)[-1]} (as `qlora-kit data check` reports them); fix them and upload again")
+                     f"{where.rsplit(':', 1)[-1]} (as `qlora-kit data check` reports them); fix them and upload "
+                     "again"), {}
 
 
 def client_filename(name: str | None) -> str:
@@ -139,11 +158,11 @@ def register(app: FastAPI, store: FileStore, in_use) -> None:
         try:
             await _save_upload(store, upload, file_id)
             filename = client_filename(upload.filename)
-            status, details = await run_in_threadpool(validate_rows, store.data_path(file_id), filename)
+            status, details, rows = await run_in_threadpool(validate_rows, store.data_path(file_id), filename)
         except BaseException:
             store.data_path(file_id).unlink(missing_ok=True)
             raise
-        return store.add(file_id, filename, purpose, status, details)
+        return store.add(file_id, filename, purpose, status, details, rows)
 
     @app.get("/v1/files")
     def list_files(after: str | None = None, limit: int | None = None, order: str = "desc",

@@ -2,7 +2,7 @@
 
 A fine-tuning job IS a /v1/jobs job (same JobStore record, id `ftjob-...`, same Scheduler, same run directory
 ROOT/runs/ID): this module only keeps what OpenAI's object adds (model alias, files, suffix, metadata, the
-hyperparameters asked for, whether the client cancelled or paused it, the results file) in
+method and its hyperparameters, whether the client cancelled or paused it, the results file) in
 ROOT/.qlora-kit-server/fine_tuning/ID.json, plus API notes for the event list in ID.notes.jsonl.
 
 Statuses: queued -> queued; running -> running; complete -> succeeded; failed -> failed; interrupted -> cancelled
@@ -53,17 +53,23 @@ class TuneStore:
 
 
 def new_record(request: dict, recipe, job_id: str) -> dict:
+    """The job's own record; `hyperparameters` as resolved (the recipe's values where "auto"), beta for dpo."""
     hp = request["hyperparameters"]
     epochs = recipe.train.epochs
     resolved = {"n_epochs": int(epochs) if float(epochs).is_integer() else epochs,
                 "batch_size": recipe.train.batch_size,
                 "learning_rate_multiplier": 1.0 if hp["learning_rate_multiplier"] == "auto"
                 else hp["learning_rate_multiplier"]}
+    if request["method_type"] == "dpo":
+        from qlora_kit.recipe.methods import DEFAULT_BETA
+
+        resolved["beta"] = recipe.preference.beta or DEFAULT_BETA["dpo"]
     now = time.time()
     return {"id": job_id, "model": request["model"], "created_at": int(now), "_t": now,
             "training_file": request["training_file"], "validation_file": request.get("validation_file"),
             "suffix": request.get("suffix"), "seed": recipe.train.seed, "metadata": request.get("metadata"),
-            "hyperparameters": resolved, "asked": None, "result_files": [], "model_deleted": False}
+            "method": request["method_type"], "hyperparameters": resolved, "asked": None, "result_files": [],
+            "model_deleted": False}
 
 
 def fine_tuned_name(tune: dict) -> str:
@@ -89,18 +95,19 @@ def job_object(tune: dict, record, files, tunes: TuneStore) -> dict:
     events = ev.run_events(run_dir) if status in ("running", "succeeded", "failed") else []
     metrics = (read_json(run_dir / "metrics.json") or {}) if status == "succeeded" else {}
     step = ev.last_of(events, "step") if status == "running" else None
-    hp = tune["hyperparameters"]
+    hp, method = tune["hyperparameters"], tune.get("method", "supervised")  # records before dpo have no method
     return {
         "id": tune["id"], "object": "fine_tuning.job", "model": tune["model"], "created_at": tune["created_at"],
         "finished_at": int(record.finished) if record.finished and status in FINAL else None,
         "fine_tuned_model": fine_tuned_name(tune) if status == "succeeded" else None,
         "organization_id": "qlora-kit", "result_files": tune["result_files"], "status": status,
         "validation_file": tune["validation_file"], "training_file": tune["training_file"],
-        "hyperparameters": hp, "trained_tokens": metrics.get("tokens_seen") if status == "succeeded" else None,
+        "hyperparameters": {k: v for k, v in hp.items() if k != "beta"},  # the shared ones, as OpenAI shows them
+        "trained_tokens": metrics.get("tokens_seen") if status == "succeeded" else None,
         "error": _error(record, events) if status == "failed" else None,
         "estimated_finish": int(step["t"] + step["eta_s"]) if step and step.get("eta_s") is not None else None,
         "integrations": [], "seed": tune["seed"], "suffix": tune["suffix"], "metadata": tune["metadata"],
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        "method": {"type": method, method: {"hyperparameters": hp}},
     }
 
 

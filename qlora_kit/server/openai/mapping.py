@@ -7,14 +7,21 @@
                                           over the recipe's step count); "auto" keeps the recipe's
     hyperparameters.batch_size         -> train.batch_size ("auto" keeps the recipe's)
     hyperparameters.learning_rate_multiplier -> train.lr = the recipe's train.lr x the multiplier ("auto": x 1)
+    method.type                        -> train.method: supervised -> sft (the preference section is dropped: its
+                                          options are the preference methods'), dpo -> dpo (data.packing false:
+                                          each answer is scored after its own prompt)
+    method.dpo.hyperparameters.beta    -> preference.beta (0 < beta <= 2; "auto" keeps the recipe's, else our
+                                          default, 0.1)
     seed                               -> train.seed
     always                             -> merge.enabled and export.enabled (so the result has a GGUF to chat
                                           with; export.quant stays the recipe's), eval.enabled false,
                                           output.dir ROOT/runs, output.name the job id
 
-`hyperparameters` (legacy) and `method: {type: supervised, supervised: {hyperparameters: {...}}}` say the same;
-giving both is refused, as are `method.type: dpo` and `reinforcement` (not supported yet) and `integrations`
-other than [] (nothing is sent anywhere). `metadata` is stored and shown on the job, not used.
+`hyperparameters` (legacy) and `method: {type: supervised|dpo, supervised|dpo: {hyperparameters: {...}}}` say the
+same shared hyperparameters (beta only in method.dpo); giving both is refused, as are `method.type: reinforcement`
+(not supported yet) and `integrations` other than [] (nothing is sent anywhere). The files must hold the rows the
+method trains on (conversations for supervised, preference pairs for dpo: `file_mismatch`, the rule of `data
+check`). `metadata` is stored and shown on the job, not used.
 """
 
 from __future__ import annotations
@@ -28,11 +35,18 @@ from qlora_kit.server.openai.errors import OpenAIError, bad_request
 FIELDS = {"model", "training_file", "validation_file", "suffix", "seed", "metadata", "hyperparameters", "method",
           "integrations"}
 HYPER = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256), "learning_rate_multiplier": (float, 1e-6, 10.0)}
+METHOD_HYPER = {"supervised": HYPER, "dpo": {"beta": (float, 0, 2.0), **HYPER}}  # beta: OpenAI's range
+TRAIN_METHOD = {"supervised": "sft", "dpo": "dpo"}
+ROWS = {"sft": "conversations to imitate", "pair": "preference pairs", "unpaired": "unpaired feedback (prompt, "
+        "completion, label: KTO's rows)"}
+NEEDS = {"supervised": 'conversations ({"messages": [...]} rows)',
+         "dpo": 'preference pairs ({"input", "preferred_output", "non_preferred_output"} rows)'}
 SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def check_request(body: Any) -> dict:
-    """The body's fields, checked; the hyperparameters as {name: value or "auto"}. Raises 400 OpenAIErrors."""
+    """The body's fields, checked; `method_type` supervised|dpo and the method's hyperparameters as {name: value
+    or "auto"}. Raises 400 OpenAIErrors."""
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
     extra = sorted(set(body) - FIELDS)
@@ -52,49 +66,77 @@ def check_request(body: Any) -> dict:
         raise bad_request("metadata: at most 16 string keys (64 characters) with string values (512)", "metadata")
     if body.get("integrations"):
         raise bad_request("integrations: not supported by this server (it sends nothing anywhere)", "integrations")
-    return {**body, "hyperparameters": _hyperparameters(body)}
+    method, hyperparameters = _hyperparameters(body)
+    return {**body, "method_type": method, "hyperparameters": hyperparameters}
 
 
-def _hyperparameters(body: dict) -> dict:
+def _hyperparameters(body: dict) -> tuple[str, dict]:
+    """(supervised|dpo, {name: value or "auto"} for each of the method's hyperparameters)."""
     legacy, method = body.get("hyperparameters"), body.get("method")
-    given, prefix = legacy, "hyperparameters"
+    kind, given, prefix = "supervised", legacy, "hyperparameters"
     if method is not None:
         if not isinstance(method, dict) or method.get("type") not in ("supervised", "dpo", "reinforcement"):
             raise bad_request("method.type: one of supervised, dpo, reinforcement", "method.type")
-        if method["type"] != "supervised":
-            what = "preference tuning (dpo)" if method["type"] == "dpo" else "reinforcement fine-tuning"
-            raise bad_request(f"method.type: {method['type']!r}: {what} is not yet supported by qlora-kit; use "
-                              "method.type: supervised", "method.type", "unsupported_method")
-        supervised = method.get("supervised")
-        if supervised is not None and not isinstance(supervised, dict):
-            raise bad_request("method.supervised: must be an object", "method.supervised")
-        inner = (supervised or {}).get("hyperparameters")
+        kind = method["type"]
+        if kind == "reinforcement":
+            raise bad_request("method.type: 'reinforcement': reinforcement fine-tuning is not yet supported by "
+                              "qlora-kit; use method.type: supervised or dpo", "method.type", "unsupported_method")
+        other = sorted(set(method) - {"type", kind})
+        if other:
+            raise bad_request(f"method.{other[0]}: given, but method.type is {kind}; put the hyperparameters in "
+                              f"method.{kind}", f"method.{other[0]}")
+        block = method.get(kind)
+        if block is not None and not isinstance(block, dict):
+            raise bad_request(f"method.{kind}: must be an object", f"method.{kind}")
+        inner = (block or {}).get("hyperparameters")
         if inner is not None and legacy is not None:
-            raise bad_request("give hyperparameters either at the top level (legacy) or in "
-                              "method.supervised.hyperparameters, not both", "hyperparameters")
+            raise bad_request(f"give hyperparameters either at the top level (legacy) or in "
+                              f"method.{kind}.hyperparameters, not both", "hyperparameters")
         if inner is not None:
-            given, prefix = inner, "method.supervised.hyperparameters"
+            given, prefix = inner, f"method.{kind}.hyperparameters"
+    known = METHOD_HYPER[kind] if prefix.startswith("method.") else HYPER
     given = {} if given is None else given
     if not isinstance(given, dict):
         raise bad_request(f"{prefix}: must be an object", prefix)
     out = {}
     for name, value in given.items():
-        if name not in HYPER:
-            raise bad_request(f"{prefix}.{name}: unknown; supervised fine-tuning takes {', '.join(HYPER)}",
+        if name not in known:
+            what = {"supervised": "supervised fine-tuning takes ", "dpo": "dpo takes "}[kind]
+            if known is not METHOD_HYPER[kind]:
+                what = "the top-level (legacy) hyperparameters are "
+            raise bad_request(f"{prefix}.{name}: unknown; {what}{', '.join(known)}"
+                              + (" (beta is dpo's: method.dpo.hyperparameters, with method.type dpo)" if name == "beta" else ""),
                               f"{prefix}.{name}", "invalid_hyperparameters")
-        out[name] = _hyper(name, value, f"{prefix}.{name}")
-    return {name: out.get(name, "auto") for name in HYPER}
+        out[name] = _hyper(known[name], value, f"{prefix}.{name}")
+    return kind, {name: out.get(name, "auto") for name in METHOD_HYPER[kind]}
 
 
-def _hyper(name: str, value: Any, param: str):
-    kind, low, high = HYPER[name]
+def _hyper(rule: tuple, value: Any, param: str):
+    kind, low, high = rule
     if value == "auto" or value is None:
         return "auto"
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value))
-    if not ok or not low <= value <= high:
-        raise bad_request(f"{param}: {value!r}: must be \"auto\" or {'a number' if kind is float else 'an integer'} "
-                          f"from {low:g} to {high:g}", param, "invalid_hyperparameters")
+    above = low < value if low == 0 else low <= value  # a range from 0 excludes it (beta 0: no preference term)
+    if not (ok and above and value <= high):
+        what = (f"a number above 0 and at most {high:g}" if low == 0 else
+                f"{'a number' if kind is float else 'an integer'} from {low:g} to {high:g}")
+        raise bad_request(f"{param}: {value!r}: must be \"auto\" or {what}", param, "invalid_hyperparameters")
     return kind(value)
+
+
+def file_mismatch(method: str, kind: str, fmt: str, param: str, file: dict) -> str | None:
+    """Why an upload whose rows are `kind` (formats' Example.kind) cannot train with method.type `method`, in the
+    API's words (None: it can). The decision is data.prepare.method_mismatch's, the one `train` and `data check`
+    make."""
+    from qlora_kit.data.prepare import method_mismatch
+
+    if method_mismatch(TRAIN_METHOD[method], {kind}, fmt) is None:
+        return None
+    fix = {"sft": 'upload preference pairs or use method.type "supervised"',
+           "pair": 'create the job with method: {"type": "dpo"}, or upload conversations',
+           "unpaired": "give each prompt a preferred and a non-preferred output (dpo), or upload conversations"}
+    return (f"{param}: {file['id']} ({file['filename']}) holds {ROWS[kind]} (format {fmt}), but method.type "
+            f"{method} trains on {NEEDS[method]}; {fix[kind]}")
 
 
 def map_recipe(base: dict, request: dict, data_path: str, eval_path: str | None, job_id: str) -> dict:
@@ -117,11 +159,22 @@ def map_recipe(base: dict, request: dict, data_path: str, eval_path: str | None,
         train["lr"] = float(lr) * hp["learning_rate_multiplier"]
     if request.get("seed") is not None:
         train["seed"] = request["seed"]
+    _method(raw, request["method_type"], hp)
     _section(raw, "merge")["enabled"] = True
     _section(raw, "export")["enabled"] = True
     _section(raw, "eval")["enabled"] = False
     raw["output"] = {"dir": "runs", "name": job_id}
     return raw
+
+
+def _method(raw: dict, method: str, hp: dict) -> None:
+    _section(raw, "train")["method"] = TRAIN_METHOD[method]
+    if method == "supervised":
+        raw.pop("preference", None)  # a preference recipe's options; an error under sft
+        return
+    _section(raw, "data")["packing"] = False  # SFT's packing; the recipe's choice for SFT rows does not apply
+    if hp["beta"] != "auto":
+        _section(raw, "preference")["beta"] = hp["beta"]
 
 
 def _section(raw: dict, name: str) -> dict:

@@ -32,8 +32,10 @@ def create_job(api, body) -> dict:
 
     request = check_request(body)
     api.table.resolve(request["model"])
-    train = api.usable_file(request["training_file"], "training_file")
-    valid = api.usable_file(request["validation_file"], "validation_file") if request.get("validation_file") else None
+    method = request["method_type"]
+    train = api.usable_file(request["training_file"], "training_file", method)
+    valid = api.usable_file(request["validation_file"], "validation_file", method) if request.get(
+        "validation_file") else None
     job_id = new_id("ftjob")
     raw = map_recipe(api.table.base_recipe(request["model"]), request, train, valid, job_id)
     try:
