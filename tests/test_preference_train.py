@@ -80,6 +80,7 @@ def test_each_method_trains_from_each_format(tmp_path, method, fmt, backend):
     held_out = read_events(run_dir, "eval")[-1]["preference"]
     assert METRICS[method] <= {k for k, v in held_out.items() if v is not None}
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["tokens_per_second"] > 0 and metrics["tokens_seen"] > 0  # counted for every method's batches
     assert metrics["method"] == method and metrics["preference"] == {
         k: v for k, v in steps[-1]["preference"].items() if v is not None}
     schema = json.loads(run_cli("events-schema").stdout)
@@ -216,5 +217,6 @@ def test_dpo_peak_memory_is_within_ten_percent_of_sft_on_the_same_sequences(tmp_
         peaks[method] = json.loads((tmp_path / "runs" / f"{method}-mem" / "metrics.json").read_text())[
             "peak_memory_bytes"]
     weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+    print(f"peak memory: {peaks}, weights {weights}")
     assert weights > 0.15 * peaks["sft"], (weights, peaks)  # a second copy would break the bound below
     assert peaks["dpo"] <= 1.10 * peaks["sft"], peaks

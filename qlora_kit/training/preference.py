@@ -82,6 +82,15 @@ def trainer_class(method: str):
             def tokenize_row(self, feature, model=None):
                 return feature
 
+            def _track_num_input_tokens(self, inputs):
+                # transformers counts `input_ids`, which these batches lack (chosen_/rejected_ columns): count both
+                # sequences' real tokens, as DPO's batches count them, so tokens/s compares across methods.
+                import torch
+
+                seen = sum(inputs[f"{side}_attention_mask"].sum() for side in ("chosen", "rejected"))
+                seen = torch.as_tensor(seen, device=self.args.device, dtype=torch.int64)
+                self.state.num_input_tokens_seen += self.accelerator.gather(seen).sum().item()
+
     Tokenized.__name__ = f"Tokenized{base.__name__}"
     return Tokenized
 
