@@ -91,7 +91,7 @@ def test_a_custom_scorer_is_reported_and_one_that_raises_is_one_line(useless_run
     (["--systems", "merged"], "--systems merged: {run}/merged does not exist; make it with: qlora-kit merge {run}"),
     (["--systems", "gguf:q4_k_m"], "--systems gguf:q4_k_m: {run}/gguf/useless-q4_k_m.gguf does not exist; make it "
                                    "with: qlora-kit export {run} --quant q4_k_m"),
-    (["--systems", "tuned"], "--systems: unknown system 'tuned'; choose from base, fewshot, adapter, merged, "
+    (["--systems", "tuned"], "--systems: unknown system 'tuned'; choose from base, fewshot, adapter, reference, merged, "
                              "gguf:TYPE (e.g. gguf:q4_k_m), recorded:FILE (an old model's answers, .jsonl)"),
     (["--systems", "adapter,recorded:nowhere.jsonl"], "--systems recorded:nowhere.jsonl: no such file"),
     (["--scorer", "no_such_module:score"], "eval.scorer no_such_module:score: cannot load it: ModuleNotFoundError: "

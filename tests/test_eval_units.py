@@ -200,7 +200,7 @@ def test_a_held_out_row_without_a_recorded_answer_or_two_answers_to_one_prompt_a
 
 def test_system_names_accept_recorded_files_and_validate_reads_them(tmp_path):
     from qlora_kit.errors import UsageError
-    from qlora_kit.eval.systems import parse_systems
+    from qlora_kit.eval.names import parse_systems
     from qlora_kit.recipe.checks import reference_problems
 
     assert parse_systems("adapter, recorded:old.jsonl,recorded:old.jsonl") == ["adapter", "recorded:old.jsonl"]

@@ -6,6 +6,7 @@ a second, not after loading a model. `encode_split` needs the tokenizer.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 
@@ -73,7 +74,8 @@ def convert_rows(rows: Rows, format_name: str, columns: dict[str, str] | None = 
 def add_system_prompt(example: Example, system_prompt: str | None) -> Example:
     if not system_prompt or example.messages is None or example.messages[0]["role"] == "system":
         return example
-    return Example(messages=[{"role": "system", "content": system_prompt}] + example.messages)
+    # replace, not a new Example: a preference row keeps its answers and label
+    return dataclasses.replace(example, messages=[{"role": "system", "content": system_prompt}] + example.messages)
 
 
 def load_examples(cfg: DataSection, seed: int, notes: list[str] | None = None, method: str | None = None

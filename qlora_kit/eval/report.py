@@ -9,6 +9,8 @@ few-shot prompting costs) and how much of the gain each GGUF keeps. Each `record
 answers) gets one more sentence on the same rows and the same interval rule: the tuned model beat it, matches it
 (the interval includes zero and rules out a loss of more than 5 points), did NOT match it, or it could not tell.
 A recorded system has no loss, perplexity, prompt tokens or speed: null in report.json, "n/a" in report.md.
+A preference run's verdict is eval/preference_report.py's (preference accuracy on held-out pairs), followed by this
+one on the generations scored against the chosen answers.
 """
 
 from __future__ import annotations
@@ -19,13 +21,21 @@ from pathlib import Path
 from qlora_kit.eval.scoring import METRICS, bootstrap_interval
 
 
-def write_report(out: Path, report: dict, rows, results: dict, options, warnings: list[str]) -> list[str]:
-    """Write every file; return the warnings found while judging (added to `warnings` in the report too)."""
+def write_report(out: Path, report: dict, rows, results: dict, options, warnings: list[str], pset=None) -> list[str]:
+    """Write every file; return the warnings found while judging (added to `warnings` in the report too). `pset`:
+    a preference run's scored rows (eval/preference.py), else None."""
     metric = "custom" if options.scorer else "exact_match"
     verdict, extra = judge(results, metric, options)
+    if pset is not None:
+        from qlora_kit.eval import preference_report as pref
+
+        preference, more = pref.judge_preference(results, report["method"], options)
+        verdict, extra = pref.combine(preference, verdict), more + extra
+        pref.write_pairs(out, pset, results)
     warnings = warnings + extra
     report.update(metric=metric, verdict=verdict, warnings=warnings,
-                  results={name: {k: v for k, v in r.items() if k != "rows"} for name, r in results.items()})
+                  results={name: {k: v for k, v in r.items() if k not in ("rows", "preference_rows")}
+                           for name, r in results.items()})
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
         for i, row in enumerate(rows):
@@ -159,6 +169,10 @@ def _markdown(report: dict) -> str:
             _cell(r[k], spec) for k, spec in (("loss", ".4f"), ("perplexity", ".2f"),
                                               ("prompt_tokens_per_request", ".1f"), ("generated_tokens_per_s", ".1f")))
             + " |")
+    if "preference" in report:
+        from qlora_kit.eval.preference_report import markdown
+
+        lines += markdown(report)
     for name, rec in report.get("recorded", {}).items():
         lines += ["", f"{name}: answers recorded from another model, scored as given ({rec['rows_scored']} rows; "
                       f"{rec['prompts_not_scored']} prompt(s) of the file are not among them). It has no logits "

@@ -1,7 +1,9 @@
 """Held-out rows, the few-shot examples, and the leakage check.
 
-A row is a conversation whose last assistant message is the reference; everything before it is the prompt. The
-default held-out set is the run's own eval split (the rows training really held out: same file, seed and split),
+A row is a conversation whose last assistant message is the reference; everything before it is the prompt. For a
+preference run the reference of a pair is its chosen answer, and of an unpaired (KTO) row its completion when it is
+labelled desirable (undesirable completions are nothing to imitate; eval/preference.py scores them). The default
+held-out set is the run's own eval split (the rows training really held out: same file, seed and split),
 else `--data` in any format `data` accepts. Few-shot examples are k training rows chosen with a fixed seed, never
 held-out rows. Held-out rows that also occur in training (same prompt and reference) are excluded and counted.
 """
@@ -31,16 +33,22 @@ class EvalRow:
 
 
 def to_row(where: str, example: Example) -> EvalRow | None:
-    """None for rows that cannot be scored (raw text, or no assistant answer to compare with)."""
+    """None for rows that cannot be scored (raw text, no assistant answer to compare with, an undesirable
+    completion)."""
     messages = example.messages
+    if example.kind == "pair":
+        messages = list(messages) + list(example.chosen)
+    elif example.kind == "unpaired":
+        messages = list(messages) + list(example.completion) if example.label else None
     if not messages or messages[-1]["role"] != "assistant":
         return None
     prompt = tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1])
     return EvalRow(where, prompt, messages[-1]["content"]) if prompt else None
 
 
-def held_out(recipe, data_path: str | None) -> tuple[list[EvalRow], list[EvalRow], str]:
-    """(held-out rows, training rows, where the held-out rows came from)."""
+def load_items(recipe, data_path: str | None) -> tuple[list, list, str]:
+    """(held-out items, training items, where the held-out items came from): the run's eval split (same file, seed
+    and split as training), else `data_path` in any format `data` accepts. Items are (file:line, Example)."""
     from qlora_kit.data.prepare import load_examples
 
     train_items, eval_items, _ = load_examples(recipe.data, recipe.train.seed)
@@ -53,6 +61,12 @@ def held_out(recipe, data_path: str | None) -> tuple[list[EvalRow], list[EvalRow
     elif not eval_items:
         raise UsageError("the run held out no rows (data.eval_split and data.eval_path are unset); pass --data FILE "
                          "with held-out rows in any format `data` accepts")
+    return eval_items, train_items, source
+
+
+def held_out(recipe, data_path: str | None, items: tuple | None = None) -> tuple[list[EvalRow], list[EvalRow], str]:
+    """(held-out rows, training rows, where the held-out rows came from); `items`: what load_items returned."""
+    eval_items, train_items, source = items or load_items(recipe, data_path)
     rows = [r for r in (to_row(w, e) for w, e in eval_items) if r is not None]
     if not rows:
         raise DataError(f"{source}: no row ends with an assistant answer to score against")
@@ -68,7 +82,12 @@ def split_leaked(rows: list[EvalRow], train: list[EvalRow]) -> tuple[list[EvalRo
 
 
 def _line(row: EvalRow) -> int:
-    tail = row.where.rsplit(":", 1)[-1]
+    return line_of(row.where)
+
+
+def line_of(where: str) -> int:
+    """The line number of a file:line place (0 when it has none), to list rows in file order."""
+    tail = where.rsplit(":", 1)[-1]
     return int(tail) if tail.isdigit() else 0
 
 

@@ -1,4 +1,6 @@
-"""Run the comparison: every system answers every held-out row (greedy) and scores the reference (loss).
+"""Run the comparison: every system answers every held-out row (greedy) and scores the reference (loss). For a
+preference run (train.method other than sft) every system with logits also scores the held-out pairs
+(eval/preference.py), and the reference of the generations is the chosen answer.
 
 Nothing is marked complete until it is: the report is written to a temporary directory next to RUN_DIR/eval and
 renamed at the end. Runs with plain transformers (no Unsloth), like merge and export.
@@ -16,14 +18,20 @@ from qlora_kit.errors import UsageError
 from qlora_kit.eval import recorded as evrecorded
 from qlora_kit.eval import rows as evrows
 from qlora_kit.eval.scoring import METRICS, load_scorer, score
-from qlora_kit.eval.systems import GGUFSystem, HFSystem, gguf_path, merged_dir, parse_systems
+from qlora_kit.eval import preference as evpref
+from qlora_kit.eval.names import gguf_path, merged_dir, parse_systems, reference_dir
+from qlora_kit.eval.systems import open_system
 from qlora_kit.recipe.options import EvalOptions
 
 REPORT_VERSION = 1
 
 
-def default_systems(run_dir: Path) -> list[str]:
+def default_systems(run_dir: Path, recipe=None) -> list[str]:
+    """base, fewshot, adapter, merged and every GGUF the run has. A preference run drops fewshot (it gets no
+    preference scores: eval/preference.py) and adds reference when it started from a trained adapter."""
     names = ["base", "fewshot", "adapter"]
+    if recipe is not None and recipe.train.method != "sft":
+        names = ["base", *(["reference"] if recipe.model.adapter else []), "adapter"]
     if (run_dir / "merged" / "config.json").is_file():
         names.append("merged")
     names += [f"gguf:{p.stem.rsplit('-', 1)[-1]}" for p in sorted((run_dir / "gguf").glob(f"{run_dir.name}-*.gguf"))]
@@ -50,7 +58,7 @@ def evaluate(run_dir: str | Path, options: EvalOptions, out: str | Path | None =
     for message in warnings:
         if log is not None:
             log.emit("warning", message=message, source="eval")
-    for name in ("report.json", "report.md", "predictions.jsonl", "scores.png", "stages.png"):
+    for name in ("report.json", "report.md", "predictions.jsonl", "preference.jsonl", "scores.png", "stages.png"):
         if (out / name).is_file():
             emit_artifact(log, "eval_report" if name.startswith("report") else "eval_" + name.split(".")[0],
                           out / name)
@@ -59,16 +67,20 @@ def evaluate(run_dir: str | Path, options: EvalOptions, out: str | Path | None =
 
 def check_eval(run_dir: str | Path, options: EvalOptions) -> tuple:
     """What eval refuses before any work (exit 2): (run, its status, systems, what they need: a GGUF file, the merged
-    directory, a parsed file of recorded answers). The CLI checks it before it records into the run's log, so a
-    refused eval leaves no event there."""
+    directory, the starting adapter, a parsed file of recorded answers). The CLI checks it before it records into
+    the run's log, so a refused eval leaves no event there."""
+    from qlora_kit.recipe import load_recipe
     from qlora_kit.training.rundir import RunDir
 
     run = RunDir(Path(run_dir))
     status = run.require_complete("eval")
-    systems = parse_systems(options.systems) if options.systems else default_systems(run.root)
+    recipe = load_recipe(run.recipe)
+    systems = parse_systems(options.systems) if options.systems else default_systems(run.root, recipe)
     paths = {s: gguf_path(run.root, s.split(":", 1)[1]) for s in systems if s.startswith("gguf:")}
     if "merged" in systems:
         paths["merged"] = merged_dir(run.root)
+    if "reference" in systems:
+        paths["reference"] = reference_dir(recipe)
     paths.update({s: evrecorded.load_recorded(s.split(":", 1)[1]) for s in systems if s.startswith("recorded:")})
     return run, status, systems, paths
 
@@ -79,7 +91,42 @@ def _evaluate(run_dir: Path, options: EvalOptions, out) -> tuple[Path, list[str]
     run, status, systems, paths = check_eval(run_dir, options)
     scorer = load_scorer(options.scorer) if options.scorer else None
     recipe = load_recipe(run.recipe)
-    held, train, source = evrows.held_out(recipe, options.data)
+    items = evrows.load_items(recipe, options.data)
+    held, train, source = evrows.held_out(recipe, options.data, items)
+    rows, leaked, warnings = _clean_rows(held, train, source, options)
+    matched = {s: evrecorded.match(paths[s], rows, held + train, recipe.data.system_prompt)
+               for s in systems if s.startswith("recorded:")}  # refused here, before anything is written
+    warnings += [m.warning for m in matched.values() if m.warning]
+    preference = items if recipe.train.method != "sft" else None
+    out = Path(out) if out else run.root / "eval"
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        shots = evrows.few_shot(train, options.fewshot, options.seed, held)
+        results, pset = _run_systems(run, recipe, status, systems, paths, rows, shots, options, scorer, matched,
+                                     preference)
+        from qlora_kit.eval.report import write_report
+
+        report = {"version": REPORT_VERSION, "run": str(run.root), "rows_from": source, "rows": len(rows),
+                  "leaked_rows_excluded": len(leaked), "fewshot_examples": [s.where for s in shots],
+                  "max_new_tokens": options.max_new_tokens, "scorer": options.scorer, "systems": systems,
+                  "method": recipe.train.method,
+                  **({"recorded": {s: m.summary for s, m in matched.items()}} if matched else {}),
+                  **({"preference": pset.summary()} if pset else {})}
+        warnings += _pair_warnings(pset)
+        warnings += write_report(tmp, report, rows, results, options, warnings, pset)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out, warnings
+
+
+def _clean_rows(held, train, source, options) -> tuple[list, list, list[str]]:
+    """(rows to evaluate, leaked rows, warnings): rows that repeat training rows are excluded, and said so."""
     clean, leaked = evrows.split_leaked(held, train)
     warnings = []
     if leaked:
@@ -91,63 +138,51 @@ def _evaluate(run_dir: Path, options: EvalOptions, out) -> tuple[Path, list[str]
     if len(rows) < 20:
         warnings.append(f"only {len(rows)} held-out rows: the 95% interval on any difference is wide; 20 or more "
                         "rows are needed to tell small gains from luck")
-    matched = {s: evrecorded.match(paths[s], rows, held + train, recipe.data.system_prompt)
-               for s in systems if s.startswith("recorded:")}  # refused here, before anything is written
-    warnings += [m.warning for m in matched.values() if m.warning]
-    out = Path(out) if out else run.root / "eval"
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        shots = evrows.few_shot(train, options.fewshot, options.seed, held)
-        results = _run_systems(run, recipe, status, systems, paths, rows, shots, options, scorer, matched)
-        from qlora_kit.eval.report import write_report
-
-        report = {"version": REPORT_VERSION, "run": str(run.root), "rows_from": source, "rows": len(rows),
-                  "leaked_rows_excluded": len(leaked), "fewshot_examples": [s.where for s in shots],
-                  "max_new_tokens": options.max_new_tokens, "scorer": options.scorer, "systems": systems,
-                  **({"recorded": {s: m.summary for s, m in matched.items()}} if matched else {})}
-        warnings += write_report(tmp, report, rows, results, options, warnings)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out, warnings
+    return rows, leaked, warnings
 
 
-def _run_systems(run, recipe, status, systems, paths, rows, shots, options, scorer, matched) -> dict:
+def _pair_warnings(pset) -> list[str]:
+    if pset is None:
+        return []
+    warnings = [f"{len(pset.leaked)} held-out preference row(s) also occur in the training data and were excluded "
+                f"(first: {pset.leaked[0]})"] if pset.leaked else []
+    if pset.dropped:
+        warnings.append(f"{pset.dropped} held-out preference row(s) leave no room for an answer in "
+                        "model.max_seq_length and were not scored (training drops them too)")
+    if 0 < len(pset.pairs) < 20:
+        warnings.append(f"only {len(pset.pairs)} held-out pairs: the 95% interval on the preference accuracy is "
+                        "wide; 20 or more pairs are needed to tell small gains from luck")
+    return warnings
+
+
+def _run_systems(run, recipe, status, systems, paths, rows, shots, options, scorer, matched, preference):
+    """(results per system, the scored preference rows or None): every system loaded once, then scored."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run.adapter)
     stop, eot = _stops(run, tokenizer)
     prompts = {"plain": [_encode(tokenizer, list(r.prompt), r.reference) for r in rows],
                "fewshot": [_encode(tokenizer, evrows.with_shots(r, shots), r.reference) for r in rows]}
-    n_ctx = max(len(p) + len(a) for p, a in prompts["fewshot"] + prompts["plain"]) + options.max_new_tokens + 8
-    results, peft_model = {}, None
+    pset = evpref.build(tokenizer, recipe, *preference, options.samples) if preference else None
+    n_ctx = max([len(p) + len(a) + options.max_new_tokens for p, a in prompts["fewshot"] + prompts["plain"]]
+                + [pset.longest if pset else 0]) + 8
+    results, shared = {}, {}
     for name in systems:
         kind = name.split(":", 1)[0]
         if kind == "recorded":
             results[name] = _score_recorded(matched[name].answers, rows, scorer)
-            continue
-        t0 = time.perf_counter()
-        if kind in ("base", "fewshot", "adapter"):
-            peft_model = peft_model or _peft_model(run, recipe, status)
-            system = HFSystem(peft_model, adapter=kind == "adapter")
-        elif kind == "merged":
-            from qlora_kit.merging.fidelity import plain_model
-
-            system = HFSystem(plain_model(str(paths["merged"]), _dtype(recipe)))
         else:
-            system = GGUFSystem(paths[name], n_ctx)
-        load_s = time.perf_counter() - t0
-        encoded = prompts["fewshot" if kind == "fewshot" else "plain"]
-        results[name] = _score_system(system, encoded, rows, tokenizer, stop, eot, options, scorer)
-        results[name]["load_seconds"] = round(load_s, 3)
+            t0 = time.perf_counter()
+            system = open_system(name, run, recipe, status, paths, n_ctx, shared)
+            load_s = time.perf_counter() - t0
+            encoded = prompts["fewshot" if kind == "fewshot" else "plain"]
+            results[name] = _score_system(system, encoded, rows, tokenizer, stop, eot, options, scorer)
+            results[name]["load_seconds"] = round(load_s, 3)
+        if pset is not None:
+            results[name].update(evpref.absent(name) if evpref.not_scored(name) else evpref.score(system, pset))
         if kind in ("merged", "gguf"):
             system.close()
-    return results
+    return results, pset
 
 
 def _score_system(system, encoded, rows, tokenizer, stop, eot, options, scorer) -> dict:
@@ -239,19 +274,3 @@ def _cut(text: str, ends: tuple[str, ...]) -> str:
         if end in text:
             text = text[: text.index(end)]
     return text
-
-
-def _dtype(recipe):
-    import torch
-
-    return getattr(torch, recipe.model.dtype if recipe.model.dtype != "auto" else "float32")
-
-
-def _peft_model(run, recipe, status):
-    from qlora_kit.merging.checkpoint import Checkpoint
-    from qlora_kit.merging.fidelity import reference_model
-    from qlora_kit.merging.run import base_model_dir
-
-    ckpt = Checkpoint(base_model_dir(status.get("base_model") or recipe.model.name, recipe.model.revision))
-    return reference_model(str(ckpt.path), str(run.adapter), _dtype(recipe), ckpt.prequantized)
-

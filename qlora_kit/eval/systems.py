@@ -3,6 +3,8 @@
 - base: the run's base model in 4-bit NF4, as training saw it, with the adapter switched off; zero-shot.
 - fewshot: the same model with k training examples in the prompt (the prompt-engineering alternative).
 - adapter: base + the LoRA adapter (peft on the same 4-bit model: one load serves these three).
+- reference: a preference run that started from a trained adapter (model.adapter, "SFT then DPO"): the base with
+  that starting adapter, the model its training measured itself against (a second adapter on the same load).
 - merged: RUN_DIR/merged in plain transformers. gguf:TYPE: RUN_DIR/gguf/NAME-TYPE.gguf through llama-cpp-python.
 - recorded:FILE: answers recorded from another model (the hosted one being retired); nothing runs (eval/recorded.py).
 Everything takes and returns token ids of the run's tokenizer (the GGUF export verified llama.cpp's to be equal).
@@ -10,18 +12,12 @@ Everything takes and returns token ids of the run's tokenizer (the GGUF export v
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from qlora_kit.errors import UsageError
 
-if TYPE_CHECKING:
-    import numpy as np
-
-KINDS = ("base", "fewshot", "adapter", "merged", "gguf", "recorded")
-WITH_ARGUMENT = ("gguf", "recorded")  # kind:ARGUMENT; the others are bare names
 
 
 @dataclass
@@ -31,16 +27,26 @@ class Answer:
 
 
 class HFSystem:
-    """A transformers model; `adapter=False` runs a peft model with its adapter disabled (the base)."""
+    """A transformers model. With peft, `adapter` names the adapter that answers ("default": the run's; another name:
+    one loaded beside it, such as the reference); None runs the model with its adapters disabled (the base)."""
 
-    def __init__(self, model, adapter: bool = True):
+    def __init__(self, model, adapter: str | None = "default"):
         self.model, self.adapter = model, adapter
 
+    @contextlib.contextmanager
     def _ctx(self):
-        import contextlib
-
-        return contextlib.nullcontext() if self.adapter or not hasattr(self.model, "disable_adapter") \
-            else self.model.disable_adapter()
+        if not hasattr(self.model, "disable_adapter"):  # a plain model (merged)
+            yield
+        elif self.adapter is None:
+            with self.model.disable_adapter():
+                yield
+        else:
+            active = self.model.active_adapter
+            self.model.set_adapter(self.adapter)
+            try:
+                yield
+            finally:
+                self.model.set_adapter(active)
 
     def generate(self, prompt: list[int], max_new: int, stop: set[int]) -> Answer:
         import torch
@@ -55,11 +61,9 @@ class HFSystem:
     def nll(self, prompt: list[int], answer: list[int]) -> float:
         import torch
 
-        from qlora_kit.model.logits import log_probs
-
         with torch.no_grad(), self._ctx():
             logits = self.model(input_ids=torch.tensor([prompt + answer])).logits[0]
-        return _nll(log_probs(logits), prompt, answer)
+        return answer_nll(logits, len(prompt), answer)
 
     def close(self) -> None:
         del self.model
@@ -86,26 +90,56 @@ class GGUFSystem:
         return Answer(ids, time.perf_counter() - t0)
 
     def nll(self, prompt: list[int], answer: list[int]) -> float:
-        import numpy as np
-
         from qlora_kit.native.loader import captured_native_output
 
         with captured_native_output():
             self.llm.reset()
             self.llm.eval(prompt + answer)
-            scores = np.array(self.llm.scores[: len(prompt) + len(answer)], dtype=np.float32)
-        from qlora_kit.model.logits import log_probs
-
-        return _nll(log_probs(scores), prompt, answer)
+        return answer_nll(self.llm.scores, len(prompt), answer)
 
     def close(self) -> None:
         self.llm.close()
 
 
-def _nll(logp: np.ndarray, prompt: list[int], answer: list[int]) -> float:
-    """Summed negative log-likelihood of the answer tokens given everything before them."""
-    start = len(prompt)
-    return float(-sum(logp[start + i - 1, tok] for i, tok in enumerate(answer)))
+def answer_nll(logits, start: int, answer: list[int]) -> float:
+    """Summed negative log-likelihood (nats) of the answer tokens, which begin at position `start`, given everything
+    before them; `logits` [tokens, vocab] from torch or llama.cpp. Only the rows that predict an answer token are
+    normalized (position t predicts token t + 1): a long prompt's full-vocabulary log-softmax is never held."""
+    from qlora_kit.model.logits import log_probs
+
+    logp = log_probs(logits[start - 1: start - 1 + len(answer)])
+    return float(-logp[list(range(len(answer))), answer].astype("float64").sum())
+
+
+def open_system(name: str, run, recipe, status: dict, paths: dict, n_ctx: int, shared: dict):
+    """The system `name` ready to answer. base, fewshot, adapter and reference share one 4-bit peft model, kept in
+    `shared` (the caller closes only merged and GGUF systems)."""
+    kind = name.split(":", 1)[0]
+    if kind in ("base", "fewshot", "adapter", "reference"):
+        model = shared.get("peft") or shared.setdefault("peft", _peft_model(run, recipe, status))
+        if kind == "reference" and "reference" not in model.peft_config:
+            model.load_adapter(str(paths["reference"]), adapter_name="reference")
+        return HFSystem(model, {"adapter": "default", "reference": "reference"}.get(kind))
+    if kind == "merged":
+        from qlora_kit.merging.fidelity import plain_model
+
+        return HFSystem(plain_model(str(paths["merged"]), model_dtype(recipe)))
+    return GGUFSystem(paths[name], n_ctx)
+
+
+def model_dtype(recipe):
+    import torch
+
+    return getattr(torch, recipe.model.dtype if recipe.model.dtype != "auto" else "float32")
+
+
+def _peft_model(run, recipe, status):
+    from qlora_kit.merging.checkpoint import Checkpoint
+    from qlora_kit.merging.fidelity import reference_model
+    from qlora_kit.merging.run import base_model_dir
+
+    ckpt = Checkpoint(base_model_dir(status.get("base_model") or recipe.model.name, recipe.model.revision))
+    return reference_model(str(ckpt.path), str(run.adapter), model_dtype(recipe), ckpt.prequantized)
 
 
 def _until_stop(ids: list[int], stop: set[int]) -> list[int]:
@@ -113,54 +147,3 @@ def _until_stop(ids: list[int], stop: set[int]) -> list[int]:
         if tok in stop:
             return ids[:i]
     return ids
-
-
-def parse_systems(spec: str | list[str], field: str = "--systems") -> list[str]:
-    """Names as given (duplicates dropped); only the names are checked here, not what they point at. `recorded:FILE`
-    keeps the path as typed: the report names the system that way. Validate imports this (no numpy, no torch)."""
-    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    for name in names:
-        kind, sep, arg = name.partition(":")
-        if kind not in KINDS or (kind in WITH_ARGUMENT) != bool(sep) or (sep and not arg.strip()):
-            raise UsageError(f"{field}: unknown system {name!r}; choose from base, fewshot, adapter, merged, "
-                             "gguf:TYPE (e.g. gguf:q4_k_m), recorded:FILE (an old model's answers, .jsonl)")
-    if not names:
-        raise UsageError(f"{field}: name at least one system, e.g. --systems base,fewshot,adapter")
-    return list(dict.fromkeys(names))
-
-
-def gguf_path(run_dir: Path, quant: str) -> Path:
-    from qlora_kit.gguf.tensors.quants import get_quant_type
-
-    q = get_quant_type(quant).name
-    path = run_dir / "gguf" / f"{run_dir.name}-{q}.gguf"
-    if not path.is_file():
-        raise UsageError(f"--systems gguf:{q}: {path} does not exist; make it with: qlora-kit export {run_dir} "
-                         f"--quant {q}")
-    return path
-
-
-def merged_dir(run_dir: Path) -> Path:
-    path = run_dir / "merged"
-    if not (path / "config.json").is_file():
-        raise UsageError(f"--systems merged: {path} does not exist; make it with: qlora-kit merge {run_dir}")
-    return path
-
-
-def system_problems(names: list[str], field: str = "eval.systems") -> list[str]:
-    """What `validate` can tell about eval.systems before the run exists, one line each: unknown names, and
-    recorded:FILE files that are missing or malformed (read now: a bad line fails in a second, not after training)."""
-    from qlora_kit.errors import QKError
-    from qlora_kit.eval.recorded import load_recorded
-
-    try:
-        names = parse_systems(names, field)
-    except UsageError as exc:
-        return [str(exc)]
-    problems = []
-    for name in (n for n in names if n.startswith("recorded:")):
-        try:
-            load_recorded(name.split(":", 1)[1], field)
-        except QKError as exc:
-            problems.append(str(exc) if str(exc).startswith(field) else f"{field} {name}: {exc}")
-    return problems

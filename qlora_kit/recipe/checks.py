@@ -53,7 +53,7 @@ def reference_problems(raw: dict, skip: frozenset[str] = frozenset()) -> list[st
                         f"or one of: {', '.join(CHAT_TEMPLATES)}{did_you_mean(template, CHAT_TEMPLATES)}")
     systems = raw.get("eval", {}).get("systems") if isinstance(raw.get("eval"), dict) else None
     if isinstance(systems, list) and all(isinstance(s, str) for s in systems) and "eval.systems" not in skip:
-        from qlora_kit.eval.systems import system_problems
+        from qlora_kit.eval.names import system_problems
 
         problems += system_problems(systems)
     out_dir = value("output.dir")
