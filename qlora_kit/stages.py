@@ -113,7 +113,7 @@ def plan(recipe, options: PlanOptions | None = None, *, overrides: dict | list |
 def bench(recipe, options: BenchOptions | None = None, *, out: str | Path = "bench", overwrite: bool = False,
           overrides: dict | list | None = None, **fields: Any) -> BenchReport:
     """Benchmark backends x sequence lengths x batch sizes. Options: a BenchOptions, or its fields as keywords
-    (backends, seq_lens, batch_sizes, steps, warmup, repeats, data, device, mem_limit, cell_timeout), over the
+    (backends, methods, seq_lens, batch_sizes, steps, warmup, repeats, data, device, mem_limit, cell_timeout), over the
     recipe's bench section."""
     from qlora_kit.benchmark.run import run_bench
 

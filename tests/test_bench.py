@@ -116,8 +116,54 @@ def test_out_of_memory_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert (out / "peak_memory.png").read_bytes().startswith(PNG)
 
 
+@pytest.mark.slow
+def test_dpo_cells_beside_sft(tmp_path):
+    """--methods sft,dpo: each backend trains 2 steps of SFT rows and of DPO pairs (chosen and rejected of equal
+    length, the prompt a quarter of each), each in its own process; DPO's tok/s counts both sequences, its
+    memory is compared with SFT's and with the planner's DPO prediction (2 sequences a row, the reference forward)."""
+    import math
+
+    recipe = write_recipe(tmp_path / "r.yaml")
+    out = tmp_path / "bench"
+    r = run_cli("bench", str(recipe), "--backends", "unsloth,hf", "--methods", "sft,dpo", "--seq-lens", "128",
+                "--batch-sizes", "2", "--steps", "2", "--warmup", "0", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[4/4] dpo hf seq 128 batch 2: " in r.stdout
+    report = json.loads((out / "report.json").read_text())
+    by = {(c["method"], c["backend"]): c for c in report["cells"]}
+    assert list(by) == [("sft", "unsloth"), ("sft", "hf"), ("dpo", "unsloth"), ("dpo", "hf")]
+    for (method, backend), c in by.items():
+        assert c["status"] == "ok", c
+        assert (out / c["log"]).is_file() and (method == "sft") == ("dpo-" not in c["log"])
+        for term in ("weights_4bit", "weights_dense", "lora", "optimizer"):
+            assert c["held"][term] == c["predicted_terms"][term], (method, backend, term)
+        assert abs(c["prediction_error"]) < 0.10, c  # measured: DPO within 4% of the tensor peak on CPU
+    for backend in ("unsloth", "hf"):
+        sft, dpo = by["sft", backend], by["dpo", backend]
+        # The reference is the policy with the adapter disabled: before the first update the loss is ln 2.
+        assert dpo["losses"][0] == pytest.approx(math.log(2), abs=1e-5)
+        # A pair runs 2 sequences of 128 tokens (32 prompt + 96 answer each): tok/s counts both, rows/s pairs.
+        [step] = dpo["step_seconds"][:1]
+        assert dpo["tokens_per_second"] == pytest.approx(2 * 2 * 128 / step, rel=1e-3)
+        assert dpo["rows_per_second"] == pytest.approx(2 / step, rel=1e-3)
+        assert dpo["trained_token_fraction"] == 0.75 and sft["trained_token_fraction"] == 1.0
+        assert "dpo" == dpo["method"] and "reference_forward" in dpo["predicted_terms"]
+        # Twice the activations of SFT's row: the measured tensor peak and the planner's agree on the ratio.
+        assert 1.6 < dpo["tensor_ratio_vs_sft"] < 2.2
+        assert dpo["predicted_ratio_vs_sft"] == pytest.approx(dpo["tensor_ratio_vs_sft"], rel=0.10)
+        assert dpo["speed_ratio_vs_sft"] == round(dpo["tokens_per_second"] / sft["tokens_per_second"], 3)
+    # Same seed, rows and NF4 weights: the two backends train the same DPO model.
+    assert by["dpo", "unsloth"]["final_loss"] == pytest.approx(by["dpo", "hf"]["final_loss"], abs=1e-3)
+    md = (out / "report.md").read_text()
+    assert "### sft" in md and "### dpo" in md and "## Preference methods vs sft" in md
+    assert f"| dpo | hf | 128 | 2 | {by['dpo', 'hf']['speed_ratio_vs_sft']:.2f} |" in md
+
+
 @pytest.mark.parametrize("args,message", [
     (["--backends", "unsloth,fast"], "--backends: 'fast' is not one of: unsloth, hf"),
+    (["--methods", "sft,ppo"], "--methods: 'ppo' is not one of: sft, dpo, orpo, kto, simpo"),
+    (["--methods", "dpo", "--data", "recipe"], "--methods dpo with --data recipe: data.path: train.method dpo "
+     "trains on preference data, but the rows are format openai"),
     (["--seq-lens", "512,4096"], "--seq-lens: 4096 is above the model's context of 1024 tokens"),
     (["--batch-sizes", "2,0"], "--batch-sizes: 0 must be at least 1"),
     (["--seq-lens", "12x"], "--seq-lens: '12x' is not an integer"),
@@ -133,6 +179,17 @@ def test_bench_bad_input_is_one_line(tmp_path, args, message):
     assert r.returncode == 2
     assert r.stderr.startswith("qlora-kit: error: " + message), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.partial").exists()
+
+
+def test_bench_methods_must_accept_the_recipes_preference_options(tmp_path):
+    """Each method's cells load the recipe under that train.method: an option of another method is refused before
+    any cell runs (an sft cell drops the preference section instead: it means nothing there)."""
+    recipe = write_recipe(tmp_path / "r.yaml", train={"method": "simpo"}, preference={"simpo_gamma": 0.3})
+    r = run_cli("bench", str(recipe), "--methods", "sft,simpo,kto", "--out", str(tmp_path / "b"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("qlora-kit: error: --methods: kto: preference.simpo_gamma applies to train.method "
+                                "simpo, not kto")
     assert not (tmp_path / "b").exists() and not (tmp_path / "b.partial").exists()
 
 

@@ -17,7 +17,7 @@ from qlora_kit.errors import UsageError
 from qlora_kit.recipe import Recipe, load_recipe
 from qlora_kit.recipe.options import STAGE_OPTIONS, ExportOptions, MergeOptions
 
-SECTIONS = "model, data, lora, train, merge, export, eval, bench, distributed, output"
+SECTIONS = "model, data, lora, train, preference, merge, export, eval, bench, distributed, output"
 MERGE_KEYS = ("merge.base, merge.dtype, merge.max_shard_size, merge.verify, merge.compare, merge.samples, "
               "merge.allow_mismatch")
 
@@ -182,9 +182,9 @@ def test_a_bad_stage_set_stops_the_command_before_it_starts(tmp_path, capsys, co
     ("trian.lr=1e-4", f"--set 'trian.lr=1e-4': unknown key trian.lr (did you mean train.lr?); recipe sections: "
      f"{SECTIONS}"),
     ("train.learning_rate=1e-4", "--set 'train.learning_rate=1e-4': unknown key train.learning_rate (did you mean "
-     "train.lr?); allowed in train: epochs, max_steps, lr, "),
+     "train.lr?); allowed in train: method, epochs, max_steps, lr, "),
     ("train.max_step=3", "--set 'train.max_step=3': unknown key train.max_step (did you mean train.max_steps?); "
-     "allowed in train: epochs, max_steps, lr, "),
+     "allowed in train: method, epochs, max_steps, lr, "),
     ("merge.lr=3", "--set 'merge.lr=3': unknown key merge.lr (did you mean train.lr?); allowed in merge: base, "),
     ("nothing_like_it=1", f"--set 'nothing_like_it=1': unknown key nothing_like_it; recipe sections: {SECTIONS}"),
 ])

@@ -235,3 +235,82 @@ def test_plan_hub_model_offline_is_one_line(tmp_path, monkeypatch):
                                "example-org/no-such-model from the Hub (")
     assert r.stderr.rstrip().endswith("point model.name at a local model directory")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# Preference tuning (issue #26): what train.method adds to SFT's prediction, for the same recipe.
+
+def _methods(**kw) -> dict:
+    shape = shape_from_config(json.loads(_llama_8b()))
+    return {m: estimate(shape, _input(method=m, **kw)) for m in ("sft", "dpo", "orpo", "simpo", "kto")}
+
+
+def test_dpo_counts_two_sequences_per_row_and_the_reference_forward():
+    """Llama 3.1 8B, hf on a GPU, batch 2 x 2048, checkpointing on (the GPU defaults)."""
+    est = _methods()
+    sft, dpo = est["sft"].terms, est["dpo"].terms
+    for term in ("weights_4bit", "weights_dense", "lora", "optimizer"):
+        assert dpo[term] == sft[term]  # one model: the reference is the same weights with the adapter disabled
+    # Chosen and rejected run in one batch: exactly twice SFT's saved activations; orpo and simpo alike.
+    assert dpo["activations"] == 2 * sft["activations"]
+    assert est["orpo"].terms["activations"] == est["simpo"].terms["activations"] == dpo["activations"]
+    # KTO keeps one sequence per row (its KL sequence and the reference forwards run without gradients).
+    assert est["kto"].terms["activations"] == sft["activations"]
+    # With checkpointing, the reference's no_grad forward (one layer at a time, no activations) needs less than
+    # backward does: counted, and adds nothing.
+    assert dpo["reference_forward"] == 0 and "reference_forward" not in sft
+    assert dpo["logits_and_loss"] / sft["logits_and_loss"] == pytest.approx(1.0625)  # one tile + the scored rows
+    assert est["dpo"].peak / est["sft"].peak == pytest.approx(1.2515, abs=1e-4)  # 12.99 GiB against 10.38
+    # ORPO and SimPO build the full logits of both sequences (8192 x 128256): they, not activations, dominate.
+    assert est["orpo"].peak / est["sft"].peak == pytest.approx(2.5714, abs=1e-4)
+
+
+def test_dpo_without_checkpointing_and_with_precomputed_reference():
+    no_ckpt = _methods(gradient_checkpointing=False)
+    assert no_ckpt["dpo"].peak / no_ckpt["sft"].peak == pytest.approx(1.7197, abs=1e-4)  # 51.8 GiB against 30.1
+    unsloth = _methods(backend="unsloth", gradient_checkpointing=False)["dpo"].terms
+    # Unsloth's log-prob kernel is small, so here the reference forward's MLP (4 x hidden + 3 x intermediate a
+    # token, in bf16, for 8192 tokens) is what peaks on top of the saved activations, beyond the loss's peak.
+    assert unsloth["gradients_and_backward"] == 0
+    assert unsloth["reference_forward"] == 8192 * 2 * (4 * 4096 + 3 * 14336) - unsloth["logits_and_loss"]
+    shape = shape_from_config(json.loads(_llama_8b()))
+    pre = estimate(shape, _input(backend="unsloth", gradient_checkpointing=False, method="dpo", precompute_ref=True))
+    assert "reference_forward" not in pre.terms
+    assert pre.peak == sum(unsloth.values()) - unsloth["reference_forward"]
+
+
+def test_dpo_scores_only_the_answers():
+    """TRL's fused LM head projects only labelled positions: the bench gives its rows' share of answer tokens;
+    `plan` counts every token (scored_share 1.0, the upper bound)."""
+    shape = shape_from_config(json.loads(_llama_8b()))
+    cpu = dict(device="cpu", dtype="float32", method="dpo", gradient_checkpointing=False, seq_len=256)
+    full, answers = (estimate(shape, _input(**cpu, scored_share=s)).terms["logits_and_loss"] for s in (1.0, 0.5))
+    # hf on CPU: runtime/logprobs.py's 1024-token tiles at 22 bytes a logit, plus the scored rows' hidden states.
+    assert full == 1024 * 128256 * 22 + 1024 * 4096 * 4
+    assert answers == 512 * 128256 * 22 + 512 * 4096 * 4
+
+
+@pytest.fixture
+def llama_8b_recipe(tmp_path):
+    model_dir = tmp_path / "llama-8b"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(_llama_8b())
+    return write_recipe(tmp_path / "dpo.yaml", model={"name": str(model_dir), "max_seq_length": 4096},
+                        data={"path": "builtin:tiny-chat"}, train={"method": "dpo"})
+
+
+def test_plan_says_a_recipe_that_fits_for_sft_does_not_fit_for_dpo(llama_8b_recipe):
+    args = ("plan", str(llama_8b_recipe), "--gpu", "rtx4090", "--batch-size", "4", "--backend", "hf")
+    sft = json.loads(run_cli(*args, "--set", "train.method=sft", "--json").stdout)
+    dpo = json.loads(run_cli(*args, "--json").stdout)
+    assert (sft["fits"], dpo["fits"]) == (True, False)
+    assert (sft["method"], sft["sequences_per_row"], dpo["method"], dpo["sequences_per_row"]) == ("sft", 1, "dpo", 2)
+    assert dpo["reference_forward"] is True and dpo["terms"]["reference_forward"] == 0
+    assert round(sft["needed_bytes"] / 2**30, 1) == 20.3 and round(dpo["needed_bytes"] / 2**30, 1) == 31.5
+    # The largest batch that fits at 4096 tokens: half of SFT's, as each row is two sequences.
+    assert (sft["largest_batch_size"], dpo["largest_batch_size"]) == (5, 2)
+    text = run_cli(*args).stdout
+    assert "\nmethod dpo: 2 sequences per row (chosen and rejected, each prompt + answer) keep activations; the " \
+           "reference forward (adapter disabled, no_grad) adds one layer's working set" in text
+    assert "of 24.0 GiB (rtx4090): does NOT fit" in text
+    pre = run_cli(*args, "--set", "preference.precompute_ref_log_probs=true", "--json")
+    assert json.loads(pre.stdout)["reference_forward"] is False, pre.stderr

@@ -23,7 +23,7 @@ SECTIONS = {"merge": "merge", "export": "export", "eval": "eval", "bench": "benc
 # A valid value other than the default, for fields whose type alone does not give one.
 SAMPLE = {"max_shard_size": "500MB", "gpu_mem": "24GiB", "device": "cuda", "gpu": "t4", "mem_limit": "8GiB",
           "data": "x.jsonl", "scorer": "mod:fn", "backend": "hf", "systems": ["base", "adapter"],
-          "quant": ["q8_0", "f16"], "backends": ["hf"], "seq_lens": [64, 128], "batch_sizes": [1, 2]}
+          "quant": ["q8_0", "f16"], "backends": ["hf"], "seq_lens": [64, 128], "batch_sizes": [1, 2], "methods": ["sft", "dpo"]}
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:

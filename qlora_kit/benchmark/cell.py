@@ -2,8 +2,9 @@
 
 A fresh process per cell because Unsloth patches transformers globally at import (it must never share a process
 with the hf baseline) and because peak memory is a per-process quantity. The cell trains through the same
-backend loader and SFTTrainer as `qlora-kit train`, on rows of exactly `seq_len` tokens, and always writes
-RESULT.json: status ok, oom or error. Exit codes: 0 ok, 3 out of memory, 1 anything else.
+backend loader and trainer as `qlora-kit train` (SFTTrainer, or the method's preference trainer), on rows of
+exactly `seq_len` tokens (bench/rows.py), and always writes RESULT.json: status ok, oom or error. Exit codes: 0 ok,
+3 out of memory, 1 anything else.
 
 Timing: each optimizer step is timed between the Trainer's step callbacks (CUDA synchronized); the first
 `warmup` steps are excluded from tokens/s. On CPU one extra step runs last under the memory profiler (see
@@ -13,19 +14,19 @@ bench.tensors) and is excluded too, as profiling slows it.
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
 from pathlib import Path
 
 STARTED = time.perf_counter()  # "time to first step" counts from here: process start, imports and load included
 
+from qlora_kit.benchmark.rows import make_rows, row_tokens
 from qlora_kit.errors import EXIT_OOM, first_line, is_oom
 
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    result = {key: spec[key] for key in ("backend", "seq_len", "batch_size")}
+    result = {key: spec[key] for key in ("backend", "seq_len", "batch_size")} | {"method": spec.get("method", "sft")}
     code = 0
     try:
         _limit_memory(spec)
@@ -104,7 +105,8 @@ def _train(spec, resolved, rt, model, tokenizer, rows, timer) -> dict:
         timer.trainer = trainer
         trainer.train()
     measured = timer.durations[spec["warmup"]:len(timer.durations) - (1 if timer.profile_last else 0)]
-    tokens_per_step = spec["seq_len"] * spec["batch_size"]
+    # Tokens the steps really ran: seq_len x batch for SFT rows; a pair runs its prompt once per answer.
+    tokens_per_step = sum(row_tokens(r) for r in rows) / len(rows) * spec["batch_size"]
     out = {
         "steps": len(timer.durations), "measured_steps": len(measured),
         "step_seconds": [round(s, 5) for s in timer.durations],
@@ -112,7 +114,8 @@ def _train(spec, resolved, rt, model, tokenizer, rows, timer) -> dict:
         "time_to_first_step_seconds": round(timer.first_step_end - STARTED, 3),
         "losses": timer.losses, "final_loss": timer.losses[-1] if timer.losses else None,
         # Share of tokens with a loss (synthetic rows: all; recipe rows: what data.train_on keeps).
-        "trained_token_fraction": round(sum(r.trained_tokens for r in rows) / sum(len(r.labels) for r in rows), 4),
+        "trained_token_fraction": round(sum(r.trained_tokens for r in rows) / sum(row_tokens(r) for r in rows), 4),
+        "rows_per_second": round(spec["batch_size"] * len(measured) / sum(measured), 3) if measured else None,
         "held": held_bytes(model, trainer.optimizer),
     }
     if rt.device == "cuda":
@@ -126,41 +129,16 @@ def _train(spec, resolved, rt, model, tokenizer, rows, timer) -> dict:
 def _cell_overrides(spec: dict) -> list[str]:
     return [f"model.backend={spec['backend']}", f"model.max_seq_length={spec['seq_len']}",
             f"train.batch_size={spec['batch_size']}", "train.grad_accum=1", f"train.max_steps={spec['steps']}",
-            "train.logging_steps=1", "train.eval_steps=null", f"train.device={spec['device']}"]
+            "train.logging_steps=1", "train.eval_steps=null", f"train.device={spec['device']}",
+            *method_overrides(spec.get("method", "sft"))]
 
 
-def make_rows(spec: dict, recipe, tokenizer) -> list:
-    """batch_size x steps rows of exactly seq_len tokens, the same for every backend (seeded).
-
-    synthetic: uniformly random token ids, all trained. recipe: the recipe's data encoded as in training, joined
-    into one token stream (masks kept) and cut into seq_len blocks, cycling when the data is shorter.
-    """
-    from qlora_kit.data.encode import Encoded
-
-    n, length = spec["batch_size"] * spec["steps"], spec["seq_len"]
-    if spec["data"] == "synthetic":
-        rng = random.Random(recipe.train.seed)
-        vocab = len(tokenizer)
-        rows = []
-        for _ in range(n):
-            ids = [rng.randrange(vocab) for _ in range(length)]
-            rows.append(Encoded(ids, list(ids)))
-        return rows
-    from qlora_kit.data.encode import apply_chat_template_choice
-    from qlora_kit.data.prepare import encode_split, load_examples
-
-    items, _, _ = load_examples(recipe.data, recipe.train.seed)
-    apply_chat_template_choice(tokenizer, recipe.data.chat_template)
-    split = encode_split(tokenizer, items, recipe.data.train_on, 10**9)
-    ids = [t for r in split.rows for t in r.input_ids]
-    labels = [t for r in split.rows for t in r.labels]
-    if not ids:
-        from qlora_kit.errors import DataError
-
-        raise DataError("bench --data recipe: the recipe's data encodes to no tokens")
-    reps = -(-n * length // len(ids))
-    ids, labels = ids * reps, labels * reps
-    return [Encoded(ids[i * length:(i + 1) * length], labels[i * length:(i + 1) * length]) for i in range(n)]
+def method_overrides(method: str) -> list[str]:
+    """The recipe as `method` trains it: an SFT cell of a preference recipe drops the preference options (they
+    would be an error under sft); a preference cell turns packing off (pairs are never packed)."""
+    if method == "sft":
+        return ["train.method=sft", "preference={}"]
+    return [f"train.method={method}", "data.packing=false"]
 
 
 def make_timer(steps: int, profile_last: bool, cuda: bool):

@@ -32,12 +32,43 @@ def render_markdown(report: dict) -> str:
         "## Results", "",
     ]
     cpu = m["device"] == "cpu"
+    methods = list(dict.fromkeys(c.get("method", "sft") for c in report["cells"]))
+    for method in methods:
+        if methods != ["sft"]:
+            lines += [f"### {method}", ""]
+        lines += _results_table([c for c in report["cells"] if c.get("method", "sft") == method], cpu) + [""]
+    lines.pop()
+    failed = [c for c in report["cells"] if c["status"] != "ok"]
+    if failed:
+        lines += ["", "Cells that did not finish:", ""]
+        lines += [f"- {_method(c)}{c['backend']} seq {c['seq_len']} batch {c['batch_size']}: {c['status']}: "
+                  f"{c.get('error', '')} (log: `{c['log']}`)" for c in failed]
+    compared = [c for c in report["cells"] if "speed_ratio_vs_sft" in c]
+    if compared:
+        lines += ["", "## Preference methods vs sft", ""] + _method_table(compared, cpu)
+    lines += ["", "## Targets", ""] + _targets(report)
+    lines += ["", "## How to read this", "",
+              f"- Memory: {report['memory_measures']['cuda' if not cpu else 'cpu']}. The planner's prediction is "
+              "compared with " + ("the peak live tensor bytes" if cpu else "max_memory_allocated") + ".",
+              f"- MFU (GPU only): {report['mfu_formula']}",
+              "- x hf: this backend's number divided by the hf baseline's in the same sweep, same seed and rows; "
+              "Δ loss: final-step loss minus the baseline's.", ""]
+    if methods != ["sft"]:
+        lines.insert(-1, "- Preference methods: a row is a pair, two sequences of seq_len tokens (the prompt a quarter "
+                     "of each on synthetic rows); tokens/s counts both. dpo also runs the reference forward (adapter "
+                     "disabled) of both; x sft divides by the sft cell of the same backend and size.")
+    if report.get("plots"):
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
+    return "\n".join(lines)
+
+
+def _results_table(cells: list[dict], cpu: bool) -> list[str]:
     head = ["backend", "seq", "batch", "status", "tokens/s", "x hf", "first step s",
             "peak RSS MiB" if cpu else "peak alloc MiB", "x hf"]
     head += ["tensor peak MiB", "x hf"] if cpu else ["reserved MiB", "MFU"]
     head += ["predicted MiB", "error", "final loss", "Δ loss vs hf"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c in report["cells"]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
         ok = c["status"] == "ok"
         row = [c["backend"], str(c["seq_len"]), str(c["batch_size"]), c["status"] if ok else f"**{c['status']}**",
                _tokens(c), _num(c.get("speed_ratio_vs_hf"), ".2f"),
@@ -50,21 +81,26 @@ def render_markdown(report: dict) -> str:
         row += [_mib(c.get("predicted_peak_bytes")), _num(c.get("prediction_error"), "+.1%"),
                 _num(c.get("final_loss"), ".4f"), _num(c.get("final_loss_diff_vs_hf"), "+.2e")]
         lines.append("| " + " | ".join(row) + " |")
-    failed = [c for c in report["cells"] if c["status"] != "ok"]
-    if failed:
-        lines += ["", "Cells that did not finish:", ""]
-        lines += [f"- {c['backend']} seq {c['seq_len']} batch {c['batch_size']}: {c['status']}: "
-                  f"{c.get('error', '')} (log: `{c['log']}`)" for c in failed]
-    lines += ["", "## Targets", ""] + _targets(report)
-    lines += ["", "## How to read this", "",
-              f"- Memory: {report['memory_measures']['cuda' if not cpu else 'cpu']}. The planner's prediction is "
-              "compared with " + ("the peak live tensor bytes" if cpu else "max_memory_allocated") + ".",
-              f"- MFU (GPU only): {report['mfu_formula']}",
-              "- x hf: this backend's number divided by the hf baseline's in the same sweep, same seed and rows; "
-              "Δ loss: final-step loss minus the baseline's.", ""]
-    if report.get("plots"):
-        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
-    return "\n".join(lines)
+    return lines
+
+
+def _method_table(cells: list[dict], cpu: bool) -> list[str]:
+    """Each preference cell against the sft cell of the same backend and size (a pair is two sequences, so a row
+    of it runs twice the tokens of an SFT row: tokens/s and rows/s both shown)."""
+    head = ["method", "backend", "seq", "batch", "tokens/s x sft", "rows/s x sft"]
+    head += ["peak RSS x sft", "tensor peak x sft"] if cpu else ["peak alloc x sft"]
+    lines = ["| " + " | ".join(head + ["planner x sft"]) + " |", "|" + "---|" * (len(head) + 1)]
+    for c in cells:
+        row = [c["method"], c["backend"], str(c["seq_len"]), str(c["batch_size"]),
+               _num(c.get("speed_ratio_vs_sft"), ".2f"), _num(c.get("rows_ratio_vs_sft"), ".2f"),
+               _num(c.get("memory_ratio_vs_sft"), ".2f")]
+        row += [_num(c.get("tensor_ratio_vs_sft"), ".2f")] if cpu else []
+        lines.append("| " + " | ".join(row + [_num(c.get("predicted_ratio_vs_sft"), ".2f")]) + " |")
+    return lines
+
+
+def _method(cell: dict) -> str:
+    return "" if cell.get("method", "sft") == "sft" else cell["method"] + " "
 
 
 def _runs(repeats: int) -> str:

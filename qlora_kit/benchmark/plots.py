@@ -1,6 +1,6 @@
-"""PNG plots of a bench report: tokens/s and peak memory against sequence length, one line per backend (and batch
-size), out-of-memory or failed cells marked with an x on the axis. Planner predictions are dashed; on CPU the
-measured tensor peak they are compared with is dotted (RSS also counts the libraries)."""
+"""PNG plots of a bench report: tokens/s and peak memory against sequence length, one line per backend (and method
+and batch size), out-of-memory or failed cells marked with an x on the axis. Planner predictions are dashed; on CPU
+the measured tensor peak they are compared with is dotted (RSS also counts the libraries)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def write_plots(report: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     cells = report["cells"]
-    series = sorted({(c["backend"], c["batch_size"]) for c in cells})
+    series = sorted({(c.get("method", "sft"), c["backend"], c["batch_size"]) for c in cells})
     memory_label = ("peak allocated (MiB)" if report["machine"]["device"] == "cuda" else "peak RSS (MiB)")
     written = []
     for name, key, ylabel, predicted in (
@@ -24,11 +24,11 @@ def write_plots(report: dict, out: Path) -> list[str]:
         ("peak_memory.png", "peak_bytes", memory_label, "predicted_peak_bytes"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-        for index, (backend, batch) in enumerate(series):
+        for index, (method, backend, batch) in enumerate(series):
             color = f"C{index}"
-            mine = sorted((c for c in cells if c["backend"] == backend and c["batch_size"] == batch),
-                          key=lambda c: c["seq_len"])
-            label = f"{backend} (batch {batch})" if len({b for _, b in series}) > 1 else backend
+            mine = sorted((c for c in cells if (c.get("method", "sft"), c["backend"], c["batch_size"]) ==
+                           (method, backend, batch)), key=lambda c: c["seq_len"])
+            label = _label(series, method, backend, batch)
             ok = [c for c in mine if c["status"] == "ok"]
             scale = MIB if key == "peak_bytes" else 1
             ax.plot([c["seq_len"] for c in ok], [c[key] / scale for c in ok], "o-", color=color, label=label)
@@ -55,6 +55,12 @@ def write_plots(report: dict, out: Path) -> list[str]:
         plt.close(fig)
         written.append(name)
     return written
+
+
+def _label(series: list[tuple], method: str, backend: str, batch: int) -> str:
+    """The line's name: the backend, with the method and the batch size where the sweep has several."""
+    label = backend if len({m for m, _, _ in series}) == 1 else f"{method} {backend}"
+    return f"{label} (batch {batch})" if len({b for _, _, b in series}) > 1 else label
 
 
 def _model_label(name: str) -> str:

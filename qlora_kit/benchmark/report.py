@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -19,7 +19,9 @@ from qlora_kit import __version__
 
 MFU_FORMULA = ("FLOPs per trained token = 4 x N + 12 x L x s x h (N parameters, L layers, s sequence length, h "
                "hidden size): forward 2N, backward to activations 2N (frozen 4-bit weights get no weight "
-               "gradient; LoRA's are negligible), attention 4 x L x s x h forward and twice that backward. "
+               "gradient; LoRA's are negligible), attention 4 x L x s x h forward and twice that backward; plus "
+               "k x (2N + 4 x L x s x h) for the forwards without backward (k = 1 for dpo's reference, 3 for kto's "
+               "KL and reference forwards, 0 for sft, orpo, simpo). "
                "MFU = FLOPs/token x tokens/s / the GPU's dense bf16 peak.")
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo", "accelerate")
 # The CPU features that decide which PyTorch/oneDNN kernels run: two CPUs both named "AMD EPYC" differ 2-3x in
@@ -28,6 +30,9 @@ CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 # Targets from the benchmark issue: (device, seq_len at least, speed ratio at least, memory ratio at most).
 TARGETS = {"cuda": (2048, 2.0, 0.4), "cpu": (0, 1.0, 1.0)}
 PLANNER_TOLERANCE = 0.10
+# A preference method's cell against sft's: ratio name -> the cell's figure.
+METHOD_RATIOS = {"speed": "tokens_per_second", "rows": "rows_per_second", "memory": "peak_bytes",
+                 "tensor": "peak_tensor_bytes", "predicted": "predicted_peak_bytes"}
 
 
 def machine_info(device: str) -> dict:
@@ -75,10 +80,12 @@ def _ram_bytes() -> int | None:
 def build_report(sweep, recipe, shape, machine: dict, cells: list[dict]) -> dict:
     """`sweep` is the bench.sweep.Sweep that ran (this module does not import that one: sweep.run calls here)."""
     for cell in cells:
+        cell.setdefault("method", "sft")
         _add_measures(cell, sweep.device)
         _add_prediction(cell, sweep, recipe, shape)
-        _add_mfu(cell, shape, machine)
+        _add_mfu(cell, shape, machine, recipe.preference.precompute_ref_log_probs)
     _add_ratios(cells)
+    _add_method_ratios(cells)
     return {
         "schema": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "qlora-kit " + " ".join(sweep.argv), "recipe": sweep.recipe, "model": recipe.model.name,
@@ -113,7 +120,10 @@ def _add_prediction(cell: dict, sweep, recipe, shape) -> None:
     from qlora_kit.planner.inputs import plan_input_for
     from qlora_kit.planner.estimate import estimate
 
-    p = plan_input_for(recipe, shape, cell["backend"], sweep.device, cell["seq_len"], cell["batch_size"])
+    p = plan_input_for(recipe, shape, cell["backend"], sweep.device, cell["seq_len"], cell["batch_size"],
+                       method=cell["method"])
+    if cell.get("trained_token_fraction"):  # the LM head scores the answers' tokens only (dpo, kto)
+        p = replace(p, scored_share=cell["trained_token_fraction"])
     est = estimate(shape, p)
     cell["predicted_peak_bytes"] = est.peak
     cell["predicted_terms"] = est.terms
@@ -122,20 +132,24 @@ def _add_prediction(cell: dict, sweep, recipe, shape) -> None:
         cell["prediction_error"] = round((est.peak - measured) / measured, 4)
 
 
-def _add_mfu(cell: dict, shape, machine: dict) -> None:
+def _add_mfu(cell: dict, shape, machine: dict, precompute_ref: bool) -> None:
     from qlora_kit.planner.gpus import peak_flops_for
+    from qlora_kit.planner.methods import no_grad_forwards_per_token
 
     peak = peak_flops_for(machine.get("gpu"))
     if cell["status"] != "ok" or not peak or not cell.get("tokens_per_second"):
         return
-    per_token = 4 * shape.params + 12 * shape.layers * cell["seq_len"] * shape.hidden
+    attention = shape.layers * cell["seq_len"] * shape.hidden
+    extra = no_grad_forwards_per_token(cell["method"], precompute_ref)
+    per_token = 4 * shape.params + 12 * attention + extra * (2 * shape.params + 4 * attention)
     cell["mfu"] = round(per_token * cell["tokens_per_second"] / peak, 4)
 
 
 def _add_ratios(cells: list[dict]) -> None:
-    baseline = {(c["seq_len"], c["batch_size"]): c for c in cells if c["backend"] == "hf" and c["status"] == "ok"}
+    baseline = {(c["method"], c["seq_len"], c["batch_size"]): c for c in cells
+                if c["backend"] == "hf" and c["status"] == "ok"}
     for cell in cells:
-        base = baseline.get((cell["seq_len"], cell["batch_size"]))
+        base = baseline.get((cell["method"], cell["seq_len"], cell["batch_size"]))
         if cell["status"] != "ok" or base is None:
             continue
         cell["speed_ratio_vs_hf"] = round(cell["tokens_per_second"] / base["tokens_per_second"], 3)
@@ -146,11 +160,26 @@ def _add_ratios(cells: list[dict]) -> None:
             cell["final_loss_diff_vs_hf"] = round(cell["final_loss"] - base["final_loss"], 6)
 
 
+def _add_method_ratios(cells: list[dict]) -> None:
+    """A preference method against sft on the same backend, sequence length and batch: tokens/s, rows/s, peak
+    memory (and tensor peak on CPU), and the planner's predicted ratio beside the measured one."""
+    sft = {(c["backend"], c["seq_len"], c["batch_size"]): c for c in cells if c["method"] == "sft"}
+    for cell in cells:
+        base = sft.get((cell["backend"], cell["seq_len"], cell["batch_size"]))
+        if cell["method"] == "sft" or base is None or cell["status"] != "ok" or base["status"] != "ok":
+            continue
+        for name, key in METHOD_RATIOS.items():
+            if cell.get(key) and base.get(key):
+                cell[f"{name}_ratio_vs_sft"] = round(cell[key] / base[key], 3)
+
+
 def evaluate_targets(cells: list[dict], device: str) -> list[dict]:
     min_seq, speed, memory = TARGETS[device]
     out = []
     for cell in cells:
-        if cell["backend"] == "hf" or "speed_ratio_vs_hf" not in cell or cell["seq_len"] < min_seq:
+        # The issue's targets are for SFT; a preference method's backend ratios are in its own table.
+        if cell["method"] != "sft" or cell["backend"] == "hf" or "speed_ratio_vs_hf" not in cell \
+                or cell["seq_len"] < min_seq:
             continue
         out.append({"backend": cell["backend"], "seq_len": cell["seq_len"], "batch_size": cell["batch_size"],
                     "speed_ratio": cell["speed_ratio_vs_hf"], "speed_target": speed,

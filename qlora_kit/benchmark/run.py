@@ -1,6 +1,6 @@
-"""The bench stage: backends x sequence lengths x batch sizes, each cell a few training steps in a process of its
-own (bench/cell.py), one report (bench/report.py). Options: the recipe's `bench:` section, overridden by what the
-caller gives (recipe/options.py BenchOptions)."""
+"""The bench stage: methods x backends x sequence lengths x batch sizes, each cell a few training steps in a process
+of its own (bench/cell.py), one report (bench/report.py). Options: the recipe's `bench:` section, overridden by what
+the caller gives (recipe/options.py BenchOptions)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def run_bench(recipe: Recipe, recipe_path: str, overrides: list[str], options: B
                   steps=options.steps, warmup=options.warmup, device=options.device, data=options.data,
                   out=Path(out), overwrite=overwrite,
                   mem_limit=parse_size(options.mem_limit) if options.mem_limit else None,
-                  cell_timeout=options.cell_timeout, repeats=options.repeats, argv=list(argv or []))
+                  cell_timeout=options.cell_timeout, repeats=options.repeats, argv=list(argv or []),
+                  methods=list(options.methods or [recipe.train.method]))
     shape = shape_from_config(load_config(recipe.model.name, recipe.model.revision)[0])
     if not sweep.seq_lens:
         context = shape.max_positions or DEFAULT_SEQ_LENS[-1]

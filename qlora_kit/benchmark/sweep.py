@@ -1,4 +1,4 @@
-"""`qlora-kit bench`: a sweep of (sequence length x batch size x backend) cells, each in a fresh process.
+"""`qlora-kit bench`: a sweep of (method x sequence length x batch size x backend) cells, each in a fresh process.
 
 The driver never imports Unsloth (cells do), checks every input before the first cell starts, and keeps going
 when a cell runs out of memory or crashes: that cell is recorded as such. Results are written into OUT.partial/
@@ -36,15 +36,17 @@ class Sweep:
     cell_timeout: int = 1800
     repeats: int = 1
     argv: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=lambda: ["sft"])  # train.method of each cell
 
     def cells(self):
-        """(backend, seq_len, batch_size, repeat), backends interleaved within each repeat so that a machine
-        slowing down or speeding up over the sweep affects every backend alike."""
+        """(method, backend, seq_len, batch_size, repeat), methods and backends interleaved within each repeat so
+        that a machine slowing down or speeding up over the sweep affects every method and backend alike."""
         for seq_len in self.seq_lens:
             for batch_size in self.batch_sizes:
                 for repeat in range(self.repeats):
-                    for backend in self.backends:
-                        yield backend, seq_len, batch_size, repeat
+                    for method in self.methods:
+                        for backend in self.backends:
+                            yield method, backend, seq_len, batch_size, repeat
 
 
 def check(sweep: Sweep, recipe, shape) -> None:
@@ -65,9 +67,32 @@ def check(sweep: Sweep, recipe, shape) -> None:
     if sweep.device == "cpu" and sweep.steps - sweep.warmup < 2:
         raise UsageError(f"--steps: on CPU the last step is profiled for memory and not timed; use --steps >= "
                          f"{sweep.warmup + 2} with --warmup {sweep.warmup}")
+    _check_methods(sweep)
     if sweep.out.exists() and not sweep.overwrite:
         raise UsageError(f"--out: {sweep.out} already exists; pass --overwrite to replace it, or choose another "
                          "--out")
+
+
+def _check_methods(sweep: Sweep) -> None:
+    """The recipe must be valid under every method measured (a preference option of another method is an error
+    there), and --data recipe needs rows of the method's kind: both said before any cell runs."""
+    from qlora_kit.benchmark.cell import method_overrides
+    from qlora_kit.errors import DataError, RecipeError
+    from qlora_kit.recipe import load_recipe
+
+    for method in sweep.methods:
+        try:
+            recipe = load_recipe(sweep.recipe, sweep.overrides + method_overrides(method))
+        except RecipeError as exc:
+            raise UsageError(f"--methods: {method}: {exc.problems[0]}") from None
+        if sweep.data == "recipe":
+            from qlora_kit.data.prepare import load_examples
+
+            try:
+                load_examples(recipe.data, recipe.train.seed, method=method)
+            except DataError as exc:
+                raise UsageError(f"--methods {method} with --data recipe: {exc}; or measure {method} on "
+                                 "--data synthetic rows") from None
 
 
 def _device(requested: str) -> str:
@@ -88,12 +113,13 @@ def run(sweep: Sweep, recipe, shape) -> dict:
     machine = machine_info(sweep.device)
     runs: dict[tuple, list[dict]] = {}  # insertion-ordered: the report lists cells in sweep order
     total = len(list(sweep.cells()))
-    for index, (backend, seq_len, batch_size, repeat) in enumerate(sweep.cells(), 1):
-        label = f"[{index}/{total}] {backend} seq {seq_len} batch {batch_size}"
+    for index, (method, backend, seq_len, batch_size, repeat) in enumerate(sweep.cells(), 1):
+        label = f"[{index}/{total}] {'' if sweep.methods == ['sft'] else method + ' '}{backend} seq {seq_len} " \
+                f"batch {batch_size}"
         label += f" run {repeat + 1}/{sweep.repeats}" if sweep.repeats > 1 else ""
         print(f"{label}: running", flush=True)
-        result = _run_cell(sweep, work / "cells", backend, seq_len, batch_size, repeat)
-        runs.setdefault((backend, seq_len, batch_size), []).append(result)
+        result = _run_cell(sweep, work / "cells", (method, backend, seq_len, batch_size), repeat)
+        runs.setdefault((method, backend, seq_len, batch_size), []).append(result)
         print(f"{label}: {_summary(result)}", flush=True)
     cells = [combine(r) for r in runs.values()]
     report = build_report(sweep, recipe, shape, machine, cells)
@@ -130,11 +156,14 @@ def _median_by(runs: list[dict], key: str) -> dict:
     return ordered[(len(ordered) - 1) // 2]  # the lower median: always one real run's value
 
 
-def _run_cell(sweep: Sweep, cell_dir: Path, backend: str, seq_len: int, batch_size: int, repeat: int = 0) -> dict:
-    name = f"{backend}-s{seq_len}-b{batch_size}" + (f"-r{repeat + 1}" if sweep.repeats > 1 else "")
-    spec = {"recipe": sweep.recipe, "overrides": sweep.overrides, "backend": backend, "seq_len": seq_len,
-            "batch_size": batch_size, "steps": sweep.steps, "warmup": sweep.warmup, "device": sweep.device,
-            "data": sweep.data, "mem_limit": sweep.mem_limit}
+def _run_cell(sweep: Sweep, cell_dir: Path, key: tuple, repeat: int = 0) -> dict:
+    """key: (method, backend, seq_len, batch_size)."""
+    method, backend, seq_len, batch_size = key
+    name = ("" if method == "sft" else f"{method}-") + f"{backend}-s{seq_len}-b{batch_size}" + (
+        f"-r{repeat + 1}" if sweep.repeats > 1 else "")
+    spec = {"recipe": sweep.recipe, "overrides": sweep.overrides, "method": method, "backend": backend,
+            "seq_len": seq_len, "batch_size": batch_size, "steps": sweep.steps, "warmup": sweep.warmup,
+            "device": sweep.device, "data": sweep.data, "mem_limit": sweep.mem_limit}
     spec_path, result_path, log_path = (cell_dir / f"{name}.{ext}" for ext in ("spec.json", "json", "log"))
     spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     started = time.time()
@@ -144,7 +173,7 @@ def _run_cell(sweep: Sweep, cell_dir: Path, backend: str, seq_len: int, batch_si
                                    stdout=log, stderr=subprocess.STDOUT, timeout=sweep.cell_timeout)
         except subprocess.TimeoutExpired:
             code = None
-    base = {"backend": backend, "seq_len": seq_len, "batch_size": batch_size,
+    base = {"method": method, "backend": backend, "seq_len": seq_len, "batch_size": batch_size,
             "wall_seconds": round(time.time() - started, 2), "log": f"cells/{log_path.name}"}
     if result_path.is_file():
         return json.loads(result_path.read_text(encoding="utf-8")) | base

@@ -1,4 +1,5 @@
-"""`qlora-kit bench RECIPE [--backends unsloth,hf] [--seq-lens ...] [--batch-sizes ...] [--steps N] [--out DIR]`."""
+"""`qlora-kit bench RECIPE [--backends unsloth,hf] [--methods sft,dpo] [--seq-lens ...] [--batch-sizes ...]
+[--steps N] [--out DIR]`."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ def register(subparsers, common) -> None:
     from qlora_kit.recipe.options import BenchOptions
 
     p = subparsers.add_parser(
-        "bench", parents=[common], help="measure tokens/s and peak memory per backend, sequence length and batch",
-        description="Train a few steps for every backend x sequence length x batch size, each in a fresh process, "
-                    "and write OUT/report.json, report.md and PNG plots: steady-state tokens/s, time to first "
-                    "step, peak memory, each backend's ratio to the hf baseline, final losses, and the planner's "
-                    "prediction next to every measurement. Out-of-memory cells are recorded and the sweep goes on. "
+        "bench", parents=[common],
+        help="measure tokens/s and peak memory per method, backend, sequence length and batch",
+        description="Train a few steps for every method (sft, dpo, ...) x backend x sequence length x batch size, "
+                    "each in a fresh process, and write OUT/report.json, report.md and PNG plots: steady-state "
+                    "tokens/s, time to first step, peak memory, each backend's ratio to the hf baseline and each "
+                    "preference method's to sft, final losses, and the planner's prediction next to every "
+                    "measurement. Out-of-memory cells are recorded and the sweep goes on. "
                     "Every option below overrides the recipe's bench section.")
     add_recipe_args(p)
     add_option_flags(p, BenchOptions, section="bench")

@@ -17,7 +17,8 @@ def register(subparsers, common) -> None:
         "plan", parents=[common], help="predict peak training memory and whether it fits (loads no weights)",
         description="Predict the peak GPU memory of training this recipe from the model's config.json alone "
                     "(4-bit weights, 16-bit embeddings and head, LoRA weights, gradients and optimizer states, "
-                    "activations, logits, runtime overhead), say whether it fits, and find the longest sequence "
+                    "activations, logits, runtime overhead) for its train.method (dpo, orpo, simpo: two sequences "
+                    "a row; dpo, kto: the reference forward), say whether it fits, and find the longest sequence "
                     "and the largest batch that do. A Hub model's config.json is fetched; nothing else is.")
     add_recipe_args(p)
     add_option_flags(p, PlanOptions)
@@ -40,7 +41,8 @@ def run(args) -> int:
 def _text(plan: dict, p) -> str:
     lines = [f"plan: {plan['model']} ({plan['model_type']}, {plan['params'] / 1e9:.2f}B params), backend {p.backend}, "
              f"{p.dtype}, batch {p.batch_size} x seq {p.seq_len}, LoRA r={p.lora_r} on {len(p.target_modules)} "
-             f"modules, {p.optimizer}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'}"]
+             f"modules, {p.optimizer}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'}",
+             f"method {plan['counted']}"]
     if p.world_size > 1:
         lines.append(f"per GPU of {p.world_size} processes, {p.strategy} "
                      f"({'a full copy on each' if p.strategy == 'ddp' else 'weights and optimizer states sharded'}):")

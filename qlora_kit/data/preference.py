@@ -112,8 +112,8 @@ def encode_preferences(tokenizer, items: list[tuple[str, Example]], max_len: int
         enc = encode_preference(tokenizer, example, where)
         rows = [enc]
         if unpair and enc.rejected_ids is not None:
-            rows = [EncodedPreference(enc.prompt_ids, enc.chosen_ids, None, True, where, enc.original_length),
-                    EncodedPreference(enc.prompt_ids, enc.rejected_ids, None, False, where, enc.original_length)]
+            rows = [EncodedPreference(enc.prompt_ids, answer, None, label, where, len(enc.prompt_ids) + len(answer))
+                    for answer, label in ((enc.chosen_ids, True), (enc.rejected_ids, False))]
         for row in rows:
             fitted = fit_lengths(row, max_len, max_prompt, max_completion)
             if fitted is None:

@@ -10,6 +10,10 @@ held. Three kinds of term:
   SDPA/flash (memory linear in sequence length, no seq x seq matrix).
 - Runtime: what a CUDA process holds beyond tensors (context, allocator slack), used only for the fit verdict.
 
+The training method (planner/methods.py) sets how many sequences per row keep activations (dpo, orpo, simpo: 2),
+how the answers are scored (TRL's fused LM head for dpo and kto, the full logits for orpo and simpo), and adds the
+reference's no_grad forward (dpo, kto), which peaks on top of the policy's saved activations.
+
 4-bit storage (bitsandbytes NF4, blocksize 64, double quantization): 0.5 byte per weight packed, one uint8
 absmax per 64 weights, one fp32 absmax per 256 of those, plus per-layer code tables: ~0.516 bytes/param.
 """
@@ -20,6 +24,8 @@ import math
 from dataclasses import dataclass, field
 
 from qlora_kit.model.backends import FULLY_TRAINED
+from qlora_kit.planner.methods import reference_bytes, runs
+from qlora_kit.planner.scoring import head_bytes
 from qlora_kit.planner.shape import ModelShape
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -33,9 +39,6 @@ BNB_8BIT_BLOCK = 256
 # the caching allocator reserves more than it hands out; the fit verdict adds both.
 CUDA_CONTEXT = 600 * 2**20
 ALLOCATOR_SLACK = 0.08
-UNSLOTH_CE_CAP = 4 * 10**9
-UNSLOTH_CPU_CE_CHUNK = 16 * 2**20  # unsloth_zoo.cpu.ops (UNSLOTH_CPU_CE_CHUNK_ELEMENTS)
-TRL_TILE_TOKENS, TRL_TILE_VOCAB = 4096, 32768  # trl.kernels.chunked_logprob, trl.trainer.utils (1.15)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class PlanInput:
     load_in_4bit: bool = True
     strategy: str = "none"  # none | ddp | fsdp (per-GPU memory of one process of a distributed run)
     world_size: int = 1
+    method: str = "sft"  # train.method: sft | dpo | orpo | kto | simpo
+    precompute_ref: bool = False  # preference.precompute_ref_log_probs: no reference forward in a step
+    scored_share: float = 1.0  # dpo, kto: share of tokens the LM head scores (the answers'); 1.0: an upper bound
 
 
 @dataclass
@@ -151,36 +157,9 @@ def _saved_per_token_layer(shape: ModelShape, p: PlanInput) -> int:
     return total
 
 
-def loss_bytes(shape: ModelShape, p: PlanInput, tokens: int) -> int:
-    """Peak bytes of the LM head's logits and the loss, which each backend computes differently."""
-    a, vocab = DTYPE_BYTES[p.dtype], shape.vocab_size
-    if p.backend == "unsloth" and p.device == "cuda":
-        # Unsloth's chunked cross-entropy budgets 16 bytes per logit and splits the rows into as many equal chunks
-        # as keep one chunk under 4 GB (unsloth_zoo.fused_losses: _CE_BYTES_PER_LOGIT, _CE_TARGET_GB_CAP; it also
-        # caps a chunk at half the free memory, which only matters on a nearly full GPU). The cap itself is used
-        # once there are several chunks (an upper bound that keeps memory monotonic in tokens, which the
-        # largest-fit search relies on).
-        return min(tokens * vocab * 16, UNSLOTH_CE_CAP)
-    if p.backend == "unsloth":
-        # Unsloth's CPU loss (unsloth_zoo.cpu.ops) computes logits in row chunks of 16 Mi elements in fp32, forming
-        # the hidden-state gradient (tokens x hidden) as it goes; the next chunk is allocated before the previous
-        # one is freed, so two chunks coexist once there are several.
-        rows = max(16, UNSLOTH_CPU_CE_CHUNK // vocab)
-        chunk = min(tokens, rows) * vocab * 4
-        return chunk * (2 if tokens > rows else 1) + tokens * shape.hidden * a
-    if p.device == "cuda":
-        # hf on a GPU trains through TRL 1.15's fused LM head (SFTTrainer always installs it): the logits are made
-        # tile by tile, 4096 tokens x 32768 vocabulary columns in fp32, with an fp32 accumulator beside the tile.
-        return min(tokens, TRL_TILE_TOKENS) * min(vocab, TRL_TILE_VOCAB) * 4 * 2
-    # On CPU the hf backend uses the model's own loss (TRL's fused head is a Triton kernel). Its peak is the start
-    # of backward: the fp32 log-softmax saved for backward, its gradient, and the logits' gradient (12 bytes per
-    # logit); a 16-bit model also has the gradient cast back to its dtype, and soft-capped logits (Gemma 2) keep
-    # their tanh output (4 more, measured).
-    return tokens * vocab * (12 + (a if a < 4 else 0) + (4 if shape.logit_softcap else 0))
-
-
 def activation_terms(shape: ModelShape, p: PlanInput, grads: int) -> dict[str, int]:
-    a, tokens = DTYPE_BYTES[p.dtype], p.batch_size * p.seq_len
+    method = runs(p.method, p.precompute_ref)
+    a, tokens = DTYPE_BYTES[p.dtype], p.batch_size * p.seq_len * method.grad_sequences
     layer = _saved_per_token_layer(shape, p) * tokens
     if not p.gradient_checkpointing:
         saved = shape.layers * layer
@@ -190,7 +169,7 @@ def activation_terms(shape: ModelShape, p: PlanInput, grads: int) -> dict[str, i
         saved = 2 * tokens * shape.hidden * a + layer
     else:
         saved = shape.layers * tokens * shape.hidden * a + layer
-    logits = loss_bytes(shape, p, tokens)
+    logits = head_bytes(shape, p.method, p.backend, p.device, a, tokens, math.ceil(tokens * p.scored_share))
     # The peak comes either at the loss (all saved activations + logits buffers) or in backward, after the logits
     # are freed: saved activations + the layer being recomputed when checkpointing + the LoRA gradients (they do
     # not exist before backward: the Trainer sets them to None after each step) + the gradient of one layer's MLP
@@ -199,8 +178,15 @@ def activation_terms(shape: ModelShape, p: PlanInput, grads: int) -> dict[str, i
     largest = max(lin.numel for lin in shape.layer_linears)
     backward = (grads + (layer if p.gradient_checkpointing else 0)
                 + tokens * (shape.intermediate + 2 * shape.hidden) * a + largest * a)
-    return {"activations": saved + tokens * (4 + a) * shape.hidden, "logits_and_loss": logits,
-            "gradients_and_backward": max(0, backward - logits)}
+    terms = {"activations": saved + tokens * (4 + a) * shape.hidden, "logits_and_loss": logits,
+             "gradients_and_backward": max(0, backward - logits)}
+    if method.reference_batch:
+        # The reference forward runs after the policy's, before backward: on top of the saved activations, it
+        # needs what neither the loss nor backward already needed.
+        ref_tokens = p.batch_size * p.seq_len * method.reference_batch
+        ref = reference_bytes(shape, p, a, ref_tokens, math.ceil(ref_tokens * p.scored_share))
+        terms["reference_forward"] = max(0, ref - max(logits, backward))
+    return terms
 
 
 def estimate(shape: ModelShape, p: PlanInput) -> Estimate:

@@ -8,7 +8,9 @@ from qlora_kit.training.auto import AUTO, auto_dtype
 
 
 def plan_input_for(recipe, shape: ModelShape, backend: str, device: str, seq_len: int, batch_size: int | None = None,
-                   bf16: bool = True, strategy: str = "none", world_size: int = 1) -> PlanInput:
+                   bf16: bool = True, strategy: str = "none", world_size: int = 1, method: str | None = None
+                   ) -> PlanInput:
+    """method: train.method to plan (default: the recipe's; the bench plans each cell's)."""
     gpu = device == "cuda"
     t = recipe.train
 
@@ -25,4 +27,5 @@ def plan_input_for(recipe, shape: ModelShape, backend: str, device: str, seq_len
         lora_dropout=recipe.lora.dropout, optimizer=pick("optimizer"),
         gradient_checkpointing=bool(pick("gradient_checkpointing")), load_in_4bit=recipe.model.load_in_4bit,
         strategy=strategy if world_size > 1 else "none", world_size=world_size,
+        method=method or t.method, precompute_ref=recipe.preference.precompute_ref_log_probs,
     )

@@ -1,7 +1,8 @@
 """The plan stage: will this recipe fit, from the model's config.json alone (no weights loaded).
 
 `run_plan` puts the pieces together: the target (a GPU by name, this machine's, or a memory budget), the
-processes that share the work, the estimate (plan/estimate.py), and the largest sequence and batch that fit.
+processes that share the work, the estimate (plan/estimate.py) for the recipe's train.method (planner/methods.py),
+and the largest sequence and batch that fit.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import replace
 from qlora_kit.errors import UsageError
 from qlora_kit.planner.estimate import PlanInput, estimate, largest_fitting, runtime_bytes
 from qlora_kit.planner.inputs import plan_input_for
+from qlora_kit.planner.methods import describe, runs
 from qlora_kit.planner.shape import load_config, shape_from_config
 from qlora_kit.recipe.options import PlanOptions
 from qlora_kit.recipe.schema import Recipe
@@ -36,6 +38,9 @@ def run_plan(recipe: Recipe, options: PlanOptions) -> tuple[dict, PlanInput]:
     plan = {"model": recipe.model.name, "config": source, "model_type": shape.model_type, "params": shape.params,
             "device": gpu_name or device, "budget_bytes": budget, "input": p.__dict__ | {"target_modules":
                                                                                          list(p.target_modules)},
+            "method": p.method, "sequences_per_row": runs(p.method).grad_sequences,
+            "reference_forward": bool(runs(p.method, p.precompute_ref).reference_batch),
+            "counted": describe(p.method, p.precompute_ref),
             "strategy": p.strategy, "world_size": p.world_size,
             "terms": est.terms, "tensor_peak_bytes": est.peak, "runtime_bytes": extra,
             "needed_bytes": est.peak + extra}

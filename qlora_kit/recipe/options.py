@@ -120,9 +120,10 @@ class ExportOptions(StageOptions):
 class EvalOptions(StageOptions):
     """`qlora-kit eval RUN_DIR`, `qk.evaluate(run_dir)` and the recipe's `eval:` section."""
 
-    systems: list[str] | None = Field(None, description="base, fewshot, adapter, merged, gguf:TYPE, recorded:FILE "
-                                      "(an old model's recorded answers, JSONL) (default: base, fewshot, adapter, "
-                                      "and merged and every GGUF the run has).")
+    systems: list[str] | None = Field(None, description="base, fewshot, adapter, reference, merged, gguf:TYPE, "
+                                      "recorded:FILE (an old model's recorded answers, JSONL) (default: base, fewshot, "
+                                      "adapter, and merged and every GGUF the run has; a preference run: base, "
+                                      "reference when it started from model.adapter, adapter, merged, GGUFs).")
     samples: int | None = Field(None, gt=0, description="Evaluate at most this many held-out rows (default: all).")
     data: str | None = Field(None, description="Held-out rows from this file instead of the run's eval split "
                              "(default: the run's eval split).")
@@ -193,6 +194,9 @@ class BenchOptions(StageOptions):
 
     backends: list[BackendName] = Field(["unsloth", "hf"], min_length=1, description="Backends to compare; hf is "
                                         "the baseline.")
+    methods: list[Literal["sft", "dpo", "orpo", "kto", "simpo"]] | None = Field(
+        None, min_length=1, description="Training methods to measure, e.g. sft,dpo: each cell trains its rows with "
+        "that train.method (default: the recipe's train.method).")
     seq_lens: list[Positive] | None = Field(None, min_length=1, description="Sequence lengths (default: 512, 1024, "
                                             "2048, those within the model's context).")
     batch_sizes: list[Positive] | None = Field(None, min_length=1, description="Batch sizes (default: "
@@ -202,7 +206,8 @@ class BenchOptions(StageOptions):
     repeats: int = Field(1, gt=0, description="Runs per cell, backends interleaved; the report keeps the median "
                          "run by tokens/s and every run's numbers.")
     data: Literal["synthetic", "recipe"] = Field(
-        "synthetic", description="synthetic: seeded random tokens; recipe: data.path cut into exact-length blocks.")
+        "synthetic", description="synthetic: seeded random tokens (preference rows: a quarter prompt, equal-length "
+        "answers); recipe: data.path cut into exact-length blocks (preference methods: its rows, cycled).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible, else cpu.")
     mem_limit: str | None = Field(None, description="Cap each cell's memory, e.g. 8GiB, to see what a smaller "
                                   "machine could run (CUDA: a share of the GPU; CPU: the process's data segment "
