@@ -139,10 +139,11 @@ def test_plugin_formats_and_templates_validate_and_appear_in_the_schema():
     """, env=plugin_env("plugins"))
     assert result.returncode == 0, result.stderr
     fmt, enum = json.loads(result.stdout)
-    assert fmt == "qa" and enum == ["auto", "openai", "sharegpt", "alpaca", "prompt_completion", "text", "qa"]
+    assert fmt == "qa" and enum == ["auto", "openai", "sharegpt", "alpaca", "preference", "openai_dpo", "kto",
+                                       "prompt_completion", "text", "qa"]
     without = run_cli("validate", "--set", "data.format=qa", str(ROOT / "recipes" / "tiny-demo.yaml"))
     assert without.returncode == 2
-    assert "data.format: 'qa' is not allowed; choose one of: auto, openai, sharegpt, alpaca, prompt_completion, " \
+    assert "data.format: 'qa' is not allowed; choose one of: auto, openai, sharegpt, alpaca, preference, openai_dpo, kto, prompt_completion, " \
            "text" in without.stderr
 
 

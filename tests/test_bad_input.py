@@ -32,7 +32,7 @@ def test_malformed_yaml(tmp_path):
 def test_mistyped_field(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", train={"max_step": 3})
     train_fails(tmp_path, recipe, f"{recipe}: train.max_step: unknown key (did you mean 'max_steps'?); allowed here: "
-                "epochs, max_steps, lr, lr_scheduler, warmup_ratio, batch_size, grad_accum, optimizer, weight_decay, "
+                "method, epochs, max_steps, lr, lr_scheduler, warmup_ratio, batch_size, grad_accum, optimizer, weight_decay, "
                 "max_grad_norm, gradient_checkpointing, seed, device, logging_steps, eval_steps, save_steps, "
                 "save_total_limit, report_to")
 
@@ -87,7 +87,9 @@ def test_wrong_column_names(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", data={"path": str(data)})
     train_fails(tmp_path, recipe, f"{data}:1: cannot tell the data format from the columns (answer, question); "
                 "expected one of: messages (openai); conversations (sharegpt); instruction/output (alpaca); "
-                "prompt/completion (prompt_completion); text (text). Rename the columns or set data.format")
+                "prompt/chosen/rejected (preference); input/preferred_output/non_preferred_output (openai_dpo); "
+                "prompt/completion/label (kto); prompt/completion (prompt_completion); text (text). Rename the columns, "
+                "map them with data.columns (e.g. {prompt: question}), or set data.format")
 
 
 def test_wrong_columns_for_a_forced_format(tmp_path):
@@ -100,7 +102,7 @@ def test_wrong_columns_for_a_forced_format(tmp_path):
 def test_unknown_format(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", data={"format": "chatml"})
     train_fails(tmp_path, recipe, f"{recipe}: data.format: 'chatml' is not allowed; choose one of: auto, openai, "
-                "sharegpt, alpaca, prompt_completion, text")
+                "sharegpt, alpaca, preference, openai_dpo, kto, prompt_completion, text")
 
 
 def test_dataset_with_no_assistant_turns(tmp_path):

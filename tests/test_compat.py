@@ -77,8 +77,9 @@ def test_unsloth_reads_unsloth_cpu_bf16_and_the_workaround_sets_it(monkeypatch):
     assert os.environ["UNSLOTH_CPU_BF16"] == "1"  # the user's own setting wins
 
 
-def test_trl_and_transformers_trainer_behaviours_we_undo(tiny_model_dir, tmp_path):
+def test_trl_and_transformers_trainer_behaviours_we_undo(tiny_model_dir, tmp_path, monkeypatch):
     import torch
+    import trl.trainer.utils as trl_utils
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -103,6 +104,8 @@ def test_trl_and_transformers_trainer_behaviours_we_undo(tiny_model_dir, tmp_pat
     assert trainable() == {torch.float32} and printers() == []
 
     # TRL's loss runs a Triton kernel that has no CPU path; the model's own causal-LM loss is what replaces it.
+    # (As TRL leaves it: another test in this process may have installed compat.cpu_fused_lm_head.)
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", None)
     batch = {"input_ids": torch.tensor([[1, 2, 3, 4]]), "labels": torch.tensor([[1, 2, 3, 4]])}
     with pytest.raises(AttributeError):  # trl 1.15: the kernel is None without Triton, and Triton has no CPU path
         trainer.compute_loss(model, batch)
@@ -110,6 +113,17 @@ def test_trl_and_transformers_trainer_behaviours_we_undo(tiny_model_dir, tmp_pat
                                             processing_class=trainer.processing_class)
     with torch.no_grad():
         assert plain.compute_loss(model, batch).item() == pytest.approx(model(**batch).loss.item(), rel=1e-6)
+
+    # The preference trainers have no such escape (they need per-answer log-probs): cpu_fused_lm_head gives TRL's
+    # fused head a plain-torch kernel, and the fused forward then gives the model's own per-token log-probs.
+    assert compat.cpu_fused_lm_head() is True and compat.cpu_fused_lm_head() is False  # installed once
+    from trl.trainer.utils import add_fused_lm_head
+
+    add_fused_lm_head(base)
+    with torch.no_grad():
+        fused = model(**batch, fused_lm_head=True).log_probs[0]
+        plain_lp = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[0, :-1], -1)
+    assert torch.allclose(fused, plain_lp.gather(1, batch["input_ids"][0, 1:, None]).squeeze(1), atol=1e-4)
 
 
 MALLOC = """

@@ -125,7 +125,7 @@ def test_registries_refuse_duplicate_names():
     with pytest.raises(ValueError, match="chat template 'chatml' registered twice"):
         register(CHAT_TEMPLATES["chatml"])
     assert BACKENDS.choices() == "unsloth, hf" and FORMATS.choices() == "openai, sharegpt, alpaca, " \
-                                                                         "prompt_completion, text"
+        "preference, openai_dpo, kto, prompt_completion, text"
 
 
 LATIN1 = '{"messages": [{"role": "user", "content": "Café?"}, {"role": "assistant", "content": "Oui."}]}'.encode(

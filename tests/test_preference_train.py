@@ -93,7 +93,7 @@ def test_each_method_trains_from_each_format(tmp_path, method, fmt, backend):
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists()
 
 
-def test_reference_is_the_base_with_the_adapter_off(tmp_path, tiny_model_dir):
+def test_reference_is_the_base_with_the_adapter_off(tmp_path, tiny_model_dir, monkeypatch):
     """No second model object: TRL's reference forward runs the same weights with the adapter disabled, so after
     training it still gives the starting model's log-probabilities while the trained model's have moved."""
     import torch
@@ -106,6 +106,10 @@ def test_reference_is_the_base_with_the_adapter_off(tmp_path, tiny_model_dir):
     from qlora_kit.recipe import load_recipe
     from qlora_kit.training.auto import resolve
     from qlora_kit.training.trainer import build_trainer
+    import trl.trainer.utils as trl_utils
+
+    # build_trainer installs the CPU log-prob kernel; leave TRL as found for the other tests in this process
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", trl_utils._ChunkedLogProbFunction)
 
     recipe, rt = resolve(load_recipe({"model": {"name": str(tiny_model_dir), "backend": "hf", "max_seq_length": 64},
                                       "data": {"path": "builtin:tiny-chat"}, "train": {**TRAIN, "method": "dpo"}}))

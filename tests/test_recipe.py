@@ -42,12 +42,12 @@ def test_all_problems_reported_at_once_with_paths_values_and_suggestions(tmp_pat
         "model.backend: 'unslot' is not allowed; choose one of: unsloth, hf (did you mean 'unsloth'?)",
         "data.path: required but missing (Training data: a local .jsonl/.json/.csv/.parquet file, 'hf:ORG/NAME' "
         "for a Hub dataset, or 'builtin:tiny-chat' (the small chat dataset shipped with qlora-kit).)",
-        "data.pth: unknown key (did you mean 'path'?); allowed here: path, split, format, chat_template, "
+        "data.pth: unknown key (did you mean 'path'?); allowed here: path, split, format, columns, chat_template, "
         "system_prompt, train_on, eval_split, eval_path, packing, max_rows, on_bad_rows",
         "lora.r: 0: input should be greater than 0",
         "train.optimizer: 'adam' is not allowed; choose one of: auto, adamw_torch, adamw_8bit, paged_adamw_8bit, "
         "adafactor, sgd",
-        "train.learning_rate: unknown key (did you mean 'lr'?); allowed here: epochs, max_steps, lr, lr_scheduler, "
+        "train.learning_rate: unknown key (did you mean 'lr'?); allowed here: method, epochs, max_steps, lr, lr_scheduler, "
         "warmup_ratio, batch_size, grad_accum, optimizer, weight_decay, max_grad_norm, gradient_checkpointing, "
         "seed, device, logging_steps, eval_steps, save_steps, save_total_limit, report_to",
     ]
@@ -104,13 +104,14 @@ def test_validate_shows_every_problem_in_one_pass_with_suggestions_for_registry_
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"qlora-kit: error: {path}: 4 problems:",
-        "  - train.max_step: unknown key (did you mean 'max_steps'?); allowed here: epochs, max_steps, lr, "
+        "  - train.max_step: unknown key (did you mean 'max_steps'?); allowed here: method, epochs, max_steps, lr, "
         "lr_scheduler, warmup_ratio, batch_size, grad_accum, optimizer, weight_decay, max_grad_norm, "
         "gradient_checkpointing, seed, device, logging_steps, eval_steps, save_steps, save_total_limit, report_to",
         "  - model.name: unknown built-in model 'builtin:tiny-lama'; available: builtin:tiny-llama (did you mean "
         "'builtin:tiny-llama'?)",
         "  - data.path: unknown built-in dataset 'builtin:tiny-chta'; available: builtin:tiny-chat, builtin:tiny-demo, "
-        "builtin:tiny-demo-heldout, builtin:iso-dates, builtin:iso-dates-eval (did you mean 'builtin:tiny-chat'?)",
+        "builtin:tiny-demo-heldout, builtin:iso-dates, builtin:iso-dates-eval, builtin:short-answers, "
+        "builtin:short-answers-eval, builtin:tiny-prefs, builtin:tiny-kto (did you mean 'builtin:tiny-chat'?)",
         "  - data.chat_template: 'llama3' is not a built-in template; choose auto (the tokenizer's) or one of: chatml, "
         "llama-3, alpaca, gemma, mistral (did you mean 'llama-3'?)",
     ]
@@ -153,7 +154,7 @@ def test_validate_and_help_do_not_import_torch_or_unsloth(tmp_path):
 def test_unknown_data_format_is_a_recipe_error(tmp_path):
     result = run_cli("validate", str(write_recipe(tmp_path / "r.yaml", data={"format": "jsonl"})))
     assert result.returncode == 2
-    assert "data.format: 'jsonl' is not allowed; choose one of: auto, openai, sharegpt, alpaca, prompt_completion, " \
+    assert "data.format: 'jsonl' is not allowed; choose one of: auto, openai, sharegpt, alpaca, preference, openai_dpo, kto, prompt_completion, " \
            "text" in result.stderr
 
 

@@ -101,7 +101,7 @@ def detect_format(row: object, where: str) -> Format:
         cols = f"a {type(row).__name__}, not an object"
     expected = "; ".join(f"{'/'.join(f.columns)} ({f.name})" for f in FORMATS.values())
     raise DataError(f"{where}: cannot tell the data format from the columns ({cols}); expected one of: {expected}. "
-                    "Rename the columns or set data.format")
+                    "Rename the columns, map them with data.columns (e.g. {prompt: question}), or set data.format")
 
 
 def get_format(name: str) -> Format:
