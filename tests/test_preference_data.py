@@ -200,3 +200,14 @@ def test_data_check_previews_both_answers(tmp_path, capsys):
     result = run_cli_here(capsys, "data", "check", str(recipe))
     assert result.returncode == 2
     assert "KTO needs both desirable (label true) and undesirable (label false) rows; found 2 and 0" in result.stderr
+
+
+def test_shipped_preference_sets_load_in_both_forms():
+    """builtin:tiny-prefs (plain and conversational pairs) and builtin:tiny-kto (both labels), for quick runs."""
+    data = load_recipe({"model": {"name": "builtin:tiny-llama"}, "data": {"path": "builtin:tiny-prefs"}}).data
+    items, _, fmt = load_examples(data, seed=0, method="dpo")
+    assert fmt == "preference" and len(items) == 28 and {e.kind for _, e in items} == {"pair"}
+    assert sum(len(e.messages) > 1 for _, e in items) >= 2  # conversational rows with a system or earlier turn
+    data = load_recipe({"model": {"name": "builtin:tiny-llama"}, "data": {"path": "builtin:tiny-kto"}}).data
+    items, _, fmt = load_examples(data, seed=0, method="kto")
+    assert fmt == "kto" and sorted({e.label for _, e in items}) == [False, True] and len(items) == 24

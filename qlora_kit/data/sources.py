@@ -31,6 +31,13 @@ BUILTIN_DATASETS = {
     # Date normalisation for the real-model demo (assets/build_iso_dates.py); no held-out date is a training date.
     "iso-dates": ASSETS / "iso_dates_train.jsonl",
     "iso-dates-eval": ASSETS / "iso_dates_eval.jsonl",
+    # Preference pairs for the real-model DPO demo (assets/build_short_answers.py): the bare answer over the base's
+    # sentence; no held-out question is a training question.
+    "short-answers": ASSETS / "short_answers_train.jsonl",
+    "short-answers-eval": ASSETS / "short_answers_eval.jsonl",
+    # Small preference sets for the tiny model and fast tests (assets/build_tiny_prefs.py): pairs, unpaired feedback.
+    "tiny-prefs": ASSETS / "tiny_prefs.jsonl",
+    "tiny-kto": ASSETS / "tiny_kto.jsonl",
 }
 
 
