@@ -192,7 +192,7 @@ def _sequences_as_sft(pairs: list[dict]) -> list[dict]:
 
 
 def test_dpo_peak_memory_is_within_ten_percent_of_sft_on_the_same_sequences(tmp_path):
-    """A model big enough that a second copy would show (~110 MB of fp32 weights, ~20% of the process): DPO on N
+    """A model big enough that a second copy would show (~170 MB of fp32 weights, ~17% of the process): DPO on N
     pairs (batch B: 2B sequences, plus the reference forward) against SFT on the same 2N sequences (batch 2B)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -201,7 +201,7 @@ def test_dpo_peak_memory_is_within_ten_percent_of_sft_on_the_same_sequences(tmp_
     tok_dir = materialize("builtin:tiny-llama")
     model_dir = tmp_path / "mid-llama"
     config = LlamaConfig(vocab_size=AutoTokenizer.from_pretrained(tok_dir).vocab_size + 64, hidden_size=512,
-                         intermediate_size=2048, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
+                         intermediate_size=2048, num_hidden_layers=10, num_attention_heads=8, num_key_value_heads=8,
                          max_position_embeddings=256, tie_word_embeddings=False)
     import torch
 
@@ -222,5 +222,8 @@ def test_dpo_peak_memory_is_within_ten_percent_of_sft_on_the_same_sequences(tmp_
             "peak_memory_bytes"]
     weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     print(f"peak memory: {peaks}, weights {weights}")
-    assert weights > 0.15 * peaks["sft"], (weights, peaks)  # a second copy would break the bound below
+    # The bound below means something only if a second copy of the weights would break it. The process around the
+    # model differs between machines (CI measured 979 MB for SFT where this one measured 874 MB), so the check is
+    # against the bound itself rather than a fixed share.
+    assert weights > 0.10 * peaks["sft"], (weights, peaks)
     assert peaks["dpo"] <= 1.10 * peaks["sft"], peaks
