@@ -80,7 +80,7 @@ def test_tokenizer_template_auto_and_missing(tiny_tokenizer):
     with pytest.raises(DataError) as info:
         apply_chat_template_choice(tiny_tokenizer, "auto")
     assert str(info.value) == ("data.chat_template: the tokenizer has no chat template; set data.chat_template to "
-                               "one of: chatml, llama-3, alpaca, gemma, mistral")
+                               "one of: chatml, llama-3, alpaca, gemma, mistral, qwen3")
     tiny_tokenizer.chat_template = CHAT_TEMPLATES["chatml"].jinja
     assert apply_chat_template_choice(tiny_tokenizer, "auto") == "tokenizer"
 

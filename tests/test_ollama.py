@@ -12,11 +12,12 @@ from qlora_kit.data.formats import Example
 from qlora_kit.data.templates import CHAT_TEMPLATES, FALLBACK_TEMPLATE, OLLAMA_TEMPLATES, identify_template
 from qlora_kit.gguf.ollama.ollama import build_modelfile, ollama_template
 
-from go_template import ollama_values, render_go
+from go_template import render_go
 
 # bos/eos text as each family's tokenizer has it (ChatML templates use neither).
 SPECIAL = {"chatml": ("", ""), "llama-3": ("<|begin_of_text|>", "<|eot_id|>"), "alpaca": ("<s>", "</s>"),
-           "gemma": ("<bos>", "<eos>"), "mistral": ("<s>", "</s>")}
+           "gemma": ("<bos>", "<eos>"), "mistral": ("<s>", "</s>"),
+           "qwen3": ("", "")}
 SYSTEM = {"role": "system", "content": "You are terse."}
 CHAT = [SYSTEM, {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."},
         {"role": "user", "content": "And 3+3?"}]
@@ -90,16 +91,47 @@ def test_identify_template():
 
 CHATML_MODELFILE = '''\
 FROM ./model-Q4_K_M.gguf
-TEMPLATE """{{- if .System }}<|im_start|>system
-{{ .System }}<|im_end|>
+TEMPLATE """{{- if or .System .Tools }}<|im_start|>system
+{{ if .System }}{{ .System }}{{ if .Tools }}
+
+{{ end }}{{ end }}{{ if .Tools }}# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{{- range .Tools }}
+{{ . }}
+{{- end }}
+</tools>
+
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call>{{ end }}<|im_end|>
 {{ end }}
+{{- $open := false }}
 {{- range .Messages }}
+{{- if $open }}{{ if ne .Role "tool" }}<|im_end|>
+{{ if eq .Role "assistant" }}<|im_start|>assistant
+{{ end }}{{ $open = false }}{{ end }}{{ end }}
 {{- if eq .Role "user" }}<|im_start|>user
 {{ .Content }}<|im_end|>
 <|im_start|>assistant
-{{ else if eq .Role "assistant" }}{{ .Content }}<|im_end|>
-{{ end }}
-{{- end }}"""
+{{ else if eq .Role "assistant" }}{{ .Content }}{{ $sep := .Content }}{{ if .ToolCalls }}
+{{- range .ToolCalls }}{{ if $sep }}
+<tool_call>{{ else }}<tool_call>{{ end }}
+{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}
+</tool_call>{{ $sep = true }}{{ end }}{{ end }}<|im_end|>
+{{ else if eq .Role "tool" }}{{ if not $open }}<|im_start|>user{{ end }}
+<tool_response>
+{{ .Content }}
+</tool_response>{{ $open = true }}
+{{- end }}
+{{- end }}
+{{- if $open }}<|im_end|>
+<|im_start|>assistant
+{{ end }}"""
 PARAMETER stop "<|im_end|>"
 PARAMETER stop "<|im_start|>"
 PARAMETER stop "<|endoftext|>"
@@ -195,75 +227,15 @@ def test_added_templates_train_the_assistant_turns(tiny_tokenizer, name, trained
     assert tiny_tokenizer.decode([t for t in enc.labels if t != IGNORE_INDEX]) == trained
 
 
-# Go's own text/template, as Ollama runs a Modelfile TEMPLATE (template/template.go parses with
-# Option("missingkey=zero") and executes on a struct with System and Messages{Role, Content}).
-GO_RENDER = """package main
-
-import (
-	"encoding/json"
-	"os"
-	"strings"
-	"text/template"
-)
-
-type Message struct {
-	Role    string `json:"Role"`
-	Content string `json:"Content"`
-}
-
-type Values struct {
-	System   string    `json:"System"`
-	Messages []Message `json:"Messages"`
-}
-
-type Case struct {
-	Template string `json:"template"`
-	Values   Values `json:"values"`
-}
-
-func main() {
-	var cases []Case
-	if err := json.NewDecoder(os.Stdin).Decode(&cases); err != nil {
-		panic(err)
-	}
-	out := []string{}
-	for _, c := range cases {
-		tmpl := template.Must(template.New("").Option("missingkey=zero").Parse(c.Template))
-		var b strings.Builder
-		if err := tmpl.Execute(&b, c.Values); err != nil {
-			panic(err)
-		}
-		out = append(out, b.String())
-	}
-	json.NewEncoder(os.Stdout).Encode(out)
-}
-"""
-
-
 @pytest.fixture(scope="module")
 def go_render(tmp_path_factory):
-    """Render [(template, values), ...] with Go's text/template; the helper is built here, in a temp dir."""
-    import json
-    import os
-    import shutil
-    import subprocess
+    """Go's own text/template on Ollama's template data (tests/ollama_render.go, built here in a temp dir):
+    render([(template, messages, system, tools), ...]) -> texts."""
+    from go_template import go_renderer
 
-    go = shutil.which("go")
-    if go is None:
+    render = go_renderer(tmp_path_factory.mktemp("go-render"))
+    if render is None:
         pytest.skip("Go is not installed (Debian: apt-get install golang-go; .ci/run installs it)")
-    work = tmp_path_factory.mktemp("go-render")
-    (work / "main.go").write_text(GO_RENDER)
-    env = {**os.environ, "GOCACHE": os.environ.get("GOCACHE") or str(work / "cache"), "GOPATH": str(work / "gopath"),
-           "GO111MODULE": "off", "GOPROXY": "off", "GOFLAGS": ""}
-    subprocess.run([go, "build", "-o", str(work / "render"), str(work / "main.go")], check=True, env=env,
-                   capture_output=True, timeout=300)
-
-    def render(cases: list[tuple[str, dict]]) -> list[str]:
-        payload = json.dumps([{"template": t, "values": v} for t, v in cases])
-        done = subprocess.run([str(work / "render")], input=payload, capture_output=True, text=True, check=True,
-                              timeout=60)
-        return json.loads(done.stdout)
-
     return render
 
 
@@ -282,17 +254,16 @@ def test_go_text_template_renders_every_ollama_template_as_jinja_does(go_render)
             if messages[0]["role"] == "system":  # ... or as the Modelfile's SYSTEM
                 ways.append((messages[1:], messages[0]["content"]))
             for msgs, system in ways:
-                cases.append((go, ollama_values(msgs, system)))
+                cases.append((go, msgs, system, None))
                 expected.append(want)
                 labels.append(f"{name}/{label}/{'SYSTEM' if system else 'message'}")
     rendered = go_render(cases)
-    assert len(rendered) == len(cases) == 5 * 7
+    assert len(rendered) == len(cases) == 6 * 7
     mismatched = [(lbl, got, want) for lbl, got, want in zip(labels, rendered, expected) if got != want]
     assert mismatched == []
     # Our interpreter agrees with Go on every case too (it is what the faster tests above rely on).
-    assert [render_go(t, [{"role": m["Role"], "content": m["Content"]} for m in v["Messages"]], None)
-            for t, v in cases] == rendered
-    assert go_render([(FALLBACK_TEMPLATE, ollama_values(CHAT, None))]) == [render_go(FALLBACK_TEMPLATE, CHAT, None)]
+    assert [render_go(t, msgs, system) for t, msgs, system, _ in cases] == rendered
+    assert go_render([(FALLBACK_TEMPLATE, CHAT, None, None)]) == [render_go(FALLBACK_TEMPLATE, CHAT, None)]
     # The comparison can fail: without its first trim marker, Go keeps a newline that Jinja does not write.
-    untrimmed = ollama_template("chatml").replace("{{- if .System }}", "\n{{ if .System }}", 1)
-    assert go_render([(untrimmed, ollama_values(CHAT, None))]) == ["\n" + jinja("chatml", CHAT)]
+    untrimmed = ollama_template("chatml").replace("{{- if or .System .Tools }}", "\n{{ if or .System .Tools }}", 1)
+    assert go_render([(untrimmed, CHAT, None, None)]) == ["\n" + jinja("chatml", CHAT)]

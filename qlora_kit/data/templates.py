@@ -12,13 +12,18 @@ Ollama's data (template/template.go `collate`): `.System` is all system messages
 the conversation with consecutive same-role messages merged, still holding the system messages in current versions
 (older ones removed them). The templates print `.System` at the top and skip system messages in the loop, so both
 work. The assistant header follows each user turn: it is the generation prompt when the user spoke last (what
-Ollama renders), so no last-message detection is needed. Tool messages are not rendered (plain chat only).
+Ollama renders), so no last-message detection is needed.
+
+Tool calls, tool results and reasoning: templates_tools.py holds the tool-capable templates (chatml, llama-3,
+mistral, qwen3) and says how their JSON is printed so that Jinja and Go agree; ChatTemplate.tools / .reasoning say
+which templates render them (alpaca and gemma do not: rows with tools are refused for them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qlora_kit.data import templates_tools as tt
 from qlora_kit.recipe.registry import Registry
 
 
@@ -29,11 +34,13 @@ class ChatTemplate:
     end_of_turn: tuple[str, ...]  # text that ends an assistant turn (stop strings)
     special_tokens: tuple[str, ...]  # markers that should be single tokens in the vocabulary
     description: str
+    tools: bool = False  # renders `tools`, assistant "tool_calls" and tool results (data with tools may use it)
+    reasoning: bool = False  # renders assistant "reasoning_content" (see qwen3 for when it is kept)
 
 
 CHAT_TEMPLATES: Registry = Registry("chat template", plugin_group="qlora_kit.templates")
 
-EOS = "{EOS}"  # where the tokenizer's eos text goes in templates whose assistant turns end with the eos token
+EOS = tt._EOS  # "{EOS}": where the tokenizer's eos text goes in templates whose assistant turns end with the eos token
 
 
 @dataclass(frozen=True)
@@ -58,58 +65,27 @@ def get_template(name: str) -> ChatTemplate:
 
 register(ChatTemplate(
     name="chatml",
-    jinja=(
-        "{%- for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-        "{%- endfor %}"
-        "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
-    ),
+    jinja=tt.CHATML_JINJA,
     end_of_turn=("<|im_end|>",),
     special_tokens=("<|im_start|>", "<|im_end|>"),
-    description="ChatML (Qwen, many community fine-tunes): <|im_start|>role ... <|im_end|>",
+    description="ChatML (Qwen, many community fine-tunes): <|im_start|>role ... <|im_end|>; Hermes/Qwen2.5 tools",
+    tools=True,
 ))
 
-OLLAMA_TEMPLATES.add("chatml", OllamaTemplate("chatml", """\
-{{- if .System }}<|im_start|>system
-{{ .System }}<|im_end|>
-{{ end }}
-{{- range .Messages }}
-{{- if eq .Role "user" }}<|im_start|>user
-{{ .Content }}<|im_end|>
-<|im_start|>assistant
-{{ else if eq .Role "assistant" }}{{ .Content }}<|im_end|>
-{{ end }}
-{{- end }}""", ("<|im_end|>", "<|im_start|>")))
+OLLAMA_TEMPLATES.add("chatml", OllamaTemplate("chatml", tt.CHATML_GO, ("<|im_end|>", "<|im_start|>")))
 
 register(ChatTemplate(
     name="llama-3",
-    jinja=(
-        "{{- bos_token }}"
-        "{%- for message in messages %}"
-        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
-        " + '<|eot_id|>' }}"
-        "{%- endfor %}"
-        "{%- if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
-    ),
+    jinja=tt.LLAMA3_JINJA,
     end_of_turn=("<|eot_id|>",),
     special_tokens=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-    description="Llama 3 / 3.1 / 3.2 instruct format",
+    description="Llama 3 / 3.1 / 3.2 instruct format; Llama 3.1 JSON tool calls, results as the ipython role",
+    tools=True,
 ))
 
 # The Jinja twin trims message content; Go templates have no trim, so content is used as sent.
-OLLAMA_TEMPLATES.add("llama-3", OllamaTemplate("llama-3", """\
-{{- if .System }}<|start_header_id|>system<|end_header_id|>
-
-{{ .System }}<|eot_id|>
-{{- end }}
-{{- range .Messages }}
-{{- if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>
-
-{{ .Content }}<|eot_id|><|start_header_id|>assistant<|end_header_id|>
-
-{{ else if eq .Role "assistant" }}{{ .Content }}<|eot_id|>
-{{- end }}
-{{- end }}""", ("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>")))
+OLLAMA_TEMPLATES.add("llama-3", OllamaTemplate("llama-3", tt.LLAMA3_GO,
+                                               ("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>")))
 
 register(ChatTemplate(
     name="alpaca",
@@ -188,35 +164,32 @@ OLLAMA_TEMPLATES.add("gemma", OllamaTemplate("gemma", """\
 
 register(ChatTemplate(
     name="mistral",
-    jinja=(
-        # The system message goes before the first user message (Mistral's own v0.3 template puts it before the
-        # last one, which is not prefix-stable: the system text would move as the conversation grows).
-        "{{- bos_token }}"
-        "{%- set ns = namespace(system='') %}"
-        "{%- if messages and messages[0]['role'] == 'system' and messages[0]['content'] %}"
-        "{%- set ns.system = messages[0]['content'] + '\\n\\n' %}"
-        "{%- endif %}"
-        "{%- for message in messages %}"
-        "{%- if message['role'] == 'user' %}"
-        "{{ '[INST] ' + ns.system + message['content'] + ' [/INST]' }}{%- set ns.system = '' %}"
-        "{%- elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
-        "{%- endif %}"
-        "{%- endfor %}"
-    ),
+    # The system message goes before the first user message (Mistral's own v0.3 template puts it, and the tools,
+    # before the last one, which is not prefix-stable: they would move as the conversation grows).
+    jinja=tt.MISTRAL_JINJA,
     end_of_turn=(),  # the tokenizer's eos token ends the turn
     special_tokens=(),
-    description="Mistral instruct format ([INST] ... [/INST] answer</s>), system prepended to the first user message",
+    description="Mistral instruct format ([INST] ... [/INST] answer</s>), system prepended to the first user "
+                "message; v0.3 [AVAILABLE_TOOLS]/[TOOL_CALLS]/[TOOL_RESULTS]",
+    tools=True,
 ))
 
-OLLAMA_TEMPLATES.add("mistral", OllamaTemplate("mistral", """\
-{{- $system := .System }}
-{{- range .Messages }}
-{{- if eq .Role "user" }}[INST] {{ if $system }}{{ $system }}
+OLLAMA_TEMPLATES.add("mistral", OllamaTemplate("mistral", tt.MISTRAL_GO, ("[INST]", "[/INST]", "[TOOL_RESULTS]")))
 
-{{ $system = "" }}{{ end }}{{ .Content }} [/INST]
-{{- else if eq .Role "assistant" }}{{ .Content }}""" + EOS + """
-{{- end }}
-{{- end }}""", ("[INST]", "[/INST]")))
+register(ChatTemplate(
+    name="qwen3",
+    # Not prefix-stable where reasoning is dropped: an assistant turn keeps its reasoning only while no user message
+    # follows it (Qwen3's rule), so once the user speaks again, earlier turns render without their thinking. The
+    # data layer finds such a turn by its rendering without reasoning in the full text.
+    jinja=tt.QWEN3_JINJA,
+    end_of_turn=("<|im_end|>",),
+    special_tokens=("<|im_start|>", "<|im_end|>", "<think>", "</think>"),
+    description="Qwen3: ChatML with Hermes tools and <think> reasoning kept after the last user message",
+    tools=True,
+    reasoning=True,
+))
+
+OLLAMA_TEMPLATES.add("qwen3", OllamaTemplate("qwen3", tt.QWEN3_GO, ("<|im_end|>", "<|im_start|>")))
 
 # For templates we cannot identify: no special tokens that might not exist in the vocabulary, just labelled turns.
 FALLBACK_TEMPLATE = """\
@@ -232,10 +205,13 @@ Assistant: {{ else if eq .Role "assistant" }}{{ .Content }}
 FALLBACK_STOPS = ("\nUser:",)
 
 # Checked in this order: a vendor template may mention several (the first is the format it actually writes).
-_MARKERS = (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama-3"), ("<start_of_turn>", "gemma"),
-            ("[INST]", "mistral"), ("### Instruction", "alpaca"))
+# ChatML with <think> is Qwen3's (reasoning); all markers of an entry must appear.
+_MARKERS = ((("<|im_start|>", "<think>"), "qwen3"), ("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama-3"),
+            ("<start_of_turn>", "gemma"), ("[INST]", "mistral"), ("### Instruction", "alpaca"))
 
 
 def identify_template(jinja_text: str) -> str | None:
     """The OLLAMA_TEMPLATES name for a tokenizer's Jinja chat template, by its turn markers; None if unknown."""
-    return next((name for marker, name in _MARKERS if marker in (jinja_text or "")), None)
+    text = jinja_text or ""
+    return next((name for markers, name in _MARKERS
+                 if all(m in text for m in ((markers,) if isinstance(markers, str) else markers))), None)
