@@ -127,7 +127,7 @@ def test_unknown_builtin_and_template(tmp_path):
         f"qlora-kit: error: {recipe}: 2 problems:",
         "  - model.name: unknown built-in model 'builtin:huge'; available: builtin:tiny-llama",
         "  - data.chat_template: 'vicuna' is not a built-in template; choose auto (the tokenizer's) or one of: "
-        "chatml, llama-3, alpaca, gemma, mistral",
+        "chatml, llama-3, alpaca, gemma, mistral, qwen3",
     ]
 
 

@@ -47,8 +47,8 @@ def test_each_format_is_detected_and_read(tmp_path, row, fmt, kind):
      "'prompt' ends with an assistant message; the answers go in the chosen/rejected (or completion) columns"),
     ({**CONV, "chosen": [{"role": "user", "content": "4."}]}, "'chosen' must hold assistant messages only"),
     ({**OPENAI, "input": {**OPENAI["input"], "tools": [{"type": "function"}]}},
-     "'input.tools' is not rendered into training text yet; remove the tools (or the row) until tool calls are "
-     "supported"),
+     "'input.tools'[0] must be a function with a name ({'type': 'function', 'function': {'name', 'description', "
+     "'parameters'}})"),
     ({**OPENAI, "input": {"messages": OPENAI["input"]["messages"], "metadata": 1}}, "'input' has unknown key(s) metadata"),
     ({**KTO, "label": "yes"}, "'label' must be true or false, not 'yes'"),
     ({**KTO, "prompt": ""}, "'prompt' is empty"),

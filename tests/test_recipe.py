@@ -43,7 +43,7 @@ def test_all_problems_reported_at_once_with_paths_values_and_suggestions(tmp_pat
         "data.path: required but missing (Training data: a local .jsonl/.json/.csv/.parquet file, 'hf:ORG/NAME' "
         "for a Hub dataset, or 'builtin:tiny-chat' (the small chat dataset shipped with qlora-kit).)",
         "data.pth: unknown key (did you mean 'path'?); allowed here: path, split, format, columns, chat_template, "
-        "system_prompt, train_on, eval_split, eval_path, packing, max_rows, on_bad_rows",
+        "system_prompt, train_on, train_reasoning, eval_split, eval_path, packing, max_rows, on_bad_rows",
         "lora.r: 0: input should be greater than 0",
         "train.optimizer: 'adam' is not allowed; choose one of: auto, adamw_torch, adamw_8bit, paged_adamw_8bit, "
         "adafactor, sgd",
@@ -111,9 +111,10 @@ def test_validate_shows_every_problem_in_one_pass_with_suggestions_for_registry_
         "'builtin:tiny-llama'?)",
         "  - data.path: unknown built-in dataset 'builtin:tiny-chta'; available: builtin:tiny-chat, builtin:tiny-demo, "
         "builtin:tiny-demo-heldout, builtin:iso-dates, builtin:iso-dates-eval, builtin:short-answers, "
-        "builtin:short-answers-eval, builtin:tiny-prefs, builtin:tiny-kto (did you mean 'builtin:tiny-chat'?)",
+        "builtin:short-answers-eval, builtin:tool-calls, builtin:tool-calls-eval, builtin:tiny-prefs, builtin:tiny-kto "
+        "(did you mean 'builtin:tiny-chat'?)",
         "  - data.chat_template: 'llama3' is not a built-in template; choose auto (the tokenizer's) or one of: chatml, "
-        "llama-3, alpaca, gemma, mistral (did you mean 'llama-3'?)",
+        "llama-3, alpaca, gemma, mistral, qwen3 (did you mean 'llama-3'?)",
     ]
 
 

@@ -53,6 +53,10 @@ class CheckReport:
     preference: dict = field(default_factory=dict)  # preference methods' numbers (data/check_preference.py)
     preview_rejected: list[tuple[str, bool]] = field(default_factory=list)  # a pair's other answer
     on_bad_rows: str = "error"
+    tool_rows: int = 0  # rows with tools, tool calls or tool results (issue #27)
+    tool_calls: int = 0  # assistant calls in them
+    reasoning_rows: int = 0  # rows with an assistant turn that thinks (reasoning_content or <think>)
+    train_reasoning: bool = True  # data.train_reasoning
     refusal: str | None = None  # why `train` would refuse this data (besides the rows with problems)
 
     @property
@@ -89,6 +93,7 @@ def check(recipe: Recipe, tokenizer) -> CheckReport:
     report.missing_system = sum(1 for m in chats if not any(x["role"] == "system" for x in m))
     report.missing_user = sum(1 for m in chats if not any(x["role"] == "user" for x in m))
     report.messages_per_example = stats([len(m) for m in chats])
+    _tool_and_reasoning_counts(report, [e for _, e in items], d.train_reasoning)
     report.chat_template = apply_chat_template_choice(tokenizer, d.chat_template) if chats else "(raw text)"
     mismatch = method_mismatch(report.method, {e.kind for _, e in items + held_items}, report.format)
     if mismatch or report.method != "sft":
@@ -100,12 +105,29 @@ def check(recipe: Recipe, tokenizer) -> CheckReport:
             preference_stats(report, recipe, tokenizer, items)
         report.refusal = mismatch or report.refusal
         return report
-    encoded = [encode_example(tokenizer, e, d.train_on, w) for w, e in items]
+    encoded = [encode_example(tokenizer, e, d.train_on, w, d.train_reasoning) for w, e in items]
     _token_stats(report, encoded, recipe.model.max_seq_length)
-    if encoded:
-        report.preview_row = encoded[0].where
-        report.preview = masking_preview(tokenizer, encoded[0])
+    if encoded:  # the first row with tool calls, else with thinking, else the first: the one worth looking at
+        shown = next((enc for enc, (_, e) in zip(encoded, items) if any(m.get("tool_calls") for m in e.messages)),
+                     next((enc for enc, (_, e) in zip(encoded, items) if _thinks(e)), encoded[0]))
+        report.preview_row = shown.where
+        report.preview = masking_preview(tokenizer, shown)
     return report
+
+
+def _thinks(example) -> bool:
+    return any("reasoning_content" in m for m in example.messages or [])
+
+
+def _tool_and_reasoning_counts(report: CheckReport, examples: list, train_reasoning: bool) -> None:
+    from qlora_kit.data.tool_messages import has_tools
+
+    every = [e for e in examples if e.messages is not None]
+    report.tool_rows = sum(1 for e in every if has_tools(e))
+    report.tool_calls = sum(len(m.get("tool_calls") or []) for e in every
+                            for m in e.messages + (e.chosen or []) + (e.rejected or []) + (e.completion or []))
+    report.reasoning_rows = sum(1 for e in every if _thinks(e))
+    report.train_reasoning = train_reasoning
 
 
 def _token_stats(report: CheckReport, encoded: list[Encoded], max_len: int) -> None:
@@ -141,6 +163,7 @@ def render_text(r: CheckReport, color: bool = False) -> str:
         f"examples missing a user message: {r.missing_user}",
         f"messages per example: min {mpe.get('min', 0)}, mean {mpe.get('mean', 0)}, max {mpe.get('max', 0)}",
         f"chat template: {r.chat_template}",
+        *_tool_and_reasoning_lines(r),
         f"tokens per example: min {tpe['min']}, mean {tpe['mean']}, p95 {tpe['p95']}, max {tpe['max']}",
         f"trained tokens per example: min {tte['min']}, mean {tte['mean']}, p95 {tte['p95']}, max {tte['max']}",
     ]
@@ -165,6 +188,22 @@ def render_text(r: CheckReport, color: bool = False) -> str:
             out.append(f"masking preview{title} ({r.preview_row}; {legend}):")
             out.extend("  " + line for line in _body(runs, color).splitlines())
     return "\n".join(out)
+
+
+def _tool_and_reasoning_lines(r: CheckReport) -> list[str]:
+    out = []
+    if r.tool_rows:
+        out.append(f"rows with tools: {r.tool_rows} ({r.tool_calls} tool calls, trained; tool results and the tools "
+                   "list are context)")
+    if r.reasoning_rows:
+        share = 100 * r.reasoning_rows / max(r.train_rows, 1)
+        trained = "trained" if r.train_reasoning else "context only (data.train_reasoning: false)"
+        out.append(f"rows with reasoning: {r.reasoning_rows} of {r.train_rows} ({share:.0f}%; thinking {trained})")
+        if share < 75:
+            # Unsloth's advice for reasoning models: a mix mostly of thinking rows keeps the ability to think.
+            out.append("  note: fewer than 3 in 4 rows think; a reasoning model fine-tuned mostly on rows without "
+                       "thinking tends to lose it")
+    return out
 
 
 def _body(runs: list[tuple[str, bool]], color: bool) -> str:

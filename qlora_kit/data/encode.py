@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from qlora_kit.data.formats import Example
 from qlora_kit.data.templates import CHAT_TEMPLATES, get_template
+from qlora_kit.data.template_support import for_template, without_reasoning
 from qlora_kit.errors import DataError
 from qlora_kit.errors import QKWarning
 
@@ -61,22 +62,29 @@ def apply_chat_template_choice(tokenizer, name: str) -> str:
     return name
 
 
-def render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
     if not messages:
         return ""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
 
 
-def assistant_spans(tokenizer, messages: list[dict], where: str = "") -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(tokenizer, messages: list[dict], where: str = "",
+                    tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """Render a conversation; return the text and the character spans of the assistant turns to train on."""
-    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
-    full = render(tokenizer, clean, add_generation_prompt=False)
+    clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+    full = render(tokenizer, clean, add_generation_prompt=False, tools=tools)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
-        prefix = render(tokenizer, clean[:i], add_generation_prompt=True)
-        upto = render(tokenizer, clean[: i + 1], add_generation_prompt=False)
+        prefix = render(tokenizer, clean[:i], add_generation_prompt=True, tools=tools)
+        upto = render(tokenizer, clean[: i + 1], add_generation_prompt=False, tools=tools)
+        if "reasoning_content" in message and not full.startswith(upto):
+            # Reasoning templates (Qwen3) drop the thinking of turns before the last user message: the turn is
+            # trained as the whole conversation shows it, without its thinking.
+            bare = {k: v for k, v in clean[i].items() if k != "reasoning_content"}
+            upto = render(tokenizer, clean[:i] + [bare], add_generation_prompt=False, tools=tools)
         if not (upto.startswith(prefix) and full.startswith(upto)):
             raise DataError(
                 f"{where}: the chat template is not prefix-stable (rendering the first {i + 1} messages is not a "
@@ -86,13 +94,17 @@ def assistant_spans(tokenizer, messages: list[dict], where: str = "") -> tuple[s
     return full, spans
 
 
-def encode_example(tokenizer, example: Example, train_on: str = "responses", where: str = "") -> Encoded:
+def encode_example(tokenizer, example: Example, train_on: str = "responses", where: str = "",
+                   train_reasoning: bool = True) -> Encoded:
     if example.text is not None:
         ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
         if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
             ids = ids + [tokenizer.eos_token_id]  # teach the model where a document ends
         return Encoded(list(ids), list(ids), where, len(ids))
-    text, spans = assistant_spans(tokenizer, example.messages, where)
+    messages = for_template(tokenizer, example, where)
+    text, spans = assistant_spans(tokenizer, messages, where, example.tools)
+    if not train_reasoning:
+        spans = without_reasoning(text, spans, messages)
     # The template decides about bos/eos (e.g. llama-3 writes bos_token itself): never add them again here.
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])

@@ -22,5 +22,6 @@ def held_out_rows(recipe, tokenizer, n: int):
         source, items = "fixed texts (the run's data is no longer readable)", [
             (f"text {i}", Example(text=t)) for i, t in enumerate(FALLBACK_TEXTS)]
     items = [(where, example.as_conversation()) for where, example in items[:n]]
-    split = encode_split(tokenizer, items, recipe.data.train_on, recipe.model.max_seq_length)
+    split = encode_split(tokenizer, items, recipe.data.train_on, recipe.model.max_seq_length, False,
+                         recipe.data.train_reasoning)
     return source, split.rows

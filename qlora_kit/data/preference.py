@@ -51,10 +51,10 @@ class EncodedPreference:
         return sum(len(a) for a in self.answers)
 
 
-def _split(tokenizer, prompt: list[dict], answer: list[dict], where: str) -> tuple[list[int], list[int]]:
+def _split(tokenizer, example: Example, answer: list[dict], where: str) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) of one rendering: the answer starts at its first trained token."""
-    context = [dict(m, weight=0) if m["role"] == "assistant" else m for m in prompt]
-    enc = encode_example(tokenizer, Example(messages=context + answer), "responses", where)
+    context = [dict(m, weight=0) if m["role"] == "assistant" else m for m in example.messages]
+    enc = encode_example(tokenizer, Example(messages=context + answer, tools=example.tools), "responses", where)
     first = next(i for i, label in enumerate(enc.labels) if label != IGNORE_INDEX)
     return enc.input_ids[:first], enc.input_ids[first:]
 
@@ -68,10 +68,10 @@ def _common(a: list[int], b: list[int]) -> int:
 
 def encode_preference(tokenizer, example: Example, where: str = "") -> EncodedPreference:
     if example.kind == "unpaired":
-        prompt, completion = _split(tokenizer, example.messages, example.completion, where)
+        prompt, completion = _split(tokenizer, example, example.completion, where)
         return EncodedPreference(prompt, completion, None, example.label, where, len(prompt) + len(completion))
-    p_chosen, chosen = _split(tokenizer, example.messages, example.chosen, where)
-    p_rejected, rejected = _split(tokenizer, example.messages, example.rejected, where)
+    p_chosen, chosen = _split(tokenizer, example, example.chosen, where)
+    p_rejected, rejected = _split(tokenizer, example, example.rejected, where)
     n = _common(p_chosen, p_rejected)
     prompt, chosen, rejected = p_chosen[:n], p_chosen[n:] + chosen, p_rejected[n:] + rejected
     return EncodedPreference(prompt, chosen, rejected, None, where, n + max(len(chosen), len(rejected)))

@@ -173,8 +173,9 @@ class EncodedSplit:
 
 
 def encode_split(tokenizer, items: list[tuple[str, Example]], train_on: str, max_len: int,
-                 packing: bool = False) -> EncodedSplit:
-    return keep_trainable([encode_example(tokenizer, e, train_on, w) for w, e in items], max_len, packing)
+                 packing: bool = False, train_reasoning: bool = True) -> EncodedSplit:
+    return keep_trainable([encode_example(tokenizer, e, train_on, w, train_reasoning) for w, e in items], max_len,
+                          packing)
 
 
 def encode_splits(recipe, tokenizer, train_items: list, eval_items: list) -> tuple:
@@ -182,8 +183,8 @@ def encode_splits(recipe, tokenizer, train_items: list, eval_items: list) -> tup
     or preference rows (`data.preference.PreferenceSplit`; KTO unpairs pairs)."""
     d, max_len, method = recipe.data, recipe.model.max_seq_length, recipe.train.method
     if method == "sft":
-        return (encode_split(tokenizer, train_items, d.train_on, max_len, d.packing),
-                encode_split(tokenizer, eval_items, d.train_on, max_len, False))
+        return (encode_split(tokenizer, train_items, d.train_on, max_len, d.packing, d.train_reasoning),
+                encode_split(tokenizer, eval_items, d.train_on, max_len, False, d.train_reasoning))
     from qlora_kit.data.preference import encode_preferences
 
     p = recipe.preference

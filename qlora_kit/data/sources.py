@@ -35,6 +35,10 @@ BUILTIN_DATASETS = {
     # sentence; no held-out question is a training question.
     "short-answers": ASSETS / "short_answers_train.jsonl",
     "short-answers-eval": ASSETS / "short_answers_eval.jsonl",
+    # Function calling in OpenAI's format (assets/build_tool_calls.py): calls, call-result-answer and no-tool rows
+    # over four tools; no held-out argument value is a training one.
+    "tool-calls": ASSETS / "tool_calls_train.jsonl",
+    "tool-calls-eval": ASSETS / "tool_calls_eval.jsonl",
     # Small preference sets for the tiny model and fast tests (assets/build_tiny_prefs.py): pairs, unpaired feedback.
     "tiny-prefs": ASSETS / "tiny_prefs.jsonl",
     "tiny-kto": ASSETS / "tiny_kto.jsonl",

@@ -65,13 +65,17 @@ class DataSection(Section):
         "name in your data.")
     chat_template: str = Field(
         "auto",
-        description="auto: the tokenizer's own chat template. Or a built-in one by name (chatml, llama-3, alpaca), "
-        "for tokenizers without a template or to override it.",
+        description="auto: the tokenizer's own chat template. Or a built-in one by name (chatml, llama-3, mistral, "
+        "gemma, alpaca, qwen3), for tokenizers without a template or to override it. Rows with tools need one that "
+        "renders them (chatml, llama-3, mistral, qwen3, or the tokenizer's own if it does).",
     )
     system_prompt: str | None = Field(None, description="System message added to conversations that have none.")
     train_on: Literal["responses", "all"] = Field(
         "responses", description="responses: loss on assistant tokens only. all: loss on every token."
     )
+    train_reasoning: bool = Field(
+        True, description="Train the thinking of assistant turns that have it (reasoning_content, or a <think> block "
+        "opening the content). false: the thinking stays in the text as context; only what follows it is trained.")
     eval_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of rows held out for evaluation (0: none).")
     eval_path: str | None = Field(None, description="Separate evaluation file (same sources as path).")
     packing: bool = Field(False, description="Concatenate short rows into max_seq_length blocks (faster on short rows).")
