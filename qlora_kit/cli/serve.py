@@ -2,7 +2,8 @@
 
 So the last step of the OpenAI fine-tuning guide ("use the fine-tuned model" with the OpenAI client) works
 locally: point the client's base_url at http://127.0.0.1:PORT/v1 and ask for the model by its alias. Listens on
-the loopback interface unless --host says otherwise; the GGUF's own chat template formats conversations.
+the loopback interface unless --host says otherwise; the GGUF's own chat template formats conversations, and a
+request with `tools` gets the calls the model writes back as OpenAI `tool_calls` (runtime/chat_handler.py).
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ def run(args) -> int:
 
     from qlora_kit.native.crash import note
     from qlora_kit.native.loader import prepare
+    from qlora_kit.runtime.chat_handler import register as tool_handler
 
     prepare()  # llama-cpp-python's server constructs its own Llama: the same workarounds as every other load
     note(doing="llama.cpp was serving", file=str(path))
     alias = args.name or path.stem
-    model = ModelSettings(model=str(path), model_alias=alias, n_ctx=args.n_ctx, n_gpu_layers=0, verbose=False)
+    # The GGUF's own template, plus OpenAI-style tool_calls parsed from the reply when a request has tools.
+    model = ModelSettings(model=str(path), model_alias=alias, n_ctx=args.n_ctx, n_gpu_layers=0, verbose=False,
+                          chat_format=tool_handler())
     app = create_app(server_settings=ServerSettings(host=args.host, port=args.port), model_settings=[model])
     print(f"serving {alias!r} at http://{args.host}:{args.port}/v1 (OpenAI-compatible; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -24,7 +24,9 @@ from qlora_kit.eval.scoring import METRICS, bootstrap_interval
 def write_report(out: Path, report: dict, rows, results: dict, options, warnings: list[str], pset=None) -> list[str]:
     """Write every file; return the warnings found while judging (added to `warnings` in the report too). `pset`:
     a preference run's scored rows (eval/preference.py), else None."""
-    metric = "custom" if options.scorer else "exact_match"
+    tools = any("tool_calls" in r for r in results.values())  # the held-out rows have tools (eval/tool_eval.py)
+    metric = "custom" if options.scorer else "tool_call_exact" if tools else "exact_match"
+    report["tool_calls"] = tools
     verdict, extra = judge(results, metric, options)
     if pset is not None:
         from qlora_kit.eval import preference_report as pref
@@ -158,7 +160,8 @@ def _label(name: str) -> str:
 
 
 def _markdown(report: dict) -> str:
-    metrics = [*METRICS, *(["custom"] if report.get("scorer") else [])]
+    metrics = [*METRICS, *(["custom"] if report.get("scorer") else []),
+               *(["tool_call_exact"] if report.get("tool_calls") else [])]
     lines = [f"# Did fine-tuning help? ({Path(report['run']).name})", "", f"**{report['verdict']['text']}**", "",
              f"{report['rows']} held-out rows from {report['rows_from']}; greedy decoding, at most "
              f"{report['max_new_tokens']} new tokens; primary metric: {report['metric']}.", "",
@@ -169,6 +172,13 @@ def _markdown(report: dict) -> str:
             _cell(r[k], spec) for k, spec in (("loss", ".4f"), ("perplexity", ".2f"),
                                               ("prompt_tokens_per_request", ".1f"), ("generated_tokens_per_s", ".1f")))
             + " |")
+    if report.get("tool_calls"):
+        lines += ["", "Tool calls (exact: the name and the arguments as JSON equal):", "",
+                  "| system | calls expected | predicted | exact | precision | recall | name accuracy |",
+                  "|---" * 7 + "|"]
+        lines += [f"| {name} | {t['expected']} | {t['predicted']} | {t['exact']} | " + " | ".join(
+            _cell(t[k], ".3f") for k in ("precision", "recall", "name_accuracy")) + " |"
+            for name, r in report["results"].items() if (t := r.get("tool_calls"))]
     if "preference" in report:
         from qlora_kit.eval.preference_report import markdown
 

@@ -11,7 +11,7 @@ held-out rows. Held-out rows that also occur in training (same prompt and refere
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qlora_kit.data.formats import Example
 from qlora_kit.errors import DataError, UsageError
@@ -22,6 +22,16 @@ class EvalRow:
     where: str  # file:line of the row, as data errors name rows
     prompt: tuple  # messages before the reference (dicts with role/content), system first when present
     reference: str
+    # A row with tools: its tool list, and the calls of the reference answer (none: answering without a tool is
+    # right). Not part of the row's identity (key): the prompt and reference text are.
+    tools: tuple | None = field(default=None, compare=False)
+    calls: tuple = field(default=(), compare=False)
+
+    @property
+    def answer(self) -> dict:
+        """The reference as the assistant message it was."""
+        calls = {"tool_calls": list(self.calls)} if self.calls else {}
+        return {"role": "assistant", "content": self.reference, **calls}
 
     @property
     def prompt_key(self) -> tuple:
@@ -42,8 +52,10 @@ def to_row(where: str, example: Example) -> EvalRow | None:
         messages = list(messages) + list(example.completion) if example.label else None
     if not messages or messages[-1]["role"] != "assistant":
         return None
-    prompt = tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1])
-    return EvalRow(where, prompt, messages[-1]["content"]) if prompt else None
+    prompt = tuple({k: v for k, v in m.items() if k != "weight"} for m in messages[:-1])
+    last = messages[-1]
+    tools = tuple(example.tools) if example.tools else None
+    return EvalRow(where, prompt, last["content"], tools, tuple(last.get("tool_calls") or ())) if prompt else None
 
 
 def load_items(recipe, data_path: str | None) -> tuple[list, list, str]:
@@ -104,5 +116,5 @@ def with_shots(row: EvalRow, shots: list[EvalRow]) -> list[dict]:
     system = [m for m in row.prompt[:1] if m["role"] == "system"]
     turns = []
     for shot in shots:
-        turns += [m for m in shot.prompt if m["role"] != "system"] + [{"role": "assistant", "content": shot.reference}]
+        turns += [m for m in shot.prompt if m["role"] != "system"] + [shot.answer]
     return system + turns + list(row.prompt[len(system):])

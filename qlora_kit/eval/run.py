@@ -18,6 +18,7 @@ from qlora_kit.errors import UsageError
 from qlora_kit.eval import recorded as evrecorded
 from qlora_kit.eval import rows as evrows
 from qlora_kit.eval.scoring import METRICS, load_scorer, score
+from qlora_kit.eval.tool_eval import TOOL_METRICS, score_row, tool_family, tool_summary
 from qlora_kit.eval import preference as evpref
 from qlora_kit.eval.names import gguf_path, merged_dir, parse_systems, reference_dir
 from qlora_kit.eval.systems import open_system
@@ -161,8 +162,9 @@ def _run_systems(run, recipe, status, systems, paths, rows, shots, options, scor
 
     tokenizer = AutoTokenizer.from_pretrained(run.adapter)
     stop, eot = _stops(run, tokenizer)
-    prompts = {"plain": [_encode(tokenizer, list(r.prompt), r.reference) for r in rows],
-               "fewshot": [_encode(tokenizer, evrows.with_shots(r, shots), r.reference) for r in rows]}
+    prompts = {"plain": [_encode(tokenizer, list(r.prompt), r) for r in rows],
+               "fewshot": [_encode(tokenizer, evrows.with_shots(r, shots), r) for r in rows]}
+    family = tool_family(run, tokenizer, rows)
     pset = evpref.build(tokenizer, recipe, *preference, options.samples) if preference else None
     n_ctx = max([len(p) + len(a) + options.max_new_tokens for p, a in prompts["fewshot"] + prompts["plain"]]
                 + [pset.longest if pset else 0]) + 8
@@ -170,13 +172,13 @@ def _run_systems(run, recipe, status, systems, paths, rows, shots, options, scor
     for name in systems:
         kind = name.split(":", 1)[0]
         if kind == "recorded":
-            results[name] = _score_recorded(matched[name].answers, rows, scorer)
+            results[name] = _score_recorded(matched[name].answers, rows, scorer, family)
         else:
             t0 = time.perf_counter()
             system = open_system(name, run, recipe, status, paths, n_ctx, shared)
             load_s = time.perf_counter() - t0
             encoded = prompts["fewshot" if kind == "fewshot" else "plain"]
-            results[name] = _score_system(system, encoded, rows, tokenizer, stop, eot, options, scorer)
+            results[name] = _score_system(system, encoded, rows, tokenizer, (stop, eot, family), options, scorer)
             results[name]["load_seconds"] = round(load_s, 3)
         if pset is not None:
             results[name].update(evpref.absent(name) if evpref.not_scored(name) else evpref.score(system, pset))
@@ -185,9 +187,10 @@ def _run_systems(run, recipe, status, systems, paths, rows, shots, options, scor
     return results, pset
 
 
-def _score_system(system, encoded, rows, tokenizer, stop, eot, options, scorer) -> dict:
+def _score_system(system, encoded, rows, tokenizer, ends, options, scorer) -> dict:
     from qlora_kit.runtime.memory import peak_rss_bytes
 
+    stop, eot, family = ends
     per_row, nll, answer_tokens, gen_tokens, gen_seconds = [], 0.0, 0, 0, 0.0
     for (prompt, answer), row in zip(encoded, rows):
         out = system.generate(prompt, options.max_new_tokens, stop)
@@ -195,6 +198,8 @@ def _score_system(system, encoded, rows, tokenizer, stop, eot, options, scorer) 
         scores = score(text, row.reference)
         if scorer is not None:
             scores["custom"] = _custom(scorer, text, row)
+        if family is not None:  # calls are parsed from the text with the markers kept ([TOOL_CALLS] is special)
+            scores.update(score_row(_cut(tokenizer.decode(out.ids), eot), row, family))
         row_nll = system.nll(prompt, answer)
         nll += row_nll
         answer_tokens += len(answer)
@@ -203,15 +208,15 @@ def _score_system(system, encoded, rows, tokenizer, stop, eot, options, scorer) 
         per_row.append({"prediction": text, "scores": scores, "prompt_tokens": len(prompt),
                         "generated_tokens": len(out.ids), "loss": round(row_nll / max(len(answer), 1), 6)})
     loss = nll / max(answer_tokens, 1)
-    metrics = [*METRICS, *(["custom"] if scorer is not None else [])]
+    metrics = [*METRICS, *(["custom"] if scorer is not None else []), *(TOOL_METRICS if family else [])]
     return {"rows": per_row, "loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 50.0)), 4),
             **{m: round(sum(r["scores"][m] for r in per_row) / len(per_row), 6) for m in metrics},
             "prompt_tokens_per_request": round(sum(r["prompt_tokens"] for r in per_row) / len(per_row), 2),
             "generated_tokens_per_s": round(gen_tokens / gen_seconds, 2) if gen_seconds else None,
-            "process_peak_rss_bytes": peak_rss_bytes()}
+            "process_peak_rss_bytes": peak_rss_bytes(), **tool_summary(per_row, family)}
 
 
-def _score_recorded(answers: list[str], rows, scorer) -> dict:
+def _score_recorded(answers: list[str], rows, scorer, family: str | None = None) -> dict:
     """Scored as a generated answer is (stripped, the same metrics); nothing a recorded answer lacks is made up:
     no logits, so no loss or perplexity; its prompts were never tokenized here (and the old model's tokenizer is
     not ours), so no prompt tokens; no timing."""
@@ -221,13 +226,15 @@ def _score_recorded(answers: list[str], rows, scorer) -> dict:
         scores = score(text, row.reference)
         if scorer is not None:
             scores["custom"] = _custom(scorer, text, row)
+        if family is not None:
+            scores.update(score_row(text, row, family))
         per_row.append({"prediction": text, "scores": scores, "prompt_tokens": None, "generated_tokens": None,
                         "loss": None})
-    metrics = [*METRICS, *(["custom"] if scorer is not None else [])]
+    metrics = [*METRICS, *(["custom"] if scorer is not None else []), *(TOOL_METRICS if family else [])]
     return {"rows": per_row, "loss": None, "perplexity": None,
             **{m: round(sum(r["scores"][m] for r in per_row) / len(per_row), 6) for m in metrics},
             "prompt_tokens_per_request": None, "generated_tokens_per_s": None, "load_seconds": None,
-            "not_available": ["loss", "perplexity", "prompt_tokens_per_request", "generated_tokens_per_s"]}
+            **tool_summary(per_row, family), "not_available": ["loss", "perplexity", "prompt_tokens_per_request", "generated_tokens_per_s"]}
 
 
 def _custom(scorer, text: str, row) -> float:
@@ -239,12 +246,13 @@ def _custom(scorer, text: str, row) -> float:
         raise StageError(f"eval.scorer raised on {row.where}: {type(exc).__name__}: {exc}") from None
 
 
-def _encode(tokenizer, prompt_messages: list[dict], reference: str) -> tuple[list[int], list[int]]:
+def _encode(tokenizer, prompt_messages: list[dict], row) -> tuple[list[int], list[int]]:
     """(prompt ids ending with the assistant header, reference ids including the end-of-turn marker)."""
     from qlora_kit.data.encode import render
 
-    prompt_text = render(tokenizer, prompt_messages, add_generation_prompt=True)
-    full_text = render(tokenizer, prompt_messages + [{"role": "assistant", "content": reference}], False)
+    tools = list(row.tools) if row.tools else None
+    prompt_text = render(tokenizer, prompt_messages, add_generation_prompt=True, tools=tools)
+    full_text = render(tokenizer, prompt_messages + [row.answer], False, tools=tools)
     prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     full = tokenizer(full_text, add_special_tokens=False)["input_ids"]
     if full[: len(prompt)] == prompt:
