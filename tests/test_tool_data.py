@@ -206,3 +206,37 @@ def test_a_reply_with_calls_becomes_an_openai_message_with_tool_calls():
     # What an OpenAI client sends back (arguments as JSON text) is rendered as the object training saw.
     sent = [{"role": "assistant", "content": None, "tool_calls": out["choices"][0]["message"]["tool_calls"]}]
     assert _objects(sent)[0]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}
+
+
+@pytest.mark.parametrize("train_reasoning", [True, False])
+def test_qwen3_keeps_the_last_turns_thinking_and_trains_earlier_turns_as_shown(train_reasoning):
+    """Qwen3's rule: thinking after the last user message is rendered, earlier thinking is dropped; an earlier turn
+    is trained as the whole conversation shows it (without its thinking), the last with it unless
+    data.train_reasoning is false."""
+    tok = _tokenizer("qwen3")
+    example = convert({"messages": [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "<think>two and two</think>four"},
+        {"role": "user", "content": "3+3?"},
+        {"role": "assistant", "content": "six", "reasoning_content": "three and three"}]})
+    enc = encode_example(tok, example, "responses", "r", train_reasoning)
+    text = tok.decode(enc.input_ids)
+    assert "two and two" not in text  # dropped from the earlier turn, as Qwen3's template does
+    assert "<|im_start|>assistant\n<think>\nthree and three\n</think>\n\nsix<|im_end|>" in text
+    trained = _trained_text(tok, enc)
+    assert trained.startswith("four<|im_end|>")
+    assert ("three and three" in trained) is train_reasoning
+    assert trained.endswith("six<|im_end|>\n") or trained.endswith("six<|im_end|>")
+
+
+def test_data_columns_maps_a_tools_column(tmp_path):
+    from qlora_kit.data.prepare import load_examples
+    from qlora_kit.recipe.schema import DataSection
+
+    row = {"functions_json": json.dumps(TOOLS), "conversations": [
+        {"from": "human", "value": "w?"},
+        {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": {"city": "c"}})},
+        {"from": "observation", "value": "rain"}, {"from": "gpt", "value": "Rain."}]}
+    path = write_jsonl(tmp_path / "glaive.jsonl", [row, row])
+    items, _, _ = load_examples(DataSection(path=str(path), columns={"tools": "functions_json"}), seed=0)
+    assert [e.tools for _, e in items] == [TOOLS, TOOLS]

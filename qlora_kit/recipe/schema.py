@@ -61,8 +61,8 @@ class DataSection(Section):
     columns: dict[str, str] = Field(
         {}, description="Your data's column names for the format's own, e.g. {prompt: question, chosen: good, "
         "rejected: bad}: each key a format column (messages, conversations, instruction, input, output, prompt, "
-        "completion, chosen, rejected, label, text, input, preferred_output, non_preferred_output), each value the "
-        "name in your data.")
+        "completion, chosen, rejected, label, text, input, preferred_output, non_preferred_output, and tools: the "
+        "functions a row may call), each value the name in your data.")
     chat_template: str = Field(
         "auto",
         description="auto: the tokenizer's own chat template. Or a built-in one by name (chatml, llama-3, mistral, "
@@ -89,7 +89,7 @@ class DataSection(Section):
     def _known_columns(cls, v):
         from qlora_kit.data.formats import FORMATS
 
-        known = sorted({c for f in FORMATS.values() for c in f.columns} | {"input"})
+        known = sorted({c for f in FORMATS.values() for c in f.columns} | {"input", "tools"})
         for key in v:
             if key not in known:
                 raise ValueError(f"{key!r} is not a column of any data format; known: {', '.join(known)}")
