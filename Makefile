@@ -70,10 +70,11 @@ real-demo: install
 	@$(BIN)/python -c "import json; print(json.load(open('runs/smollm2-135m/eval/report.json'))['verdict']['text'])"
 
 # The suite is mostly single-threaded subprocesses (imports, tokenizers, llama.cpp): one worker per core, each test
-# file on one worker so its module-scoped training runs happen once.
+# file on one worker so its module-scoped training runs happen once. The slowest tests are listed at the end (CI's log
+# then says where the suite's time goes).
 TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # Unit tests only (no training runs): seconds.
 test-fast: install
