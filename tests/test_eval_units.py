@@ -265,3 +265,19 @@ def test_verdict_against_a_recorded_model_beat_matches_did_not_match_or_unclear(
     none, _ = judge(_results(base=[0.0] * 3, **{"recorded:old.jsonl": [1.0] * 3}), "exact_match", opts)
     assert none == {"text": "no verdict: compare a tuned system (adapter, merged or gguf:TYPE) with base, fewshot or "
                             "recorded:FILE", "outcome": "none"}
+
+
+def test_eval_of_a_run_starts_from_its_recipe_eval_section_and_flags_override_it(tmp_path):
+    """`qlora-kit eval RUN` used to ignore the run's eval: section (its max_new_tokens: 16 became 64)."""
+    from conftest import write_recipe
+    from qlora_kit.cli import build_parser
+    from qlora_kit.cli.options import stage_options
+    from qlora_kit.eval.names import run_eval_section
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_recipe(run / "recipe.yaml", eval={"max_new_tokens": 16, "samples": 20, "systems": ["base", "adapter"]})
+    args = build_parser().parse_args(["eval", str(run), "--samples", "5", "--set", "eval.fewshot=2"])
+    options = stage_options(args, EvalOptions, "eval", base=run_eval_section(run))
+    assert (options.max_new_tokens, options.samples, options.systems, options.fewshot) == (16, 5, ["base", "adapter"], 2)
+    assert run_eval_section(tmp_path / "no-run") is None  # eval's own check then names what is missing

@@ -28,10 +28,12 @@ def run(args) -> int:
     import json
 
     from qlora_kit.cli.options import stage_options
+    from qlora_kit.eval.names import run_eval_section
     from qlora_kit.eval.run import run_eval
 
     with event_log(args) as (log, warnings):
-        options = stage_options(args, EvalOptions, "eval")
+        # The flags over the run's own eval: section, as train's eval stage used it.
+        options = stage_options(args, EvalOptions, "eval", base=run_eval_section(args.run_dir))
         out = run_eval(args.run_dir, options, log, out=args.out, warnings=warnings)
         report = json.loads((out / "report.json").read_text())
         for name, r in report["results"].items():

@@ -51,9 +51,10 @@ def add_set_arg(parser: argparse.ArgumentParser, section: str, example: str) -> 
                              "(repeatable; default: none)")
 
 
-def stage_options(args: argparse.Namespace, model: type[StageOptions], section: str) -> StageOptions:
-    """The stage's options from its flags and its `--set SECTION.FIELD=VALUE` items, validated by the model
-    (a bad value is worded as the user gave it: `--samples: ...` or `--set merge.samples: ...`)."""
+def stage_options(args: argparse.Namespace, model: type[StageOptions], section: str, base=None) -> StageOptions:
+    """The stage's options from its flags and its `--set SECTION.FIELD=VALUE` items (over `base`, a recipe section,
+    where the stage starts from one), validated by the model (a bad value is worded as the user gave it:
+    `--samples: ...` or `--set merge.samples: ...`)."""
     from qlora_kit.recipe.options import make_options
 
     given = given_options(args, model)
@@ -65,7 +66,7 @@ def stage_options(args: argparse.Namespace, model: type[StageOptions], section: 
             raise UsageError(f"--set {item!r} and {flag(name, model.model_fields[name].default)} give the same "
                              "option; give one of them")
     given.update({name: value for name, (_item, value) in sets.items()})
-    return make_options(model, given, spelled={name: f"--set {section}.{name}" for name in sets})
+    return make_options(model, given, base, spelled={name: f"--set {section}.{name}" for name in sets})
 
 
 def set_options(items: list[str], model: type[StageOptions], section: str) -> dict[str, tuple[str, Any]]:
