@@ -394,6 +394,19 @@ def test_serve_answers_an_openai_chat_completion_on_loopback(chat_gguf):
         assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
         assert isinstance(reply["choices"][0]["message"]["content"], str)
         assert reply["usage"]["prompt_tokens"] > 5
+        # A tool loop's second request, as OpenAI clients send it: the calling message has content null (once a
+        # 500 from llama-cpp-python's schema), the result follows; the chat template renders tools.
+        tools = [{"type": "function", "function": {"name": "add", "parameters": {
+            "type": "object", "properties": {"a": {"type": "integer"}}}}}]
+        call = {"id": "call_0", "type": "function", "function": {"name": "add", "arguments": '{"a":1}'}}
+        body = json.dumps({"model": "tiny", "max_tokens": 8, "temperature": 0, "tools": tools, "messages": [
+            {"role": "user", "content": "Add 1"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_0", "content": "1"}]}).encode()
+        request = urllib.request.Request(f"{base}/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        reply = json.load(urllib.request.urlopen(request, timeout=60))
+        assert reply["choices"][0]["message"]["role"] == "assistant"
+        assert reply["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

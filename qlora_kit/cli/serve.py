@@ -38,7 +38,7 @@ def run(args) -> int:
 
     from qlora_kit.native.crash import note
     from qlora_kit.native.loader import prepare
-    from qlora_kit.runtime.chat_handler import register as tool_handler
+    from qlora_kit.runtime.chat_handler import NullContent, register as tool_handler
 
     prepare()  # llama-cpp-python's server constructs its own Llama: the same workarounds as every other load
     note(doing="llama.cpp was serving", file=str(path))
@@ -48,5 +48,5 @@ def run(args) -> int:
                           chat_format=tool_handler())
     app = create_app(server_settings=ServerSettings(host=args.host, port=args.port), model_settings=[model])
     print(f"serving {alias!r} at http://{args.host}:{args.port}/v1 (OpenAI-compatible; Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(NullContent(app), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -91,3 +91,47 @@ def _as_stream(response: dict):
                                                                    "logprobs": None, "finish_reason": None}]}
     yield {**base, "object": "chat.completion.chunk", "choices": [{
         "index": 0, "delta": {}, "logprobs": None, "finish_reason": response["choices"][0]["finish_reason"]}]}
+
+
+class NullContent:
+    """ASGI middleware for `serve`: OpenAI clients send an assistant message that calls tools with `content: null`
+    (the OpenAI API's own shape, which the second request of every tool loop carries); llama-cpp-python's server
+    schema requires a string there and answers 500. The body of /chat/completions requests gets "" instead."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/chat/completions"):
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        body = _null_content_to_empty(body)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # what follows the body: a disconnect
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+        await self.app({**scope, "headers": headers + [(b"content-length", str(len(body)).encode())]}, replay, send)
+
+
+def _null_content_to_empty(body: bytes) -> bytes:
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return body  # the server answers a bad body itself
+    messages = request.get("messages") if isinstance(request, dict) else None
+    if not isinstance(messages, list):
+        return body
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") == "assistant" and m.get("content") is None:
+            m["content"] = ""
+    return json.dumps(request).encode()
