@@ -95,7 +95,7 @@ def evaluate(run_dir: str | Path, options: EvalOptions | None = None, *, out: st
     """Compare base, few-shot, adapter, merged and GGUF on held-out rows. Options: an EvalOptions, or its fields
     as keywords (systems, samples, data, max_new_tokens, fewshot, scorer, gguf_drop, match_margin, seed); without
     an EvalOptions the run's recipe `eval:` section is the starting point."""
-    from qlora_kit.eval.names import run_eval_section
+    from qlora_kit.eval.run import run_eval_section
 
     # The given options, else the run's own eval: section (as train's eval stage used it), then the keywords.
     opts = make_options(EvalOptions, fields, base=options or run_eval_section(run_dir), caller="qk.evaluate")

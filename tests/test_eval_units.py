@@ -272,7 +272,7 @@ def test_eval_of_a_run_starts_from_its_recipe_eval_section_and_flags_override_it
     from conftest import write_recipe
     from qlora_kit.cli import build_parser
     from qlora_kit.cli.options import stage_options
-    from qlora_kit.eval.names import run_eval_section
+    from qlora_kit.eval.run import run_eval_section
 
     run = tmp_path / "run"
     run.mkdir()

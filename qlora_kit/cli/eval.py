@@ -28,7 +28,7 @@ def run(args) -> int:
     import json
 
     from qlora_kit.cli.options import stage_options
-    from qlora_kit.eval.names import run_eval_section
+    from qlora_kit.eval.run import run_eval_section
     from qlora_kit.eval.run import run_eval
 
     with event_log(args) as (log, warnings):

@@ -71,16 +71,3 @@ def system_problems(names: list[str], field: str = "eval.systems") -> list[str]:
             problems.append(str(exc) if str(exc).startswith(field) else f"{field} {name}: {exc}")
     return problems
 
-
-def run_eval_section(run_dir: str | Path):
-    """The run's own `eval:` section (RUN_DIR/recipe.yaml), which `qlora-kit eval RUN` and `qk.evaluate(RUN)` start
-    from as `train` does (max_new_tokens, samples, systems, ...); None when the run has no readable recipe (then
-    eval's own check names what is missing)."""
-    from qlora_kit.errors import QKError
-    from qlora_kit.recipe import load_recipe
-
-    path = Path(run_dir) / "recipe.yaml"
-    try:
-        return load_recipe(path).eval if path.is_file() else None
-    except QKError:
-        return None

@@ -39,6 +39,20 @@ def default_systems(run_dir: Path, recipe=None) -> list[str]:
     return names
 
 
+def run_eval_section(run_dir: str | Path):
+    """The run's own `eval:` section (RUN_DIR/recipe.yaml), which `qlora-kit eval RUN` and `qk.evaluate(RUN)` start
+    from as `train` does (max_new_tokens, samples, systems, ...); None when the run has no readable recipe (then
+    eval's own check names what is missing)."""
+    from qlora_kit.errors import QKError
+    from qlora_kit.recipe import load_recipe
+
+    path = Path(run_dir) / "recipe.yaml"
+    try:
+        return load_recipe(path).eval if path.is_file() else None
+    except QKError:
+        return None
+
+
 def run_eval(run_dir: str | Path, options: EvalOptions, log, *, out: str | Path | None = None,
              warnings: tuple[str, ...] | list[str] = ()) -> Path:
     """The eval stage (qk.evaluate, `qlora-kit eval`), recorded in the run's events.jsonl; returns the report dir."""
