@@ -149,7 +149,7 @@ def test_chat_with_tools_answers_an_openai_message_and_refuses_bad_tools(tool_ru
         "{'name', 'description', 'parameters'}})")
 
 
-@pytest.mark.parametrize("template", ["chatml", "llama-3", "mistral", "qwen3"])
+@pytest.mark.parametrize("template", ["llama-3", "mistral", "qwen3"])  # chatml: the trained tool run's tests above
 def test_each_tool_family_renders_alike_in_training_the_gguf_and_the_modelfile(template, tmp_path):
     """Per family: the exported GGUF's template through llama.cpp's chat handling (llama-cpp-python's Jinja2 chat
     formatter, as `chat` and `serve` use it) and the Modelfile's TEMPLATE through Go render a tool conversation as
