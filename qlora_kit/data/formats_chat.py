@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from qlora_kit.data.example import (OPENAI_MESSAGE_KEYS, ROLES, Example, RowProblem, _check_conversation, _text,
                                     register)
-from qlora_kit.data.tool_messages import assistant_calls, check_flow, parse_call, parse_tools, split_reasoning
+from qlora_kit.data.tool_messages import (assistant_calls, check_flow, json_value, parse_call, parse_tools,
+                                         split_reasoning)
 
 SHAREGPT_ROLES = {
     "system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -80,9 +81,7 @@ def _openai(row: dict) -> Example:
 
 
 def _sharegpt_calls(value: object, what: str) -> list[dict]:
-    from qlora_kit.data.tool_messages import _json_value
-
-    calls = _json_value(value, what)
+    calls = json_value(value, what)
     return [parse_call(c, f"{what}[{j}]" if isinstance(calls, list) else what)
             for j, c in enumerate(calls if isinstance(calls, list) else [calls])]
 

@@ -46,21 +46,22 @@ def _prompt(value: object, what: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def _with_tools(prompt: list[dict], answers: dict[str, list[dict]], tools: list[dict] | None) -> None:
+def _with_tools(prompt: list[dict], answers: dict[str, list[dict]], tools: list[dict] | None,
+                parallel: bool = True) -> None:
     """Each answer's calls and the prompt's tool messages checked as one conversation per answer."""
     for name, answer in answers.items():
         try:
-            check_flow([dict(m) for m in prompt] + [dict(m) for m in answer], tools)
+            check_flow([dict(m) for m in prompt] + [dict(m) for m in answer], tools, parallel)
         except RowProblem as p:
             raise RowProblem(p.kind, f"{name} (after the prompt): {p.detail}") from None
     check_flow(prompt, tools)  # names the prompt's tool messages
 
 
 def _pair(prompt: list[dict], chosen: list[dict], rejected: list[dict], names: tuple[str, str],
-          tools: list[dict] | None = None) -> Example:
+          tools: list[dict] | None = None, parallel: bool = True) -> Example:
     if chosen == rejected:
         raise RowProblem("bad_preference", f"{names[0]} and {names[1]} are the same answer: the pair teaches nothing")
-    _with_tools(prompt, dict(zip(names, (chosen, rejected))), tools)
+    _with_tools(prompt, dict(zip(names, (chosen, rejected))), tools, parallel)
     return Example(messages=prompt, chosen=chosen, rejected=rejected, tools=tools)
 
 
@@ -80,13 +81,10 @@ def _openai_dpo(row: dict) -> Example:
     extra = sorted(set(inp) - {"messages", "tools", "parallel_tool_calls"})
     if extra:
         raise RowProblem("unknown_key", f"'input' has unknown key(s) {', '.join(extra)}")
-    tools = parse_tools(inp.get("tools"), "'input.tools'")
-    if inp.get("parallel_tool_calls") is False:
-        for side in ("preferred_output", "non_preferred_output"):
-            check_flow([dict(m) for m in _answer(row[side], f"'{side}'")], tools, parallel=False)
     return _pair(_prompt(inp["messages"], "'input.messages'"), _answer(row["preferred_output"], "'preferred_output'"),
                  _answer(row["non_preferred_output"], "'non_preferred_output'"),
-                 ("'preferred_output'", "'non_preferred_output'"), tools)
+                 ("'preferred_output'", "'non_preferred_output'"), parse_tools(inp.get("tools"), "'input.tools'"),
+                 inp.get("parallel_tool_calls") is not False)
 
 
 @register("kto", ("prompt", "completion", "label"),

@@ -28,7 +28,7 @@ def _problem(detail: str) -> RowProblem:
     return RowProblem("bad_tool_call", detail)
 
 
-def _json_value(value: object, what: str) -> object:
+def json_value(value: object, what: str) -> object:
     """A value OpenAI sends as JSON text (arguments, ShareGPT's tools) or as the object itself."""
     if isinstance(value, str):
         try:
@@ -41,7 +41,7 @@ def _json_value(value: object, what: str) -> object:
 def parse_tools(value: object, what: str) -> list[dict] | None:
     """A row's tool list: OpenAI `tools` ([{type: function, function: {...}}]), legacy `functions` or ShareGPT's
     list of bare function objects (possibly as JSON text), normalised to OpenAI's shape; None when empty."""
-    value = _json_value(value, what)
+    value = json_value(value, what)
     if value in (None, []):
         return None
     if not isinstance(value, list):
@@ -73,7 +73,7 @@ def parse_call(value: object, what: str) -> dict:
         raise _problem(f"{what} has no function name")
     if value.get("type", "function") != "function":
         raise _problem(f"{what} has type {value.get('type')!r}; only 'function' calls are supported")
-    args = _json_value(fn.get("arguments", {}), f"{what}.arguments")
+    args = json_value(fn.get("arguments", {}), f"{what}.arguments")
     if not isinstance(args, dict):
         raise _problem(f"{what}.arguments must be a JSON object, not {type(args).__name__}")
     call = {"type": "function", "function": {"name": fn["name"], "arguments": args}}

@@ -71,3 +71,12 @@ def system_problems(names: list[str], field: str = "eval.systems") -> list[str]:
             problems.append(str(exc) if str(exc).startswith(field) else f"{field} {name}: {exc}")
     return problems
 
+
+def template_name(adapter_dir: Path) -> str:
+    """The chat template training used (the adapter's qlora_kit.json): a built-in's name, else "tokenizer"."""
+    import json
+
+    try:
+        return json.loads((adapter_dir / "qlora_kit.json").read_text())["chat_template"]
+    except (OSError, ValueError, KeyError):
+        return "tokenizer"

@@ -8,7 +8,6 @@ renamed at the end. Runs with plain transformers (no Unsloth), like merge and ex
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -20,7 +19,7 @@ from qlora_kit.eval import rows as evrows
 from qlora_kit.eval.scoring import METRICS, load_scorer, score
 from qlora_kit.eval.tool_eval import TOOL_METRICS, score_row, tool_family, tool_summary
 from qlora_kit.eval import preference as evpref
-from qlora_kit.eval.names import gguf_path, merged_dir, parse_systems, reference_dir
+from qlora_kit.eval.names import gguf_path, merged_dir, parse_systems, reference_dir, template_name
 from qlora_kit.eval.systems import open_system
 from qlora_kit.recipe.options import EvalOptions
 
@@ -175,10 +174,11 @@ def _run_systems(run, recipe, status, systems, paths, rows, shots, options, scor
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run.adapter)
-    stop, eot = _stops(run, tokenizer)
+    template = template_name(run.adapter)
+    stop, eot = _stops(template, tokenizer)
     prompts = {"plain": [_encode(tokenizer, list(r.prompt), r) for r in rows],
                "fewshot": [_encode(tokenizer, evrows.with_shots(r, shots), r) for r in rows]}
-    family = tool_family(run, tokenizer, rows)
+    family = tool_family(template, tokenizer, rows)
     pset = evpref.build(tokenizer, recipe, *preference, options.samples) if preference else None
     n_ctx = max([len(p) + len(a) + options.max_new_tokens for p, a in prompts["fewshot"] + prompts["plain"]]
                 + [pset.longest if pset else 0]) + 8
@@ -274,14 +274,10 @@ def _encode(tokenizer, prompt_messages: list[dict], row) -> tuple[list[int], lis
     return prompt, tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
 
 
-def _stops(run, tokenizer) -> tuple[set[int], tuple[str, ...]]:
-    """Token ids and strings that end an assistant turn for the chat template used in training."""
+def _stops(name: str, tokenizer) -> tuple[set[int], tuple[str, ...]]:
+    """Token ids and strings that end an assistant turn for the chat template used in training (`name`)."""
     from qlora_kit.data.templates import CHAT_TEMPLATES
 
-    try:
-        name = json.loads((run.adapter / "qlora_kit.json").read_text())["chat_template"]
-    except (OSError, ValueError, KeyError):
-        name = "tokenizer"
     ends = CHAT_TEMPLATES[name].end_of_turn if name in CHAT_TEMPLATES else ()
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     for text in ends:

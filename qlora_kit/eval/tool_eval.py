@@ -6,24 +6,19 @@ none) is the primary metric, and the report adds per-call precision and recall a
 
 from __future__ import annotations
 
-import json
-
 from qlora_kit.errors import UsageError
 
 TOOL_METRICS = ("tool_call_exact",)
 _COUNTS = ("expected", "predicted", "name_correct", "exact")
 
 
-def tool_family(run, tokenizer, rows) -> str | None:
-    """The tool-call syntax to parse generations with; None when no held-out row has tools."""
+def tool_family(name: str, tokenizer, rows) -> str | None:
+    """The tool-call syntax to parse generations with (`name`: the training template, a built-in's name or
+    "tokenizer"); None when no held-out row has tools."""
     from qlora_kit.runtime.tool_calls import TEMPLATE_FAMILIES, family_for_template
 
     if not any(r.tools for r in rows):
         return None
-    try:
-        name = json.loads((run.adapter / "qlora_kit.json").read_text())["chat_template"]
-    except (OSError, ValueError, KeyError):
-        name = "tokenizer"
     family = TEMPLATE_FAMILIES.get(name) or family_for_template(tokenizer.chat_template or "")
     if family is None:
         raise UsageError(f"the held-out rows have tools, but the run's chat template ({name}) writes calls in a "
