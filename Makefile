@@ -73,8 +73,12 @@ real-demo: install
 # file on one worker so its module-scoped training runs happen once. The slowest tests are listed at the end (CI's log
 # then says where the suite's time goes).
 TEST_WORKERS ?= auto
+# llama.cpp's own vocabulary files and tokenizer test strings, from the pinned llama-cpp-python sdist
+# (tests/test_gguf_vocabularies.py imports and exports every one of them).
+LLAMA_VOCAB := $(VENV)/llama-vocab
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(BIN)/python tests/fetch_llama_vocab.py $(LLAMA_VOCAB)
+	QLORA_KIT_LLAMA_VOCAB=$(abspath $(LLAMA_VOCAB)) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # Unit tests only (no training runs): seconds.
 test-fast: install

@@ -47,8 +47,15 @@ def test_each_family_gets_the_tokenizer_llama_cpp_reproduces(family, label, sour
         # after a special token; llama.cpp's SentencePiece tokenizer does both. Everything else must match.
         assert " Hello world" in known and all(k.startswith(" ") or "<" in k for k in known)
         assert first["equal"] == first["texts"] - len(known) >= 9
+    elif family == "qwen2":
+        # Qwen 2's NFC normalizer recomposes decomposed text (llama.cpp's test strings hold some); llama.cpp has no
+        # normalizer for BPE vocabularies. Everything already in NFC must match.
+        import unicodedata
+
+        assert known and all(unicodedata.normalize("NFC", k) != k for k in known)
+        assert first["equal"] == first["texts"] - len(known) >= 300
     else:
-        assert known == [] and first["equal"] == first["texts"] >= 14
+        assert known == [] and first["equal"] == first["texts"] >= 300
 
 
 def test_sentencepiece_scores_follow_merge_ranks():
@@ -135,7 +142,7 @@ def test_tokenizer_cut_to_the_probe_texts_gives_the_full_tokenizers_ids(family):
     assert cut_data["model"]["vocab"] == full_data["model"]["vocab"]
     assert _merge_pairs(cut_data) == _merge_pairs(full_data)
     held = len(tokenizer.backend_tokenizer.get_vocab())
-    assert held < 0.9 * len(full_data["model"]["vocab"]), held  # really cut (the fixtures are small vocabularies)
+    assert held < len(full_data["model"]["vocab"]), held  # really cut (the probe set reaches most of these small vocabularies)
     with pytest.raises(RuntimeError, match="not cut for"):  # it answers only for the texts it was cut for
         tokenizer("a text that is not a probe", add_special_tokens=False)
 
@@ -179,3 +186,30 @@ def test_tokenizer_whose_class_adds_tokens_of_its_own_is_loaded_whole(tmp_path):
     assert type(tokenizer).__name__ == "GemmaTokenizer"  # not the cut one's wrapper
     (full, _, _), (cut, _, _), _ = _full_and_reduced(path)
     assert cut == full
+
+
+def test_a_vocabulary_that_would_crash_llama_cpp_is_refused_and_not_written(tmp_path):
+    """SentencePiece with byte fallback, one byte token removed (<0xC3>, the lead byte of 'é'): written as a GGUF
+    'llama' vocabulary, llama.cpp throws std::out_of_range from llama_vocab::byte_to_token on any text holding that
+    byte outside the vocabulary, uncaught: the process aborts. Export probes every candidate in a child process and
+    refuses in one line naming the text; no GGUF is left behind."""
+    import torch
+    from conftest import run_cli
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model_dir = tmp_path / "broken"
+    shutil.copytree(TOKENIZERS / "llama2", model_dir)
+    data = json.loads((model_dir / "tokenizer.json").read_text())
+    del data["model"]["vocab"]["<0xC3>"]
+    (model_dir / "tokenizer.json").write_text(json.dumps(data))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=520, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128)
+    LlamaForCausalLM(config).save_pretrained(model_dir, safe_serialization=True)
+    out = tmp_path / "gguf"
+    done = run_cli("export", str(model_dir), "--out", str(out), "--quant", "f16")
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "refused as unsafe: llama/default, add_space_prefix=true: llama.cpp crashes (SIGABRT) tokenizing" \
+        in lines[0], lines[0]
+    assert not (out.exists() and list(out.glob("*.gguf")))

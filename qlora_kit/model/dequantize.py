@@ -6,11 +6,11 @@ transformers' GGUF loader does the dequantization, but the model it returns cann
 `quantization_config`, and `save_pretrained` refuses: "The model is quantized with QuantizationMethod.GGUF and is
 not serializable"). So the weights move into a model built from the same config without it, which saves normally.
 
-The tokenizer transformers builds from a GGUF byte-level BPE vocabulary is a hybrid: a BPE model with
-`byte_fallback: true` under a ByteLevel pre-tokenizer and decoder. Byte fallback never fires there (the ByteLevel
-alphabet covers every byte), so it changes no token, but it makes the file look SentencePiece-style to converters
-(ours included). It is written with `byte_fallback: false`, as the original hub tokenizer.json has it, and the
-saved tokenizer is checked to encode and decode a set of texts exactly as the GGUF-built one does.
+The tokenizer comes from the GGUF's own vocabulary (qlora_kit.gguf.vocab.gguf_tokenizer): transformers' conversion
+splits some SentencePiece vocabularies into single characters and has none for many others. It is used only where
+ours is not equal to llama.cpp on the probe set and it is. (transformers builds a byte-level BPE vocabulary as a
+hybrid, `byte_fallback: true` under a ByteLevel pre-tokenizer; that flag changes no token but makes the file look
+SentencePiece-style to converters, so it is written `false`, as the original hub tokenizer.json has it.)
 
 A bad input (unsupported architecture, a file transformers cannot parse) is one line on stderr and exit code 2.
 """
@@ -24,21 +24,15 @@ from pathlib import Path
 
 from qlora_kit.errors import QKError, StageError, UsageError, first_line
 
-# Texts the saved tokenizer must treat exactly like the GGUF-built one: digits, whitespace runs, punctuation,
-# accents, CJK, emoji, chat markup.
-ROUND_TRIP_TEXTS = [
-    "Convert to ISO 8601: March 5, 2021", "  leading and trailing spaces  ", "tabs\tand\nnew\n\nlines",
-    "1234567890 3.14159 -42", "Ünïcödé façade naïve", "日本語のテキスト", "emoji 🤗🚀", "x = {'a': [1, 2]} // ok?",
-    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
-]
 NOT_ARCHS = {"general", "tokenizer"}  # metadata sections listed beside the architectures in transformers' table
 
 
 def dequantize(src: Path, out: Path, dtype_name: str, name: str, chat_template: str | None = None) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
+    from qlora_kit.gguf.vocab.gguf_tokenizer import choose as choose_tokenizer
     from qlora_kit.model.gguf_source import read_facts
 
     facts = read_facts(src, name)
@@ -47,13 +41,18 @@ def dequantize(src: Path, out: Path, dtype_name: str, name: str, chat_template: 
         raise UsageError(f"model.name: {name}: transformers cannot dequantize GGUF architecture {arch!r}; it "
                          f"supports: {', '.join(sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - NOT_ARCHS))}")
     dtype = getattr(torch, dtype_name)
+    template = None
+    if chat_template:
+        from qlora_kit.data.templates import get_template
+
+        template = get_template(chat_template).jinja
+    tokenizer, tokenizer_facts = choose_tokenizer(src, out, f"model.name: {name}", template,
+                                                  lambda: transformers_tokenizer(src, facts["special_ids"], template))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=dtype)
     except (ValueError, KeyError, NotImplementedError) as exc:  # transformers' ways of saying "not this file"
         raise UsageError(f"model.name: {name}: transformers cannot load this GGUF ({arch}): "
                          f"{first_line(exc, type(exc).__name__)}") from None
-    set_special_tokens(tokenizer, facts["special_ids"])
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -67,14 +66,29 @@ def dequantize(src: Path, out: Path, dtype_name: str, name: str, chat_template: 
     model.tie_weights()
     model.generation_config = loaded.generation_config
     model.save_pretrained(out, safe_serialization=True)
-    if chat_template:
-        from qlora_kit.data.templates import get_template
+    if (reference_template := tokenizer.chat_template or None) != (template or facts["chat_template"] or None):
+        raise StageError(f"the saved tokenizer has another chat template than the GGUF ({reference_template!r:.40})")
+    return {"architecture": arch, "model_class": type(model).__name__, **tokenizer_facts}
 
-        tokenizer.chat_template = get_template(chat_template).jinja
-    tokenizer.save_pretrained(out)
-    normalized = normalize_tokenizer_json(out / "tokenizer.json")
-    check_round_trip(tokenizer, out)
-    return {"architecture": arch, "model_class": type(model).__name__, "byte_fallback_normalized": normalized}
+
+def transformers_tokenizer(src: Path, special_ids: dict[str, int], template: str | None):
+    """transformers' own conversion of the GGUF vocabulary (None where it has none), with the file's special
+    tokens and a byte-level BPE's byte_fallback flag normalized (see the module docstring)."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    except Exception:  # noqa: BLE001 - any failure means transformers has no conversion for this vocabulary
+        return None
+    set_special_tokens(tokenizer, special_ids)
+    if template:
+        tokenizer.chat_template = template
+    with tempfile.TemporaryDirectory(prefix="qlora-kit-tok-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        normalize_tokenizer_json(Path(tmp) / "tokenizer.json")
+        return AutoTokenizer.from_pretrained(tmp)
 
 
 def set_special_tokens(tokenizer, ids: dict[str, int]) -> None:
@@ -110,18 +124,6 @@ def _byte_level(spec: dict | None) -> bool:
     if spec.get("type") == "ByteLevel":
         return True
     return any(p.get("type") == "ByteLevel" for p in spec.get("pretokenizers") or [])
-
-
-def check_round_trip(reference, out: Path) -> None:
-    from transformers import AutoTokenizer
-
-    saved = AutoTokenizer.from_pretrained(out)
-    for text in ROUND_TRIP_TEXTS:
-        want, got = reference.encode(text, add_special_tokens=False), saved.encode(text, add_special_tokens=False)
-        if want != got or saved.decode(got) != reference.decode(want):
-            raise StageError(f"the saved tokenizer does not round-trip {text!r}: {got[:12]} vs {want[:12]}")
-    if (reference.chat_template or None) != (saved.chat_template or None):
-        raise StageError("the saved tokenizer lost the chat template")
 
 
 def main(argv: list[str] | None = None) -> int:

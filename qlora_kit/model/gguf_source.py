@@ -6,7 +6,7 @@ in a child process: the training process may already have imported Unsloth, whic
     $QLORA_KIT_HOME/gguf/<sha256 of the file>[-<chat template>]/
 
 safetensors in the source's precision (BF16 for quantized sources), a config without the GGUF quantization config,
-a tokenizer that round-trips, the chat template from the GGUF metadata (or, for Ollama models whose template layer
+a tokenizer proven equal to llama.cpp's on the probe set (built from the GGUF's vocabulary), the chat template from the GGUF metadata (or, for Ollama models whose template layer
 names another, that one), and `qlora_kit_source.json`. It is written to a temporary directory and renamed when
 complete, so a failed or interrupted dequantization never leaves a cache entry that looks usable.
 
@@ -36,7 +36,7 @@ from qlora_kit.model import ollama_store
 
 PREFIX, PKG_PREFIX = "gguf:", "pkg:"
 SOURCE_FILE = "qlora_kit_source.json"
-CACHE_VERSION = 1  # bump when the dequantizer's output changes, so stale cache entries are not reused
+CACHE_VERSION = 2  # bump when the dequantizer's output changes, so stale cache entries are not reused
 MAGIC = b"GGUF"
 # Tensor types that keep (nearly) all of a model's precision; anything else is a lossy quantization the tuned
 # model inherits, which the user is told about.

@@ -161,6 +161,9 @@ def plan_tensors(ckpt: Checkpoint, arch, ggml_target: str, mixture: str | None =
 def _write_metadata(writer, ckpt: Checkpoint, arch, model_dir: Path, file_type: int, name: str) -> dict:
     import gguf
 
+    from qlora_kit.gguf.vocab.vocab import llama_cpp_name
+
+    name = llama_cpp_name(model_dir, name)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_file_type(file_type)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qlora_kit.gguf.vocab.expectations import TokenExpectations, known_spm_difference
+from qlora_kit.gguf.vocab.expectations import TokenExpectations
 from qlora_kit.gguf.vocab.vocab_plan import VocabPlan
 from qlora_kit.native.loader import captured_native_output, load
 
@@ -36,20 +36,27 @@ MIN_DECISIVE = 8  # fewer decisive positions than this: top-1 is reported, not j
 
 
 def check_tokens(gguf_path, expect: TokenExpectations) -> dict:
-    """llama.cpp's ids vs HF's on the probe texts and the chat sample (specials parsed), and with BOS/EOS added as
-    each side adds them. Differences llama.cpp's SentencePiece tokenizer cannot avoid are reported apart."""
+    """llama.cpp's ids vs HF's on the probe set and the chat sample (specials parsed), and with BOS/EOS added as
+    each side adds them; llama.cpp runs in a child process, invalid UTF-8 probes first, so a file that makes it abort
+    is a failed check naming the text (`crash`), not a dead verifier. Differences llama.cpp cannot avoid by design
+    are reported apart (expectations.known_difference)."""
+    from qlora_kit.gguf.vocab.gguf_meta import read_keys
+    from qlora_kit.gguf.vocab.llama_tokens import TokenizerCrash, tokenize
+    from qlora_kit.gguf.vocab.probe_set import invalid_utf8_for
+
     texts = expect.texts
-    llm = load(gguf_path, "checking the tokens of", vocab_only=True)
-    with captured_native_output():
-        try:
-            got = [llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts]
-            with_specials = llm.tokenize(b"Hello world", add_bos=True, special=True)
-            model = llm.metadata.get("tokenizer.ggml.model", "")
-            prefix = llm.metadata.get("tokenizer.ggml.add_space_prefix", "true") == "true"
-        finally:
-            llm.close()
-    plan = VocabPlan(model, "", [], [], "", add_space_prefix=prefix)
-    known = known_spm_difference(plan, expect.space_rule, expect.added)
+    try:
+        broken = invalid_utf8_for(gguf_path)
+        got = tokenize(gguf_path, broken + list(texts))[len(broken):]
+        (with_specials,) = tokenize(gguf_path, ["Hello world"], add_special=True)
+    except TokenizerCrash as exc:
+        return {"texts": len(texts), "equal": 0, "mismatched": [], "crash": str(exc), "known_differences": [],
+                "special_tokens_added_equal": False}
+    meta = read_keys(gguf_path, {"tokenizer.ggml.model", "tokenizer.ggml.add_space_prefix"})
+    prefix = meta.get("tokenizer.ggml.add_space_prefix")
+    plan = VocabPlan(str(meta.get("tokenizer.ggml.model", "")), "", [], [], "",
+                     add_space_prefix=True if prefix is None else bool(prefix))
+    known = expect.known(plan)
     differ = [t for t, ids, want in zip(texts, got, expect.ids) if list(ids) != want]
     mismatched = [t for t in differ if not known(t)]
     return {"texts": len(texts), "equal": len(texts) - len(mismatched), "mismatched": mismatched[:3],
@@ -112,6 +119,8 @@ def decisive_top1(positions: dict, quant: str) -> dict:
 
 
 def judge(quant: str, tokens: dict, logits: dict) -> tuple[bool, str]:
+    if tokens.get("crash"):
+        return False, f"{tokens['crash']}: this file would abort llama.cpp (and Ollama) on such input"
     if tokens["equal"] != tokens["texts"]:
         return False, f"llama.cpp tokenizes {tokens['texts'] - tokens['equal']} of {tokens['texts']} test texts " \
                       f"differently from the HF tokenizer (first: {tokens['mismatched'][0]!r})"

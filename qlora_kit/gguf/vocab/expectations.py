@@ -29,10 +29,13 @@ SPECIAL_PROBES = 4  # texts built from the tokenizer's own special/added tokens
 
 
 def probe_texts(hf_tokenizer) -> list[str]:
-    """The fixed probes plus texts around this tokenizer's own added tokens (chat markers, BOS/EOS strings)."""
+    """The fixed probes, the shared probe set (probe_set.py: llama.cpp's own test strings, every byte, character
+    classes, mixed-script text) and texts around this tokenizer's own added tokens (chat markers, BOS/EOS strings)."""
+    from qlora_kit.gguf.vocab.probe_set import fixed_texts
+
     added = [t for t in getattr(hf_tokenizer, "added_tokens_decoder", {}).values() if t.content.strip()]
     added = sorted(added, key=lambda t: (not t.special, t.content))[:SPECIAL_PROBES]
-    texts = list(PROBE_TEXTS)
+    texts = list(dict.fromkeys(list(PROBE_TEXTS) + fixed_texts()))
     for token in added:
         texts.append(f"{token.content}Hello world{token.content}\nNext line {token.content}")
     return texts
@@ -101,10 +104,41 @@ class TokenExpectations:
     with_specials: list[int]  # HF's ids for "Hello world" with BOS/EOS added as it adds them
     added: list[str]  # the added tokens' texts
     space_rule: str  # how HF prepends '▁' (spm_space_rule)
+    unicode_form: str | None = None  # "NFC", "NFKC", ... when the HF normalizer recomposes text (unicode_form)
 
     @classmethod
     def of(cls, hf_tokenizer, chat_sample: str | None = None, data: dict | None = None) -> "TokenExpectations":
         texts = probe_texts(hf_tokenizer) + ([chat_sample] if chat_sample is not None else [])
         return cls(texts, hf_ids(hf_tokenizer, texts),
                    list(hf_tokenizer("Hello world", add_special_tokens=True)["input_ids"]),
-                   added_texts(hf_tokenizer), spm_space_rule(data))
+                   added_texts(hf_tokenizer), spm_space_rule(data), unicode_form(data))
+
+    def known(self, plan: VocabPlan):
+        """text -> why llama.cpp cannot tokenize it as HF does, by design, or None (known_difference)."""
+        return known_difference(plan, self)
+
+
+def unicode_form(data: dict | None) -> str | None:
+    """The Unicode normalization the HF tokenizer applies first (Qwen 2's NFC), or None."""
+    spec = (data or {}).get("normalizer") or {}
+    parts = spec.get("normalizers") if spec.get("type") == "Sequence" else [spec]
+    forms = [p.get("type") for p in parts or [] if p and p.get("type") in ("NFC", "NFD", "NFKC", "NFKD")]
+    return forms[0] if forms else None
+
+
+def known_difference(plan: VocabPlan, expect: "TokenExpectations"):
+    """Differences no GGUF setting avoids: SentencePiece's doubled '▁' (known_spm_difference), and text that a
+    Unicode normalizer changes: llama.cpp has no such normalizer for BPE vocabularies and tokenizes the code points
+    as given, so e.g. a decomposed 'é' (e + U+0301) differs under Qwen 2's NFC. Text already in that form is equal."""
+    import unicodedata
+
+    spm = known_spm_difference(plan, expect.space_rule, expect.added)
+    form = expect.unicode_form
+
+    def reason(text: str) -> str | None:
+        if form and unicodedata.normalize(form, text) != text:
+            return (f"text not in {form}: the HF tokenizer normalizes it to {form} first, llama.cpp tokenizes the "
+                    "code points as given")
+        return spm(text)
+
+    return reason

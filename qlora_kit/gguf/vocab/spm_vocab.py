@@ -19,9 +19,11 @@ BYTE_TOKEN = re.compile(r"^<0x[0-9A-F]{2}>$")
 
 
 def has_byte_tokens(tokens) -> bool:
-    """llama.cpp's SentencePiece tokenizer falls back to <0xNN> tokens for characters not in the vocabulary, and
-    fails on a character it cannot spell at all: without all 256 byte tokens it is not a safe candidate."""
-    return sum(1 for t in tokens if BYTE_TOKEN.match(t)) == 256
+    """A SentencePiece vocabulary with byte fallback has <0xNN> tokens. llama.cpp's SentencePiece tokenizer falls
+    back to them for characters not in the vocabulary and throws (uncaught: the process aborts) on a byte whose
+    token is missing; an incomplete set is still a candidate here, and the child-process probe refuses it
+    (tokenizer_probe.choose) with the text that kills llama.cpp."""
+    return any(BYTE_TOKEN.match(t) for t in tokens)
 
 
 def space_prefix_of(data: dict) -> bool:

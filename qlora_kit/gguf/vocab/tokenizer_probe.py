@@ -1,5 +1,9 @@
 """Choose the GGUF tokenizer by behaviour: the first candidate llama.cpp tokenizes exactly like the HF tokenizer.
 
+Each candidate is asked in a child process (llama_tokens.py), invalid UTF-8 probes first: a vocabulary on which
+llama.cpp aborts is never written, it is a candidate refused, and when every candidate is, export refuses in one
+line naming the text and the signal.
+
 A tokenizer.json field (byte_fallback, the pre-tokenizer's type) says what a tokenizer is made of, not what it does:
 transformers writes a Llama-3 tokenizer with `byte_fallback: true` when it builds one from a GGUF vocabulary, and
 a model-specific class may replace the pre-tokenizer named in the file. So each candidate vocabulary is written to
@@ -14,19 +18,18 @@ import tempfile
 from pathlib import Path
 
 from qlora_kit.errors import UsageError
-from qlora_kit.gguf.vocab.expectations import TokenExpectations, known_spm_difference
+from qlora_kit.gguf.vocab.expectations import TokenExpectations
 from qlora_kit.gguf.vocab.vocab_plan import VocabPlan
 
 
 def llama_cpp_ids(gguf_path: Path, texts: list[str]) -> list[list[int]]:
-    from qlora_kit.native.loader import captured_native_output, load
+    """llama.cpp's ids for the texts, from a child process (llama_tokens.py), after the invalid UTF-8 probes: a
+    vocabulary that makes llama.cpp abort on any of them raises TokenizerCrash naming the text."""
+    from qlora_kit.gguf.vocab.llama_tokens import tokenize
+    from qlora_kit.gguf.vocab.probe_set import invalid_utf8_for
 
-    llm = load(gguf_path, "checking the tokens of", vocab_only=True)
-    with captured_native_output():
-        try:
-            return [list(llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)) for t in texts]
-        finally:
-            llm.close()
+    broken = invalid_utf8_for(gguf_path)
+    return tokenize(gguf_path, broken + list(texts), special=True)[len(broken):]
 
 
 def write_vocab_only(path: Path, plan: VocabPlan, name: str) -> None:
@@ -61,6 +64,7 @@ def choose(candidates: list[VocabPlan], expect: TokenExpectations, name: str, wh
     """The first candidate whose llama.cpp ids equal HF's (`expect`) on every probe text (but known SentencePiece
     differences, reported), and what was tried."""
     from qlora_kit.errors import StageError
+    from qlora_kit.gguf.vocab.llama_tokens import TokenizerCrash
 
     texts, expected = expect.texts, expect.ids
     tried, best = [], None
@@ -70,12 +74,15 @@ def choose(candidates: list[VocabPlan], expect: TokenExpectations, name: str, wh
             write_vocab_only(path, plan, name)
             try:
                 got = llama_cpp_ids(path, texts)
+            except TokenizerCrash as exc:  # this vocabulary would kill llama.cpp (and Ollama) on a user's input
+                tried.append({"candidate": plan.label, "error": str(exc), "crash": True})
+                continue
             except StageError as exc:  # llama.cpp refused this candidate (e.g. a pre-tokenizer it lacks)
                 tried.append({"candidate": plan.label, "error": str(exc)})
                 continue
             finally:
                 path.unlink(missing_ok=True)
-            known = known_spm_difference(plan, expect.space_rule, expect.added)
+            known = expect.known(plan)
             equal = sum(a == b for a, b in zip(expected, got))
             differ = [t for t, a, b in zip(texts, expected, got) if a != b]
             tried.append({"candidate": plan.label, "equal": equal, "texts": len(texts)})
@@ -86,11 +93,18 @@ def choose(candidates: list[VocabPlan], expect: TokenExpectations, name: str, wh
                 best = (equal, plan, first_difference(texts, expected, got, known))
     labels = ", ".join(t["candidate"] for t in tried) or "none"
     if best is None:
+        crashes = [t["error"] for t in tried if t.get("crash")]
+        if crashes:
+            raise UsageError(f"{where}: refused, the GGUF is not written: {crashes[0]} (every candidate vocabulary "
+                             f"crashes llama.cpp: {labels}); the tokenizer lacks tokens llama.cpp needs (e.g. a byte "
+                             "token); save the complete tokenizer with the model")
         raise UsageError(f"{where}: llama.cpp could not load any candidate vocabulary ({labels}); "
                          f"{tried[0]['error'] if tried else ''}")
     _, plan, (text, want, have) = best
+    crashed = [f"{t['candidate']}: {t['error']}" for t in tried if t.get("crash")]
     raise UsageError(f"{where}: no llama.cpp tokenizer reproduces this tokenizer (tried {labels}); the closest, "
-                     f"{plan.label}, differs first on {text!r}: HF ids {_short(want)}, llama.cpp ids {_short(have)}")
+                     f"{plan.label}, differs first on {text!r}: HF ids {_short(want)}, llama.cpp ids {_short(have)}"
+                     + (f"; refused as unsafe: {'; '.join(crashed)}" if crashed else ""))
 
 
 def _short(ids: list[int], keep: int = 16) -> str:

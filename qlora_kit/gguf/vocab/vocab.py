@@ -14,16 +14,10 @@ import logging
 from pathlib import Path
 
 from qlora_kit.errors import UsageError
+from qlora_kit.gguf.vocab.gguf_bpe_pre import LLAMA3_REGEX, QWEN2_REGEX, TEKKEN_REGEX
 from qlora_kit.gguf.vocab.vocab_plan import CONTROL, NORMAL, UNUSED, USER_DEFINED, VocabPlan
 
 # Pre-tokenizer regexes (as they appear in tokenizer.json) -> llama.cpp's pre-tokenizer names.
-LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-                r"\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-               r"\s*[\r\n]+|\s+(?!\S)|\s+")
-TEKKEN_REGEX = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
-                r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}|"
-                r" ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 KNOWN_SPLIT_REGEXES = {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2", TEKKEN_REGEX: "tekken"}
 # Tried in this order after the identified one; each is a pre-tokenizer llama.cpp 0.3.36 implements.
 GPT2_PRE_TOKENIZERS = ("llama-bpe", "qwen2", "gpt-2", "tekken", "smollm", "deepseek-llm", "gpt-4o", "default")
@@ -151,8 +145,12 @@ def bpe_candidates(model_dir: Path, data: dict) -> list[VocabPlan]:
     merges = _merges(data) or gguf.SpecialVocab(model_dir, load_merges=True).merges  # else merges.txt
     if not merges:
         return []
+    from qlora_kit.gguf.vocab.gguf_bpe import identify
+
     identified = identify_pre_tokenizer(data.get("pre_tokenizer"))
-    order = ([identified] if identified else []) + [p for p in GPT2_PRE_TOKENIZERS if p != identified]
+    # A tokenizer built from a GGUF (a GGUF base, exported back) carries llama.cpp's own regexes: their names first.
+    named = ([identified] if identified else []) + identify(data.get("pre_tokenizer"))
+    order = list(dict.fromkeys(named + list(GPT2_PRE_TOKENIZERS)))
     # The candidates differ only in the pre-tokenizer: they share one token list (a 150k vocabulary padded to the
     # embedding is tens of MB per copy; VocabPlan.fit pads and trims in place, the same for all of them).
     return [VocabPlan("gpt2", pre, tokens, types, "tokenizer.json (byte-level BPE)", merges=merges)
@@ -194,6 +192,20 @@ def candidates(model_dir: Path, data: dict | None, space_prefix_hint: bool) -> l
     if not plans:
         raise UsageError(f"{model_dir}: this tokenizer cannot be written as a GGUF vocabulary; supported: {SUPPORTED}")
     return plans
+
+
+def llama_cpp_name(model_dir: Path, name: str) -> str:
+    """general.name as llama.cpp needs it: it gives special tokens their rstrip flag (swallow the whitespace after
+    them, as Phi-3's tokenizer does) only when the name contains "phi3" or "phi-3". A tokenizer whose special tokens
+    rstrip gets that suffix, or llama.cpp would tokenize every chat turn differently from training."""
+    try:  # transformers writes each added token's flags here (cheaper than parsing tokenizer.json again)
+        config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return name
+    added = (config.get("added_tokens_decoder") or {}).values() if isinstance(config, dict) else []
+    rstrip = any(isinstance(t, dict) and t.get("rstrip") and t.get("special") for t in added)
+    lowered = name.lower()
+    return f"{name}-phi3" if rstrip and "phi3" not in lowered and "phi-3" not in lowered else name
 
 
 def special_adds(hf_tokenizer) -> dict[str, bool]:
