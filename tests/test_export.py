@@ -72,7 +72,10 @@ FAMILIES = [("llama", "llama3", "gpt2/llama-bpe"), ("llama31", "llama3-gguf", "g
 @pytest.mark.parametrize("kind, family, expected", FAMILIES, ids=[f"{k}-{f}" for k, f, _ in FAMILIES])
 def test_every_family_exports_and_llama_cpp_agrees(tmp_path, kind, family, expected):
     """A tiny random model of each family with that family's tokenizer, saved as transformers 5 saves it
-    (tokenizer.json only), exports with default settings and passes the verifier."""
+    (tokenizer.json only), exports with default settings and passes the verifier: every file tokenizes the whole
+    probe set (llama.cpp's own test strings, every byte, invalid UTF-8, ...) in a child process without aborting and
+    as HF does. llama31-llama3-gguf is the Llama-3 hybrid (byte-level BPE whose tokenizer.json sets byte_fallback)
+    for which llama.cpp's own converter writes a file llama.cpp aborts on."""
     from gguf import GGUFReader
 
     model = make_model(tmp_path, TOKENIZERS / family, kind)
@@ -83,7 +86,7 @@ def test_every_family_exports_and_llama_cpp_agrees(tmp_path, kind, family, expec
         entry = report["exports"][quant]
         check = entry["verification"]
         assert check["passed"], (quant, check["summary"])
-        assert check["tokens"]["equal"] == check["tokens"]["texts"] >= 15
+        assert check["tokens"]["equal"] == check["tokens"]["texts"] >= 340 and "crash" not in check["tokens"]
         assert check["tokens"]["special_tokens_added_equal"]
         assert (tmp_path / "gguf" / entry["file"]).is_file()
     f32 = report["exports"]["f32"]

@@ -188,6 +188,7 @@ def test_tokenizer_whose_class_adds_tokens_of_its_own_is_loaded_whole(tmp_path):
     assert cut == full
 
 
+@pytest.mark.slow
 def test_a_vocabulary_that_would_crash_llama_cpp_is_refused_and_not_written(tmp_path):
     """SentencePiece with byte fallback, one byte token removed (<0xC3>, the lead byte of 'é'): written as a GGUF
     'llama' vocabulary, llama.cpp throws std::out_of_range from llama_vocab::byte_to_token on any text holding that
@@ -213,3 +214,22 @@ def test_a_vocabulary_that_would_crash_llama_cpp_is_refused_and_not_written(tmp_
     assert "refused as unsafe: llama/default, add_space_prefix=true: llama.cpp crashes (SIGABRT) tokenizing" \
         in lines[0], lines[0]
     assert not (out.exists() and list(out.glob("*.gguf")))
+
+
+def test_verification_reports_a_file_that_crashes_llama_cpp_instead_of_dying(tmp_path):
+    """`export --check-only` and export's verification tokenize in a child process: a GGUF made elsewhere whose
+    vocabulary aborts llama.cpp (SentencePiece without <0xC3>) is a failed check naming the text and the signal."""
+    from qlora_kit.gguf.verify.verify import check_tokens, judge
+    from qlora_kit.gguf.vocab.expectations import TokenExpectations
+    from qlora_kit.gguf.vocab.spm_vocab import from_tokenizer_json
+    from qlora_kit.gguf.vocab.tokenizer_probe import write_vocab_only
+    from qlora_kit.gguf.vocab.vocab import load_hf_tokenizer
+
+    data = json.loads((TOKENIZERS / "llama2" / "tokenizer.json").read_text())
+    plan = from_tokenizer_json(data, "llama2")
+    plan.tokens[plan.tokens.index("<0xC3>")] = "<removed>"
+    write_vocab_only(tmp_path / "broken.gguf", plan, "broken")
+    tokens = check_tokens(tmp_path / "broken.gguf", TokenExpectations.of(load_hf_tokenizer(TOKENIZERS / "llama2")))
+    assert tokens["crash"].startswith("llama.cpp crashes (SIGABRT) tokenizing") and tokens["equal"] == 0
+    passed, summary = judge("f32", tokens, {})
+    assert not passed and summary.endswith("this file would abort llama.cpp (and Ollama) on such input")

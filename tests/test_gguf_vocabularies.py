@@ -5,8 +5,8 @@ strings (`.inp`) and expected ids (`.out`); `make test` fetches them (tests/fetc
 $QLORA_KIT_LLAMA_VOCAB. For each vocabulary:
 (a) import: the HF tokenizer built from the GGUF (qlora_kit.gguf.vocab.gguf_tokenizer) gives the `.out` ids on every
     `.inp` string (specials not parsed, as llama.cpp's test runs) and llama.cpp's ids on every probe (specials parsed);
-(b) export: that tokenizer, saved with a model, goes through export's vocabulary step (candidates, child-process
-    probe, the chosen vocabulary written into a GGUF): llama.cpp tokenizes every probe with the written file without
+(b) export: a tiny random model saved with that tokenizer is exported (`qlora_kit.gguf.run.export`: candidates,
+    child-process probe, the chosen vocabulary written): llama.cpp tokenizes every probe with the written file without
     aborting and exactly as with the source file.
 llama.cpp runs in a child process throughout, so an abort is a failure naming the text, not a dead test worker.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # ~20 exports of real vocabularies (up to 262k tokens)
 VOCAB_DIR = Path(os.environ.get("QLORA_KIT_LLAMA_VOCAB", Path(__file__).parents[1] / ".venv" / "llama-vocab"))
 SEP = "\n__ggml_vocab_test__\n"
 # The pinned sdist's vocabularies and their tokenizer models (a version bump that adds one fails the inventory test).
@@ -82,34 +83,28 @@ def test_vocabulary_imports_and_exports_back(name, tmp_path):
     tokenize(source, invalid_utf8_for(source))  # no abort on invalid UTF-8 (but llama.cpp's own, see below)
     if vocab.model in NOT_EXPORTED:
         pytest.skip(f"export back: {NOT_EXPORTED[vocab.model]}")
-    exported = export_vocabulary(model_dir, tmp_path / "exported.gguf", len(vocab.tokens), vocab)  # (b)
+    exported = export_tiny_model(model_dir, tmp_path / "gguf", len(vocab.tokens))  # (b)
     texts = probe_texts(tokenizer) + (tests[0] if tests else [])
     assert tokenize(exported, texts) == tokenize(source, texts)
     assert tokenize(exported, texts, special=False) == tokenize(source, texts, special=False)
     tokenize(exported, invalid_utf8_for(exported))
 
 
-def export_vocabulary(model_dir: Path, out: Path, n_vocab: int, vocab) -> Path:
-    """Export's vocabulary step (qlora_kit.gguf.vocab.vocab.add_vocab: candidates, the child-process probe,
-    BOS/EOS, special ids, chat template) into a vocabulary-only GGUF. The model tensors are not what is tested
-    here; test_gguf_base_round_trip.py exports a whole model with a vocabulary from this set."""
-    from qlora_kit.gguf.gguf_writer import GGUFWriter
-    from qlora_kit.gguf.vocab.vocab import add_vocab
+def export_tiny_model(model_dir: Path, out: Path, n_vocab: int) -> Path:
+    """A random one-layer Llama with this vocabulary, saved beside its tokenizer and exported to GGUF by
+    `qlora_kit.gguf.run.export` (the vocabulary step: candidates, the child-process probe, BOS/EOS, special ids).
+    Logit verification is off: these weights are not what is tested here (test_export.py verifies families)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    writer = GGUFWriter(str(out), "llama")
-    writer.add_name(vocab.name or "model")  # llama.cpp sets Phi-3's special tokens' rstrip by general.name
-    for add, value in ((writer.add_block_count, 1), (writer.add_context_length, 64),
-                       (writer.add_embedding_length, 64), (writer.add_feed_forward_length, 64),
-                       (writer.add_head_count, 1), (writer.add_head_count_kv, 1)):
-        add(value)
-    writer.add_layer_norm_rms_eps(1e-5)
-    prefix = vocab.add_space_prefix if vocab.add_space_prefix is not None else True
-    add_vocab(writer, model_dir, n_vocab, space_prefix=prefix, name=vocab.name or "model")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    writer.close()
-    return out
+    from qlora_kit.gguf.run import ExportOptions, export
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=n_vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=64)
+    LlamaForCausalLM(config).save_pretrained(model_dir, safe_serialization=True)
+    export(model_dir, ExportOptions(quant=["f32"], verify=False), out)
+    return next(out.glob("*-f32.gguf"))
 
 
 def test_llama_cpp_own_aborts_are_still_upstream():

@@ -201,8 +201,10 @@ def llama_cpp_name(model_dir: Path, name: str) -> str:
     try:  # transformers writes each added token's flags here (cheaper than parsing tokenizer.json again)
         config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return name
+        config = {}
     added = (config.get("added_tokens_decoder") or {}).values() if isinstance(config, dict) else []
+    if not added:  # a tokenizer written by qlora_kit.gguf.vocab.gguf_tokenizer: the flags are in tokenizer.json
+        added = (tokenizer_json(model_dir) or {}).get("added_tokens", [])
     rstrip = any(isinstance(t, dict) and t.get("rstrip") and t.get("special") for t in added)
     lowered = name.lower()
     return f"{name}-phi3" if rstrip and "phi3" not in lowered and "phi-3" not in lowered else name
