@@ -48,7 +48,7 @@ def tokenize(gguf_path, texts: list[bytes] | list[str], special: bool = True,
     request = json.dumps({"texts": [t.hex() for t in raw], "special": special, "add_special": add_special})
     done = subprocess.run([sys.executable, "-m", __name__, str(path)], input=request, capture_output=True,
                           text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
+    lines = _answers(done.stdout)
     signum = died_by_signal(done.returncode)
     if signum is not None:
         name = signal_name(signum)
@@ -59,6 +59,17 @@ def tokenize(gguf_path, texts: list[bytes] | list[str], special: bool = True,
         last = [ln for ln in done.stderr.splitlines() if ln.strip()]
         raise StageError(last[-1] if last else f"tokenizing with {path.name} failed (exit code {done.returncode})")
     return lines
+
+
+def _answers(stdout: str) -> list[list[int]]:
+    """The child's complete answers, in order (a line cut short by the child's death is not one)."""
+    answers = []
+    for line in stdout.splitlines():
+        try:
+            answers.append(json.loads(line))
+        except ValueError:
+            break
+    return answers
 
 
 def main(argv: list[str]) -> int:
