@@ -23,6 +23,8 @@ class Verdict:
     first: tuple[str, list[int], list[int]] | None  # (text, llama.cpp ids, HF ids) of the first difference
 
     def line(self) -> str:
+        if self.texts == 0:  # not built: the source says why
+            return self.source
         if self.first is None:
             return f"{self.source}: equal on {self.texts} probe texts"
         text, want, got = self.first
@@ -61,26 +63,24 @@ def build(gguf_path: Path, out: Path, where: str, chat_template: str | None = No
     (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
               "model_max_length": 1 << 30, "chat_template": chat_template or vocab.chat_template}
+    texts = _token_texts(data)
     for attr, key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unk"), ("pad_token", "pad"),
                       ("sep_token", "sep"), ("mask_token", "mask")):
         i = vocab.special.get(key)
-        if i is not None and 0 <= i < len(vocab.tokens):
-            config[attr] = _token_text(data, i)
+        if i is not None and i in texts:
+            config[attr] = texts[i]
     if not config["chat_template"]:
         del config["chat_template"]
     (out / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
     return AutoTokenizer.from_pretrained(out), vocab
 
 
-def _token_text(data: dict, i: int) -> str:
-    for added in data["added_tokens"]:
-        if added["id"] == i:
-            return added["content"]
-    model = data["model"]
-    vocab = model["vocab"]
-    if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
-        return vocab[i][0]
-    return next(t for t, j in vocab.items() if j == i)
+def _token_texts(data: dict) -> dict[int, str]:
+    """id -> text, as the tokenizer.json holds it (added tokens win over the model's vocabulary)."""
+    vocab = data["model"]["vocab"]
+    texts = dict(enumerate(p[0] for p in vocab)) if isinstance(vocab, list) else {i: t for t, i in vocab.items()}
+    texts.update({added["id"]: added["content"] for added in data["added_tokens"]})
+    return texts
 
 
 def choose(gguf_path: Path, out: Path, where: str, chat_template: str | None, transformers_tokenizer=None):
