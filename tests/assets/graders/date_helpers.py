@@ -1,0 +1,2 @@
+def year(text: str) -> str:
+    return text[:4]
