@@ -92,6 +92,57 @@ class PreferenceMetrics(BaseModel):
     nll_loss: float | None = Field(None, description="ORPO: the supervised (negative log-likelihood) part of the loss.")
 
 
+class GraderReward(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mean: float | None = Field(None, description="Mean of the grader's scores over the step's completions.")
+    std: float | None = Field(None, description="Their standard deviation.")
+
+
+# GRPO's metrics (TRL's log keys -> ours); rewards/NAME/mean|std become graders[NAME].
+GRPO_METRICS = {
+    "reward": "reward", "reward_std": "reward_std", "frac_reward_zero_std": "frac_reward_zero_std",
+    "completions/mean_length": "completion_length_mean", "completions/min_length": "completion_length_min",
+    "completions/max_length": "completion_length_max", "completions/clipped_ratio": "completion_clipped_ratio",
+    "kl": "kl", "entropy": "entropy",
+}
+
+
+class GrpoMetrics(BaseModel):
+    """A GRPO step's (or the held-out prompts') numbers: runs with train.method grpo."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reward: float | None = Field(None, description="Mean total reward (the graders' weighted sum).")
+    reward_std: float | None = Field(None, description="Standard deviation of the total reward.")
+    graders: dict[str, GraderReward] = Field({}, description="Mean and std of each grader's score, by name.")
+    frac_reward_zero_std: float | None = Field(None, description="Share of prompts whose completions all scored "
+                                               "alike (no learning signal from them).")
+    completion_length_mean: float | None = Field(None, description="Mean completion length in tokens.")
+    completion_length_min: float | None = None
+    completion_length_max: float | None = None
+    completion_clipped_ratio: float | None = Field(None, description="Share of completions cut at "
+                                                   "grpo.max_completion_length.")
+    kl: float | None = Field(None, description="Mean KL divergence from the reference (grpo.beta > 0 only).")
+    entropy: float | None = Field(None, description="Mean entropy of the sampled tokens' distributions.")
+
+
+class CompletionSample(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(description="The prompt's last message.")
+    completion: str
+    rewards: dict[str, float] = Field(description="Each grader's score of this completion.")
+
+
+class Completions(BaseEvent):
+    """A few completions of a GRPO step and their rewards (grpo.log_completions_every; off by default)."""
+
+    event: Literal["completions"] = "completions"
+    step: int
+    samples: list[CompletionSample]
+
+
 class Step(BaseEvent):
     event: Literal["step"] = "step"
     step: int
@@ -104,6 +155,8 @@ class Step(BaseEvent):
     memory_bytes: int | None = Field(None, description="CUDA: max allocated so far; CPU: peak RSS so far.")
     eta_s: float | None = Field(None, description="Estimated seconds to the last step.")
     preference: PreferenceMetrics | None = Field(None, description="The preference method's metrics (null for sft).")
+    grpo: GrpoMetrics | None = Field(None, description="GRPO's rewards, completion lengths and KL (null for the "
+                                     "other methods).")
 
 
 class Eval(BaseEvent):
@@ -112,6 +165,7 @@ class Eval(BaseEvent):
     eval_loss: float
     preference: PreferenceMetrics | None = Field(None, description="The preference method's metrics on the "
                                                  "held-out rows (null for sft).")
+    grpo: GrpoMetrics | None = Field(None, description="GRPO's rewards on completions of the held-out prompts.")
 
 
 class Checkpoint(BaseEvent):
@@ -155,10 +209,10 @@ class RunEnd(BaseEvent):
 
 
 EVENT_TYPES: tuple[type[BaseEvent], ...] = (RunStart, Stage, Data, Step, Eval, Checkpoint, Artifact, Warning, Error,
-                                            Cancelled, RunEnd)
+                                            Cancelled, RunEnd, Completions)
 KINDS = {cls.model_fields["event"].default: cls for cls in EVENT_TYPES}
-Event = Annotated[Union[RunStart, Stage, Data, Step, Eval, Checkpoint, Artifact, Warning, Error, Cancelled, RunEnd],
-                  Field(discriminator="event")]
+Event = Annotated[Union[RunStart, Stage, Data, Step, Eval, Checkpoint, Artifact, Warning, Error, Cancelled, RunEnd,
+                        Completions], Field(discriminator="event")]
 _ADAPTER: TypeAdapter = TypeAdapter(Event)
 
 

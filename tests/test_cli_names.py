@@ -17,7 +17,7 @@ from qlora_kit.errors import UsageError
 from qlora_kit.recipe import Recipe, load_recipe
 from qlora_kit.recipe.options import STAGE_OPTIONS, ExportOptions, MergeOptions
 
-SECTIONS = "model, data, lora, train, preference, merge, export, eval, bench, distributed, output"
+SECTIONS = "model, data, lora, train, preference, grpo, merge, export, eval, bench, distributed, output"
 MERGE_KEYS = ("merge.base, merge.dtype, merge.max_shard_size, merge.verify, merge.compare, merge.samples, "
               "merge.allow_mismatch")
 

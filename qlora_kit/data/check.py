@@ -67,8 +67,10 @@ class CheckReport:
 def check(recipe: Recipe, tokenizer) -> CheckReport:
     """Statistics of the rows `train` would train on (held-out rows counted apart), and whether it would refuse."""
     d = recipe.data
-    train = convert_rows(read_rows(d.path, "data.path", d.split), d.format, d.columns)
-    held = convert_rows(read_rows(d.eval_path, "data.eval_path", d.split), d.format, d.columns) if d.eval_path else None
+    method = recipe.train.method
+    train = convert_rows(read_rows(d.path, "data.path", d.split), d.format, d.columns, method)
+    held = convert_rows(read_rows(d.eval_path, "data.eval_path", d.split), d.format, d.columns, method) \
+        if d.eval_path else None
     converted = [train] + ([held] if held else [])
     report = CheckReport(sources=[c.origin for c in converted], format=train.format.name,
                          format_detected=train.detected, rows=train.total_rows, valid=len(train.items),
@@ -99,7 +101,11 @@ def check(recipe: Recipe, tokenizer) -> CheckReport:
     if mismatch or report.method != "sft":
         _token_stats(report, [], recipe.model.max_seq_length)
         report.refusal = None
-        if not mismatch:
+        if not mismatch and report.method == "grpo":
+            from qlora_kit.data.check_prompts import prompt_stats
+
+            prompt_stats(report, recipe, tokenizer, items)
+        elif not mismatch:
             from qlora_kit.data.check_preference import preference_stats
 
             preference_stats(report, recipe, tokenizer, items)
@@ -167,7 +173,11 @@ def render_text(r: CheckReport, color: bool = False) -> str:
         f"tokens per example: min {tpe['min']}, mean {tpe['mean']}, p95 {tpe['p95']}, max {tpe['max']}",
         f"trained tokens per example: min {tte['min']}, mean {tte['mean']}, p95 {tte['p95']}, max {tte['max']}",
     ]
-    if r.preference:
+    if r.preference and r.method == "grpo":
+        from qlora_kit.data.check_prompts import render_lines
+
+        out += render_lines(r)
+    elif r.preference:
         from qlora_kit.data.check_preference import render_lines
 
         out += render_lines(r)

@@ -54,6 +54,7 @@ class Example:
     rejected: list[dict] | None = None
     completion: list[dict] | None = None
     label: bool | None = None
+    item: dict | None = None  # a GRPO row's fields, which its graders read (data/prompts.py)
 
     def as_conversation(self) -> "Example":
         """A preference row as the SFT conversation its preferred answer makes (for stages that score a
@@ -63,7 +64,9 @@ class Example:
 
     @property
     def kind(self) -> str:
-        """sft (a conversation or a text), pair (chosen/rejected) or unpaired (completion + label)."""
+        """sft (a conversation or a text), pair (chosen/rejected), unpaired (completion + label) or prompt (GRPO)."""
+        if self.item is not None:
+            return "prompt"
         return "pair" if self.chosen is not None else "unpaired" if self.completion is not None else "sft"
 
 

@@ -46,9 +46,13 @@ def rename_columns(rows: Rows, columns: dict[str, str]) -> Rows:
     return rows
 
 
-def convert_rows(rows: Rows, format_name: str, columns: dict[str, str] | None = None) -> Examples:
-    """Convert every row, collecting problems (never stopping at the first)."""
+def convert_rows(rows: Rows, format_name: str, columns: dict[str, str] | None = None, method: str | None = None
+                 ) -> Examples:
+    """Convert every row, collecting problems (never stopping at the first). GRPO rows (method grpo) are prompts
+    with their graders' fields (data/prompts.py), whatever format their columns look like."""
     rows = rename_columns(rows, columns or {})
+    if method == "grpo":
+        return _convert_prompt_rows(rows)
     first = next((r for r in rows.rows if r.problem is None), None)
     if first is None:
         fmt, detected = (get_format(format_name) if format_name != "auto" else None), False
@@ -71,6 +75,22 @@ def convert_rows(rows: Rows, format_name: str, columns: dict[str, str] | None = 
     return out
 
 
+def _convert_prompt_rows(rows: Rows) -> Examples:
+    from qlora_kit.data.prompts import prompt_example
+
+    first = next((r.value for r in rows.rows if r.problem is None and isinstance(r.value, dict)), {})
+    out = Examples(rows.origin, get_format("openai" if "messages" in first else "prompt_completion"), True,
+                   total_rows=len(rows.rows))
+    for row in rows.rows:
+        try:
+            if row.problem is not None:
+                raise RowProblem(row.kind, row.problem)
+            out.items.append((row.where, prompt_example(row.value)))
+        except RowProblem as p:
+            out.problems.append(Problem(row.where, p.kind, p.detail))
+    return out
+
+
 def add_system_prompt(example: Example, system_prompt: str | None) -> Example:
     if not system_prompt or example.messages is None or example.messages[0]["role"] == "system":
         return example
@@ -83,12 +103,12 @@ def load_examples(cfg: DataSection, seed: int, notes: list[str] | None = None, m
     """Read and validate rows; return (train, eval, format name). Raises DataError on the first bad row, unless
     data.on_bad_rows is skip: then such rows are dropped, and said so on stderr and in `notes` (run events).
     With `method` (train.method), rows of the wrong kind for it are a DataError too."""
-    train = _strict(convert_rows(read_rows(cfg.path, "data.path", cfg.split), cfg.format, cfg.columns),
+    train = _strict(convert_rows(read_rows(cfg.path, "data.path", cfg.split), cfg.format, cfg.columns, method),
                     cfg.on_bad_rows, notes)
     held = None
     if cfg.eval_path:
-        held = _strict(convert_rows(read_rows(cfg.eval_path, "data.eval_path", cfg.split), cfg.format, cfg.columns),
-                       cfg.on_bad_rows, notes)
+        held = _strict(convert_rows(read_rows(cfg.eval_path, "data.eval_path", cfg.split), cfg.format, cfg.columns,
+                                    method), cfg.on_bad_rows, notes)
     items, eval_items = split_examples(train, held, cfg, seed)
     if method is not None:
         mismatch = method_mismatch(method, {e.kind for _, e in items + eval_items}, train.format.name)
@@ -102,6 +122,11 @@ PAIR_METHODS = ("dpo", "orpo", "simpo")
 
 def method_mismatch(method: str, kinds: set[str], fmt: str) -> str | None:
     """Why rows of these kinds cannot train with train.method (None: they can). `train` and `data check` ask this."""
+    if method == "grpo":
+        return None  # GRPO rows are read as prompts whatever their shape (data/prompts.py)
+    if "prompt" in kinds:
+        return (f"data.path: the rows are prompts to answer, without answers to learn from (format {fmt}), but "
+                f"train.method is {method}; set train.method: grpo (with grpo.graders), or give each row its answer")
     kind = "sft" if "sft" in kinds else "unpaired" if "unpaired" in kinds else "pair"
     if method == "sft" and kind != "sft":
         return (f"data.path: the rows are {'preference pairs' if kind == 'pair' else 'unpaired feedback'} (format "
@@ -182,6 +207,11 @@ def encode_splits(recipe, tokenizer, train_items: list, eval_items: list) -> tup
     """The training and held-out rows as the recipe's method trains them: SFT rows (`EncodedSplit`, packed if asked)
     or preference rows (`data.preference.PreferenceSplit`; KTO unpairs pairs)."""
     d, max_len, method = recipe.data, recipe.model.max_seq_length, recipe.train.method
+    if method == "grpo":
+        from qlora_kit.data.prompts import encode_prompts
+
+        n = recipe.grpo.max_completion_length
+        return tuple(encode_prompts(tokenizer, items, max_len, n) for items in (train_items, eval_items))
     if method == "sft":
         return (encode_split(tokenizer, train_items, d.train_on, max_len, d.packing, d.train_reasoning),
                 encode_split(tokenizer, eval_items, d.train_on, max_len, False, d.train_reasoning))

@@ -25,7 +25,8 @@ def write_report(out: Path, report: dict, rows, results: dict, options, warnings
     """Write every file; return the warnings found while judging (added to `warnings` in the report too). `pset`:
     a preference run's scored rows (eval/preference.py), else None."""
     tools = any("tool_calls" in r for r in results.values())  # the held-out rows have tools (eval/tool_eval.py)
-    metric = "custom" if options.scorer else "tool_call_exact" if tools else "exact_match"
+    metric = "custom" if options.scorer else "reward" if "graders" in report else \
+        "tool_call_exact" if tools else "exact_match"
     report["tool_calls"] = tools
     verdict, extra = judge(results, metric, options)
     if pset is not None:
@@ -161,6 +162,7 @@ def _label(name: str) -> str:
 
 def _markdown(report: dict) -> str:
     metrics = [*METRICS, *(["custom"] if report.get("scorer") else []),
+               *(["reward", *(f"reward/{g['name']}" for g in report["graders"])] if report.get("graders") else []),
                *(["tool_call_exact"] if report.get("tool_calls") else [])]
     lines = [f"# Did fine-tuning help? ({Path(report['run']).name})", "", f"**{report['verdict']['text']}**", "",
              f"{report['rows']} held-out rows from {report['rows_from']}; greedy decoding, at most "

@@ -26,6 +26,7 @@ class EvalRow:
     # right). Not part of the row's identity (key): the prompt and reference text are.
     tools: tuple | None = field(default=None, compare=False)
     calls: tuple = field(default=(), compare=False)
+    item: dict | None = field(default=None, compare=False, hash=False)  # a GRPO row's fields, for its graders
 
     @property
     def answer(self) -> dict:
@@ -46,6 +47,10 @@ def to_row(where: str, example: Example) -> EvalRow | None:
     """None for rows that cannot be scored (raw text, no assistant answer to compare with, an undesirable
     completion)."""
     messages = example.messages
+    if example.kind == "prompt":  # a GRPO row: the whole conversation is the prompt; graders read its item
+        prompt = tuple({k: v for k, v in m.items() if k != "weight"} for m in messages)
+        answer = example.item.get("answer")
+        return EvalRow(where, prompt, answer if isinstance(answer, str) else "", item=example.item)
     if example.kind == "pair":
         messages = list(messages) + list(example.chosen)
     elif example.kind == "unpaired":
@@ -63,12 +68,13 @@ def load_items(recipe, data_path: str | None) -> tuple[list, list, str]:
     and split as training), else `data_path` in any format `data` accepts. Items are (file:line, Example)."""
     from qlora_kit.data.prepare import load_examples
 
-    train_items, eval_items, _ = load_examples(recipe.data, recipe.train.seed)
+    grpo = "grpo" if recipe.train.method == "grpo" else None  # prompts and their graders' fields
+    train_items, eval_items, _ = load_examples(recipe.data, recipe.train.seed, method=grpo)
     source = "the run's eval split"
     if data_path:
         cfg = recipe.data.model_copy(update={"path": data_path, "eval_split": 0.0, "eval_path": None,
                                              "max_rows": None, "format": "auto"})
-        eval_items, _, _ = load_examples(cfg, recipe.train.seed)
+        eval_items, _, _ = load_examples(cfg, recipe.train.seed, method=grpo)
         source = data_path
     elif not eval_items:
         raise UsageError("the run held out no rows (data.eval_split and data.eval_path are unset); pass --data FILE "

@@ -16,9 +16,10 @@ from pathlib import Path
 from qlora_kit.errors import UsageError
 from qlora_kit.eval import recorded as evrecorded
 from qlora_kit.eval import rows as evrows
-from qlora_kit.eval.scoring import METRICS, load_scorer, score
+from qlora_kit.eval.scoring import METRICS, score
 from qlora_kit.eval.tool_eval import TOOL_METRICS, score_row, tool_family, tool_summary
 from qlora_kit.eval import preference as evpref
+from qlora_kit.eval.graded import extra_scores
 from qlora_kit.eval.names import gguf_path, merged_dir, parse_systems, reference_dir, template_name
 from qlora_kit.eval.systems import open_system
 from qlora_kit.recipe.options import EvalOptions
@@ -30,7 +31,7 @@ def default_systems(run_dir: Path, recipe=None) -> list[str]:
     """base, fewshot, adapter, merged and every GGUF the run has. A preference run drops fewshot (it gets no
     preference scores: eval/preference.py) and adds reference when it started from a trained adapter."""
     names = ["base", "fewshot", "adapter"]
-    if recipe is not None and recipe.train.method != "sft":
+    if recipe is not None and recipe.train.method not in ("sft", "grpo"):
         names = ["base", *(["reference"] if recipe.model.adapter else []), "adapter"]
     if (run_dir / "merged" / "config.json").is_file():
         names.append("merged")
@@ -103,15 +104,15 @@ def _evaluate(run_dir: Path, options: EvalOptions, out) -> tuple[Path, list[str]
     from qlora_kit.recipe import load_recipe
 
     run, status, systems, paths = check_eval(run_dir, options)
-    scorer = load_scorer(options.scorer) if options.scorer else None
     recipe = load_recipe(run.recipe)
+    scorer = extra_scores(recipe, options.scorer)  # eval.scorer, and a GRPO run's graders
     items = evrows.load_items(recipe, options.data)
     held, train, source = evrows.held_out(recipe, options.data, items)
     rows, leaked, warnings = _clean_rows(held, train, source, options)
     matched = {s: evrecorded.match(paths[s], rows, held + train, recipe.data.system_prompt)
                for s in systems if s.startswith("recorded:")}  # refused here, before anything is written
     warnings += [m.warning for m in matched.values() if m.warning]
-    preference = items if recipe.train.method != "sft" else None
+    preference = items if recipe.train.method not in ("sft", "grpo") else None
     out = Path(out) if out else run.root / "eval"
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -125,6 +126,7 @@ def _evaluate(run_dir: Path, options: EvalOptions, out) -> tuple[Path, list[str]
         report = {"version": REPORT_VERSION, "run": str(run.root), "rows_from": source, "rows": len(rows),
                   "leaked_rows_excluded": len(leaked), "fewshot_examples": [s.where for s in shots],
                   "max_new_tokens": options.max_new_tokens, "scorer": options.scorer, "systems": systems,
+                  **({"graders": scorer.graders.describe()} if scorer.graders is not None else {}),
                   "method": recipe.train.method,
                   **({"recorded": {s: m.summary for s, m in matched.items()}} if matched else {}),
                   **({"preference": pset.summary()} if pset else {})}
@@ -136,6 +138,8 @@ def _evaluate(run_dir: Path, options: EvalOptions, out) -> tuple[Path, list[str]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        scorer.close()
     return out, warnings
 
 
@@ -210,8 +214,7 @@ def _score_system(system, encoded, rows, tokenizer, ends, options, scorer) -> di
         out = system.generate(prompt, options.max_new_tokens, stop)
         text = _cut(tokenizer.decode(out.ids, skip_special_tokens=True), eot).strip()
         scores = score(text, row.reference)
-        if scorer is not None:
-            scores["custom"] = _custom(scorer, text, row)
+        scores.update(scorer.scores(text, row))
         if family is not None:  # calls are parsed from the text with the markers kept ([TOOL_CALLS] is special)
             scores.update(score_row(_cut(tokenizer.decode(out.ids), eot), row, family))
         row_nll = system.nll(prompt, answer)
@@ -222,7 +225,7 @@ def _score_system(system, encoded, rows, tokenizer, ends, options, scorer) -> di
         per_row.append({"prediction": text, "scores": scores, "prompt_tokens": len(prompt),
                         "generated_tokens": len(out.ids), "loss": round(row_nll / max(len(answer), 1), 6)})
     loss = nll / max(answer_tokens, 1)
-    metrics = [*METRICS, *(["custom"] if scorer is not None else []), *(TOOL_METRICS if family else [])]
+    metrics = [*METRICS, *scorer.metrics, *(TOOL_METRICS if family else [])]
     return {"rows": per_row, "loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 50.0)), 4),
             **{m: round(sum(r["scores"][m] for r in per_row) / len(per_row), 6) for m in metrics},
             "prompt_tokens_per_request": round(sum(r["prompt_tokens"] for r in per_row) / len(per_row), 2),
@@ -238,26 +241,16 @@ def _score_recorded(answers: list[str], rows, scorer, family: str | None = None)
     for text, row in zip(answers, rows):
         text = text.strip()
         scores = score(text, row.reference)
-        if scorer is not None:
-            scores["custom"] = _custom(scorer, text, row)
+        scores.update(scorer.scores(text, row))
         if family is not None:
             scores.update(score_row(text, row, family))
         per_row.append({"prediction": text, "scores": scores, "prompt_tokens": None, "generated_tokens": None,
                         "loss": None})
-    metrics = [*METRICS, *(["custom"] if scorer is not None else []), *(TOOL_METRICS if family else [])]
+    metrics = [*METRICS, *scorer.metrics, *(TOOL_METRICS if family else [])]
     return {"rows": per_row, "loss": None, "perplexity": None,
             **{m: round(sum(r["scores"][m] for r in per_row) / len(per_row), 6) for m in metrics},
             "prompt_tokens_per_request": None, "generated_tokens_per_s": None, "load_seconds": None,
             **tool_summary(per_row, family), "not_available": ["loss", "perplexity", "prompt_tokens_per_request", "generated_tokens_per_s"]}
-
-
-def _custom(scorer, text: str, row) -> float:
-    from qlora_kit.errors import StageError
-
-    try:
-        return float(scorer(text, row.reference, {"prompt": list(row.prompt), "where": row.where}))
-    except Exception as exc:  # noqa: BLE001  (the user's scorer: one line, naming the row)
-        raise StageError(f"eval.scorer raised on {row.where}: {type(exc).__name__}: {exc}") from None
 
 
 def _encode(tokenizer, prompt_messages: list[dict], row) -> tuple[list[int], list[int]]:

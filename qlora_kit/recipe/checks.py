@@ -56,11 +56,27 @@ def reference_problems(raw: dict, skip: frozenset[str] = frozenset()) -> list[st
         from qlora_kit.eval.names import system_problems
 
         problems += system_problems(systems)
+    problems += _grader_problems(raw, skip)
     out_dir = value("output.dir")
     out_problem = _writable_dir_problem(Path(out_dir)) if out_dir is not None else None
     if out_problem:
         problems.append(f"output.dir: {out_dir}: {out_problem}")
     return problems
+
+
+def _grader_problems(raw: dict, skip: frozenset[str]) -> list[str]:
+    """grpo.graders as `train` will load them (files found, functions importable, formulas parsed): one line."""
+    grpo = raw.get("grpo") if isinstance(raw.get("grpo"), dict) else {}
+    specs = grpo.get("graders")
+    if not isinstance(specs, list) or not specs or "grpo.graders" in skip or not all(isinstance(s, dict) for s in specs):
+        return []
+    from qlora_kit.graders import load_graders
+
+    try:
+        load_graders(specs, Path.cwd()).close()
+    except QKError as exc:
+        return [str(exc)]
+    return []
 
 
 def _writable_dir_problem(path: Path) -> str | None:

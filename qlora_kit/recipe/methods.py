@@ -53,9 +53,11 @@ def check_method(method: str, pref: PreferenceSection) -> None:
     the field). Values, not `model_fields_set`: a dumped and reloaded recipe (run directories record one) has every
     field set."""
     given = {name for name, f in type(pref).model_fields.items() if getattr(pref, name) != f.default}
-    if method == "sft" and given:
+    if method in ("sft", "grpo") and given:
         raise ValueError(f"preference.{sorted(given)[0]} applies to the preference methods, but train.method is "
-                         "sft; set train.method: dpo (or orpo, kto, simpo), or remove the preference section")
+                         f"{method}; set train.method: dpo (or orpo, kto, simpo), or remove the preference section")
+    if method in ("sft", "grpo"):
+        return
     for name in sorted(given):
         if name in METHOD_ONLY and method not in METHOD_ONLY[name]:
             raise ValueError(f"preference.{name} applies to train.method {' or '.join(METHOD_ONLY[name])}, not "

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from qlora_kit.recipe.options import (BackendName, BenchOptions, EvalOptions, ExportOptions, MergeOptions,
                                      Section)
+from qlora_kit.recipe.grpo import GrpoSection, check_grpo
 from qlora_kit.recipe.methods import PreferenceSection, check_method
 from qlora_kit.recipe.registry import registry_choice
 
@@ -121,10 +122,12 @@ class LoraSection(Section):
 
 
 class TrainSection(Section):
-    method: Literal["sft", "dpo", "orpo", "kto", "simpo"] = Field(
+    method: Literal["sft", "dpo", "orpo", "kto", "simpo", "grpo"] = Field(
         "sft", description="sft: supervised fine-tuning on conversations. dpo, orpo, simpo: preference pairs "
         "(prompt, chosen, rejected). kto: unpaired feedback (prompt, completion, label), or pairs split into a "
-        "desirable and an undesirable row. The method's options are in the preference section.")
+        "desirable and an undesirable row. The preference methods' options are in the preference section. grpo: "
+        "reinforcement fine-tuning: completions sampled from the model for each prompt, rewarded by the graders "
+        "of the grpo section.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
     lr: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
@@ -235,6 +238,7 @@ class Recipe(Section):
             raise ValueError("distributed.strategy fsdp needs model.backend: hf (Unsloth's NF4 weights do not work "
                              "with FSDP's fully_shard); use strategy: ddp with unsloth, or model.backend: hf")
         check_method(self.train.method, self.preference)
+        check_grpo(self.train.method, self.grpo, self.train.batch_size, self.train.grad_accum)
         if self.train.method != "sft" and self.data.packing:
             raise ValueError(f"data.packing concatenates SFT rows; train.method {self.train.method} scores each "
                              "answer after its own prompt. Set data.packing: false")
@@ -245,6 +249,7 @@ class Recipe(Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainSection = Field(default_factory=TrainSection)
     preference: PreferenceSection = Field(default_factory=PreferenceSection)
+    grpo: GrpoSection = Field(default_factory=GrpoSection)
     merge: MergeSection = Field(default_factory=MergeSection)
     export: ExportSection = Field(default_factory=ExportSection)
     eval: EvalSection = Field(default_factory=EvalSection)

@@ -5,8 +5,9 @@
 - Every path a client names (recipe file, data.path, data.eval_path, a local model.name, output.dir, artifact
   names) must resolve, after following every symlink, inside the root or an allowed data directory; `..` is
   refused outright even where it would land inside.
-- `model.trust_remote_code: true` runs code from the model's repository: refused unless the server was started
-  with --allow-remote-code.
+- `model.trust_remote_code: true` runs code from the model's repository, and GRPO's python and function graders
+  run code a client sent or named: refused unless the server was started with --allow-remote-code. A grader's
+  file (python `file`, json_schema `schema_file`) is refused outright: graders come inline over HTTP.
 - Request bodies and recipe files are bounded (a recipe is a few kilobytes; anything bigger is a mistake or abuse).
 """
 
@@ -91,6 +92,10 @@ def confine_recipe(raw: dict[str, Any], confiner: Confiner, allow_remote_code: b
     if model.get("trust_remote_code") is True and not allow_remote_code:
         raise Refused("model.trust_remote_code: true is refused: it runs the model repository's code; start the "
                       "server with --allow-remote-code to allow it")
+    graders = raw.get("grpo", {}).get("graders") if isinstance(raw.get("grpo"), dict) else None
+    refusal = grader_refusal(graders if isinstance(graders, list) else [], "grpo.graders", allow_remote_code)
+    if refusal:
+        raise Refused(refusal)
     for field in ("path", "eval_path"):
         value = data.get(field)
         if isinstance(value, str) and value and not value.startswith(LOCAL_SOURCES):
@@ -101,6 +106,26 @@ def confine_recipe(raw: dict[str, Any], confiner: Confiner, allow_remote_code: b
     out = output.get("dir", "runs")
     output["dir"] = str(confiner.path(out if isinstance(out, str) else "", "output.dir"))
     return raw
+
+
+def grader_refusal(specs: list, where: str, allow_code: bool) -> str | None:
+    """Why the server will not run these grader specs (None: it will), multi's sub-graders included."""
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            continue
+        at = f"{where}[{i}]"
+        if spec.get("type") in ("python", "function") and not allow_code:
+            return (f"{at}: a {spec['type']} grader runs code on this machine; start the server with "
+                    "--allow-remote-code to allow it")
+        named = next((key for key in ("file", "schema_file") if key in spec), None)
+        if named:
+            return f"{at}: {named} names a file on the server; give the grader inline (python source, json schema)"
+        inner = spec.get("graders")
+        refusal = grader_refusal(list(inner.values()), f"{at}.graders", allow_code) if isinstance(inner, dict) \
+            else None
+        if refusal:
+            return refusal
+    return None
 
 
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:

@@ -64,6 +64,8 @@ def resolve(recipe: Recipe, dist=None) -> tuple[Recipe, Runtime]:
     device = detect_device(recipe.train.device)
     gpu = device == "cuda"
     train = recipe.train.model_dump()
+    if recipe.train.method == "grpo" and train["batch_size"] == "auto":
+        train["batch_size"] = recipe.grpo.num_generations  # one prompt's group of completions per micro-step
     for key, (on_gpu, on_cpu) in AUTO.items():
         if train[key] == "auto":
             train[key] = on_gpu if gpu else on_cpu
@@ -77,8 +79,21 @@ def resolve(recipe: Recipe, dist=None) -> tuple[Recipe, Runtime]:
         from qlora_kit.model.start_adapter import adapter_lora
 
         lora = adapter_lora(recipe.model.adapter, recipe.model.name)
-    resolved = Recipe.model_validate({**recipe.model_dump(), "model": model, "train": train, "lora": lora,
-                                      "distributed": distributed})
+    resolved = _validated({**recipe.model_dump(), "model": model, "train": train, "lora": lora,
+                           "distributed": distributed})
     runtime = Runtime(device=device, dtype=model["dtype"], gradient_checkpointing=bool(train["gradient_checkpointing"]),
                       seed=recipe.train.seed, local_rank=dist.local_rank, strategy=worker_strategy(recipe, dist))
     return resolved, runtime
+
+
+def _validated(data: dict) -> Recipe:
+    """The resolved recipe; a rule that only the resolved values break (grpo.num_generations must divide the
+    resolved batch) is a one-line UsageError, as it would be had the values been written."""
+    from pydantic import ValidationError
+
+    from qlora_kit.errors import UsageError
+
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None

@@ -26,12 +26,14 @@ class EventsCallback(TrainerCallback):
         self.device = device
         self._started = None  # (time, step) of the first step log, for the ETA
         self._last = None  # (time, num_tokens) at the previous step log, for tokens/s
+        self.trainer = None  # set by fit: GRPO's sampled completions are read from it
+        self.completions_every, self.completions_count = None, 0  # grpo.log_completions_every/_count
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if "eval_loss" in logs:
             self.run.event("eval", step=state.global_step, eval_loss=logs["eval_loss"],
-                           preference=preference_metrics(logs, "eval_"))
+                           preference=preference_metrics(logs, "eval_"), grpo=grpo_metrics(logs, "eval_"))
             self.progress.note(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
             return
         if "loss" not in logs:
@@ -46,8 +48,15 @@ class EventsCallback(TrainerCallback):
         self.run.event("step", step=state.global_step, max_steps=state.max_steps, loss=loss,
                        lr=logs.get("learning_rate"), grad_norm=_num(logs.get("grad_norm")),
                        tokens_per_s=rate, epoch=logs.get("epoch"), memory_bytes=int(peak_memory(self.device)),
-                       eta_s=eta, preference=preference_metrics(logs))
+                       eta_s=eta, preference=preference_metrics(logs), grpo=grpo_metrics(logs))
         self.progress.update(state.global_step, state.max_steps, loss, rate, eta)
+        every = self.completions_every
+        if every and self.trainer is not None and state.global_step % every == 0:
+            from qlora_kit.training.grpo import sampled_completions
+
+            samples = sampled_completions(self.trainer, self.completions_count)
+            if samples:
+                self.run.event("completions", step=state.global_step, samples=samples)
 
     def _eta(self, now: float, step: int, total: int) -> float | None:
         if self._started is None or step <= self._started[1]:
@@ -147,6 +156,25 @@ def preference_metrics(logs: dict, prefix: str = "") -> dict | None:
 
     found = {ours: float(logs[prefix + theirs]) for theirs, ours in PREFERENCE_METRICS.items()
              if _num(logs.get(prefix + theirs)) is not None}
+    return found or None
+
+
+def grpo_metrics(logs: dict, prefix: str = "") -> dict | None:
+    """GRPO's numbers in a trainer log, under the event's names (events.GRPO_METRICS; each grader's
+    rewards/NAME/mean|std under graders); None when there are none (the other methods)."""
+    from qlora_kit.events import GRPO_METRICS
+
+    if prefix + "reward" not in logs:  # KTO logs a "kl" too
+        return None
+    found: dict = {ours: float(logs[prefix + theirs]) for theirs, ours in GRPO_METRICS.items()
+                   if _num(logs.get(prefix + theirs)) is not None}
+    graders: dict = {}
+    for key, value in logs.items():
+        parts = key[len(prefix):].split("/") if key.startswith(prefix + "rewards/") else []
+        if len(parts) == 3 and parts[2] in ("mean", "std") and _num(value) is not None:
+            graders.setdefault(parts[1], {})[parts[2]] = float(value)
+    if graders:
+        found["graders"] = graders
     return found or None
 
 

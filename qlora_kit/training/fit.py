@@ -48,6 +48,9 @@ def fit(ctx: RunContext, prep: Prepared) -> Fitted | None:
         result = trainer.train(resume_from_checkpoint=str(prep.checkpoint) if prep.checkpoint else None)
     finally:
         progress.close()
+        graders = getattr(trainer, "qk_graders", None)
+        if graders is not None:
+            graders.close()  # python graders' worker processes
     sync.barrier()  # every rank's part of the last checkpoint (its RNG state) is on disk before rank 0 says so
     if stopper.stopped:
         _interrupted(ctx, prep.run, trainer.state.global_step)
@@ -117,8 +120,13 @@ def _build(ctx: RunContext, prep: Prepared, model, tokenizer, train_split, eval_
     stopper = CancelCallback(ctx.cancel, prep.run.root / STOP_FILE if dist.is_main else None,
                              extra=lambda: sync.supervisor_stop(dist), agree=sync.any_rank if dist.active else None)
     memory = RankMemory(rt.device)
-    trainer = build_trainer(prep.recipe, rt, model, tokenizer, train_split.rows, eval_split.rows,
-                            str(prep.run.checkpoints), [events, stopper, memory])
+    grpo = prep.recipe.train.method == "grpo"  # its trainer takes the prompt splits (their rows and their items)
+    trainer = build_trainer(prep.recipe, rt, model, tokenizer, train_split if grpo else train_split.rows,
+                            eval_split if grpo else eval_split.rows, str(prep.run.checkpoints),
+                            [events, stopper, memory])
+    events.trainer = trainer  # GRPO's sampled completions live on the trainer
+    events.completions_every = prep.recipe.grpo.log_completions_every
+    events.completions_count = prep.recipe.grpo.log_completions_count
     return trainer, progress, events, stopper, memory
 
 

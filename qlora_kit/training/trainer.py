@@ -79,8 +79,17 @@ def check_loggers(names) -> None:
 
 def build_trainer(recipe: Recipe, rt: Runtime, model, tokenizer, train_rows, eval_rows, output_dir, callbacks,
                   save: bool = True):
-    """save=False: no checkpoints at all (benchmark cells; the Trainer would otherwise save at max_steps)."""
+    """save=False: no checkpoints at all (benchmark cells; the Trainer would otherwise save at max_steps).
+    The rows are the method's: lists of encoded rows, or for grpo the PromptSplits (data/prompts.py)."""
     method = recipe.train.method
+    if method == "grpo":
+        from qlora_kit.training.grpo import build_grpo_trainer
+
+        adapter_dtypes = trainable_dtypes(model)
+        trainer = build_grpo_trainer(recipe, rt, model, tokenizer, train_rows, eval_rows,
+                                     trainer_args(recipe, rt, output_dir, bool(eval_rows.rows), save, model), callbacks)
+        _settle(trainer, recipe, model, adapter_dtypes)
+        return trainer
     if method != "sft":
         return _preference_trainer(recipe, rt, model, tokenizer, train_rows, eval_rows, output_dir, callbacks, save)
     from trl import SFTTrainer

@@ -113,6 +113,9 @@ def validate_rows(path: Path, filename: str) -> tuple[str, str | None, dict]:
         # one format per file (detected from the first row), so every row is of the first one's kind
         kind = examples.items[0][1].kind if examples.items else "sft"
         return "processed", None, {"_format": examples.format.name, "_kind": kind}
+    prompts = convert_rows(read_rows(str(path), "file"), "auto", method="grpo")
+    if not prompts.problems:  # reinforcement fine-tuning's rows: prompts to answer, and what the graders read
+        return "processed", None, {"_format": prompts.format.name, "_kind": "prompt"}
     first = examples.problems[0]
     where = first.where.replace(str(path), filename)
     return "error", (f"{where}: {first.detail}; {len(examples.problems)} row(s) with problems, first at line "

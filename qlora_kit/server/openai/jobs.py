@@ -64,12 +64,18 @@ def new_record(request: dict, recipe, job_id: str) -> dict:
         from qlora_kit.recipe.methods import DEFAULT_BETA
 
         resolved["beta"] = recipe.preference.beta or DEFAULT_BETA["dpo"]
+    if request["method_type"] == "reinforcement":
+        per_prompt = recipe.grpo.num_generations  # our batch counts completions, OpenAI's prompts
+        if isinstance(recipe.train.batch_size, int):
+            resolved["batch_size"] = max(1, recipe.train.batch_size // per_prompt)
+        resolved["compute_multiplier"] = 1.0 if hp["compute_multiplier"] == "auto" else hp["compute_multiplier"]
+        resolved["eval_interval"] = recipe.train.eval_steps or "auto"
     now = time.time()
     return {"id": job_id, "model": request["model"], "created_at": int(now), "_t": now,
             "training_file": request["training_file"], "validation_file": request.get("validation_file"),
             "suffix": request.get("suffix"), "seed": recipe.train.seed, "metadata": request.get("metadata"),
             "method": request["method_type"], "hyperparameters": resolved, "asked": None, "result_files": [],
-            "model_deleted": False}
+            "model_deleted": False, **({"grader": request["grader"]} if request.get("grader") else {})}
 
 
 def fine_tuned_name(tune: dict) -> str:
@@ -107,7 +113,8 @@ def job_object(tune: dict, record, files, tunes: TuneStore) -> dict:
         "error": _error(record, events) if status == "failed" else None,
         "estimated_finish": int(step["t"] + step["eta_s"]) if step and step.get("eta_s") is not None else None,
         "integrations": [], "seed": tune["seed"], "suffix": tune["suffix"], "metadata": tune["metadata"],
-        "method": {"type": method, method: {"hyperparameters": hp}},
+        "method": {"type": method, method: {"hyperparameters": hp,
+                                            **({"grader": tune["grader"]} if tune.get("grader") else {})}},
     }
 
 

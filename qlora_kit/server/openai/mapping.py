@@ -12,16 +12,25 @@
                                           each answer is scored after its own prompt)
     method.dpo.hyperparameters.beta    -> preference.beta (0 < beta <= 2; "auto" keeps the recipe's, else our
                                           default, 0.1)
+    method.type reinforcement          -> train.method grpo (the preference section dropped, data.packing false)
+    method.reinforcement.grader        -> grpo.graders: [grader] (checked by qlora_kit.graders when the job is made;
+                                          python and function graders run code: refused unless the server was
+                                          started with --allow-remote-code)
+    method.reinforcement.hyperparameters.batch_size -> prompts per step, as OpenAI counts them: train.batch_size =
+                                          batch_size x grpo.num_generations (our batch counts completions)
+    method.reinforcement.hyperparameters.compute_multiplier -> grpo.num_generations x the multiplier (at least 2)
+    method.reinforcement.hyperparameters.eval_interval -> train.eval_steps
     seed                               -> train.seed
     always                             -> merge.enabled and export.enabled (so the result has a GGUF to chat
                                           with; export.quant stays the recipe's), eval.enabled false,
                                           output.dir ROOT/runs, output.name the job id
 
-`hyperparameters` (legacy) and `method: {type: supervised|dpo, supervised|dpo: {hyperparameters: {...}}}` say the
-same shared hyperparameters (beta only in method.dpo); giving both is refused, as are `method.type: reinforcement`
-(not supported yet) and `integrations` other than [] (nothing is sent anywhere). The files must hold the rows the
-method trains on (conversations for supervised, preference pairs for dpo: `file_mismatch`, the rule of `data
-check`). `metadata` is stored and shown on the job, not used.
+`hyperparameters` (legacy) and `method: {type: supervised|dpo|reinforcement, <type>: {hyperparameters: {...}}}` say
+the same shared hyperparameters (beta only in method.dpo); giving both is refused, as are `integrations` other than
+[] (nothing is sent anywhere) and the reinforcement hyperparameters without a counterpart here (reasoning_effort,
+eval_samples). The files must hold the rows the method trains on (conversations for supervised, preference pairs
+for dpo, prompts for reinforcement: `file_mismatch`, the rule of `data check`). `metadata` is stored and shown on
+the job, not used.
 """
 
 from __future__ import annotations
@@ -35,12 +44,14 @@ from qlora_kit.server.openai.errors import OpenAIError, bad_request
 FIELDS = {"model", "training_file", "validation_file", "suffix", "seed", "metadata", "hyperparameters", "method",
           "integrations"}
 HYPER = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256), "learning_rate_multiplier": (float, 1e-6, 10.0)}
-METHOD_HYPER = {"supervised": HYPER, "dpo": {"beta": (float, 0, 2.0), **HYPER}}  # beta: OpenAI's range
-TRAIN_METHOD = {"supervised": "sft", "dpo": "dpo"}
+METHOD_HYPER = {"supervised": HYPER, "dpo": {"beta": (float, 0, 2.0), **HYPER},  # beta: OpenAI's range
+                "reinforcement": {**HYPER, "compute_multiplier": (float, 0, 10.0), "eval_interval": (int, 1, 10**6)}}
+TRAIN_METHOD = {"supervised": "sft", "dpo": "dpo", "reinforcement": "grpo"}
 ROWS = {"sft": "conversations to imitate", "pair": "preference pairs", "unpaired": "unpaired feedback (prompt, "
-        "completion, label: KTO's rows)"}
+        "completion, label: KTO's rows)", "prompt": "prompts without answers (reinforcement rows)"}
 NEEDS = {"supervised": 'conversations ({"messages": [...]} rows)',
-         "dpo": 'preference pairs ({"input", "preferred_output", "non_preferred_output"} rows)'}
+         "dpo": 'preference pairs ({"input", "preferred_output", "non_preferred_output"} rows)',
+         "reinforcement": 'prompts ({"messages": [...]} rows with the fields the grader reads)'}
 SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -67,7 +78,26 @@ def check_request(body: Any) -> dict:
     if body.get("integrations"):
         raise bad_request("integrations: not supported by this server (it sends nothing anywhere)", "integrations")
     method, hyperparameters = _hyperparameters(body)
-    return {**body, "method_type": method, "hyperparameters": hyperparameters}
+    grader = _grader(body) if method == "reinforcement" else None
+    return {**body, "method_type": method, "hyperparameters": hyperparameters, "grader": grader}
+
+
+def _grader(body: dict) -> dict:
+    """method.reinforcement.grader, checked as `train` would load it (a 400 naming the problem)."""
+    from pathlib import Path
+
+    from qlora_kit.errors import UsageError
+    from qlora_kit.graders import load_graders
+
+    grader = (body["method"].get("reinforcement") or {}).get("grader")
+    if not isinstance(grader, dict):
+        raise bad_request("method.reinforcement.grader: required (an object: string_check, text_similarity, python, "
+                          "multi, ...)", "method.reinforcement.grader")
+    try:
+        load_graders([grader], Path.cwd(), where="method.reinforcement.grader").close()
+    except UsageError as exc:
+        raise bad_request(str(exc), "method.reinforcement.grader", "invalid_grader") from None
+    return grader
 
 
 def _hyperparameters(body: dict) -> tuple[str, dict]:
@@ -78,9 +108,6 @@ def _hyperparameters(body: dict) -> tuple[str, dict]:
         if not isinstance(method, dict) or method.get("type") not in ("supervised", "dpo", "reinforcement"):
             raise bad_request("method.type: one of supervised, dpo, reinforcement", "method.type")
         kind = method["type"]
-        if kind == "reinforcement":
-            raise bad_request("method.type: 'reinforcement': reinforcement fine-tuning is not yet supported by "
-                              "qlora-kit; use method.type: supervised or dpo", "method.type", "unsupported_method")
         other = sorted(set(method) - {"type", kind})
         if other:
             raise bad_request(f"method.{other[0]}: given, but method.type is {kind}; put the hyperparameters in "
@@ -101,7 +128,8 @@ def _hyperparameters(body: dict) -> tuple[str, dict]:
     out = {}
     for name, value in given.items():
         if name not in known:
-            what = {"supervised": "supervised fine-tuning takes ", "dpo": "dpo takes "}[kind]
+            what = {"supervised": "supervised fine-tuning takes ", "dpo": "dpo takes ",
+                    "reinforcement": "reinforcement takes "}[kind]
             if known is not METHOD_HYPER[kind]:
                 what = "the top-level (legacy) hyperparameters are "
             raise bad_request(f"{prefix}.{name}: unknown; {what}{', '.join(known)}"
@@ -133,6 +161,8 @@ def file_mismatch(method: str, kind: str, fmt: str, param: str, file: dict) -> s
     if method_mismatch(TRAIN_METHOD[method], {kind}, fmt) is None:
         return None
     fix = {"sft": 'upload preference pairs or use method.type "supervised"',
+           "prompt": 'create the job with method: {"type": "reinforcement", "reinforcement": {"grader": ...}}, or '
+                     "upload rows with answers",
            "pair": 'create the job with method: {"type": "dpo"}, or upload conversations',
            "unpaired": "give each prompt a preferred and a non-preferred output (dpo), or upload conversations"}
     return (f"{param}: {file['id']} ({file['filename']}) holds {ROWS[kind]} (format {fmt}), but method.type "
@@ -148,7 +178,7 @@ def map_recipe(base: dict, request: dict, data_path: str, eval_path: str | None,
     hp = request["hyperparameters"]
     if hp["n_epochs"] != "auto":
         train["epochs"], train["max_steps"] = hp["n_epochs"], None
-    if hp["batch_size"] != "auto":
+    if hp["batch_size"] != "auto" and request["method_type"] != "reinforcement":
         train["batch_size"] = hp["batch_size"]
     if hp["learning_rate_multiplier"] != "auto":
         from qlora_kit.recipe.schema import TrainSection
@@ -159,7 +189,7 @@ def map_recipe(base: dict, request: dict, data_path: str, eval_path: str | None,
         train["lr"] = float(lr) * hp["learning_rate_multiplier"]
     if request.get("seed") is not None:
         train["seed"] = request["seed"]
-    _method(raw, request["method_type"], hp)
+    _method(raw, request["method_type"], hp, request.get("grader"))
     _section(raw, "merge")["enabled"] = True
     _section(raw, "export")["enabled"] = True
     _section(raw, "eval")["enabled"] = False
@@ -167,14 +197,34 @@ def map_recipe(base: dict, request: dict, data_path: str, eval_path: str | None,
     return raw
 
 
-def _method(raw: dict, method: str, hp: dict) -> None:
+def _method(raw: dict, method: str, hp: dict, grader: dict | None = None) -> None:
     _section(raw, "train")["method"] = TRAIN_METHOD[method]
+    if method != "reinforcement":
+        raw.pop("grpo", None)  # a GRPO recipe's options; an error under the other methods
+    if method in ("supervised", "reinforcement"):
+        raw.pop("preference", None)  # a preference recipe's options; an error under sft and grpo
     if method == "supervised":
-        raw.pop("preference", None)  # a preference recipe's options; an error under sft
         return
     _section(raw, "data")["packing"] = False  # SFT's packing; the recipe's choice for SFT rows does not apply
+    if method == "reinforcement":
+        _reinforcement(raw, hp, grader)
+        return
     if hp["beta"] != "auto":
         _section(raw, "preference")["beta"] = hp["beta"]
+
+
+def _reinforcement(raw: dict, hp: dict, grader: dict) -> None:
+    from qlora_kit.recipe.grpo import GrpoSection
+
+    grpo, train = _section(raw, "grpo"), _section(raw, "train")
+    grpo["graders"] = [grader]
+    groups = grpo.get("num_generations", GrpoSection.model_fields["num_generations"].default)
+    if hp["compute_multiplier"] != "auto":
+        groups = grpo["num_generations"] = max(2, round(groups * hp["compute_multiplier"]))
+    if hp["batch_size"] != "auto":  # OpenAI's batch counts prompts; ours counts completions
+        train["batch_size"], train["grad_accum"] = hp["batch_size"] * groups, 1
+    if hp["eval_interval"] != "auto":
+        train["eval_steps"] = hp["eval_interval"]
 
 
 def _section(raw: dict, name: str) -> dict:

@@ -41,6 +41,9 @@ def create_job(api, body) -> dict:
     try:
         recipe, _ = api.ctx.prepare(RecipeRequest(recipe=raw))
     except Refused as exc:
+        if str(exc).startswith("grpo.graders[0]") and request.get("grader"):  # the client's grader, not the recipe
+            param = "method.reinforcement.grader"
+            raise OpenAIError(400, str(exc).replace("grpo.graders[0]", param, 1), param, "refused") from None
         raise OpenAIError(400, f"the model's recipe is refused: {exc}", "model", "refused") from None
     except RecipeError as exc:
         raise OpenAIError(400, "the job's recipe is not valid: " + "; ".join(exc.problems), None,
