@@ -284,9 +284,12 @@ def test_dpo_scores_only_the_answers():
     shape = shape_from_config(json.loads(_llama_8b()))
     cpu = dict(device="cpu", dtype="float32", method="dpo", gradient_checkpointing=False, seq_len=256)
     full, answers = (estimate(shape, _input(**cpu, scored_share=s)).terms["logits_and_loss"] for s in (1.0, 0.5))
-    # hf on CPU: runtime/logprobs.py's 1024-token tiles at 22 bytes a logit, plus the scored rows' hidden states.
-    assert full == 1024 * 128256 * 22 + 1024 * 4096 * 4
-    assert answers == 512 * 128256 * 22 + 512 * 4096 * 4
+    # hf on CPU: runtime/logprobs.py's tiles of 8 Mi logits (65 tokens of a 128k vocabulary) at 22 bytes a logit,
+    # plus the scored rows' hidden states (2 x 256 x 2 = 1024 of them, then half).
+    tile = 8 * 2**20 // 128256
+    assert tile == 65
+    assert full == tile * 128256 * 22 + 1024 * 4096 * 4
+    assert answers == tile * 128256 * 22 + 512 * 4096 * 4
 
 
 @pytest.fixture
@@ -314,3 +317,115 @@ def test_plan_says_a_recipe_that_fits_for_sft_does_not_fit_for_dpo(llama_8b_reci
     assert "of 24.0 GiB (rtx4090): does NOT fit" in text
     pre = run_cli(*args, "--set", "preference.precompute_ref_log_probs=true", "--json")
     assert json.loads(pre.stdout)["reference_forward"] is False, pre.stderr
+
+
+# GRPO (train.method grpo): a step runs its phases one after the other (sampling, the no_grad scoring forwards,
+# training) and peaks in the largest, on top of the held terms.
+
+GRADER = {"type": "string_check", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
+          "operation": "eq"}
+HELD = ("weights_4bit", "weights_dense", "lora", "optimizer")
+
+
+def _grpo(seq_len=2048, batch="auto", grad_accum=1, device="cuda", **grpo):
+    from qlora_kit.planner.inputs import plan_input_for
+    from qlora_kit.recipe import load_recipe
+
+    recipe = load_recipe({"model": {"name": "builtin:tiny-llama", "max_seq_length": seq_len},
+                          "data": {"path": "builtin:tiny-chat"},
+                          "train": {"method": "grpo", "batch_size": batch, "grad_accum": grad_accum},
+                          "grpo": {"graders": [GRADER], **grpo}})
+    shape = shape_from_config(json.loads(_llama_8b()))
+    p = plan_input_for(recipe, shape, "hf", device, seq_len)
+    return shape, p, estimate(shape, p)
+
+
+def test_grpo_counts_the_kv_cache_of_a_generation_round_and_the_training_step():
+    """Llama 3.1 8B, hf on a GPU (bf16, checkpointing on): 4 completions of 512 prompt + 256 completion tokens."""
+    shape, p, est = _grpo(seq_len=768, max_completion_length=256)
+    assert (p.batch_size, p.completion_len, p.steps_per_generation) == (4, 256, 1)  # auto batch: one group
+    assert est.peak == sum(est.terms[t] for t in HELD) + max(est.phases.values())
+    assert est.peak == sum(est.terms.values()) and est.phases["training"] > est.phases["generation"]
+    # Sampling peaks in the larger of the prefill (the prompts' KV cache, 2 x 32 layers x 8 kv heads x 128 in bf16
+    # a token, one layer's keys being copied, and one layer's MLP working set over the 4 x 512 prompt tokens with
+    # LoRA's output beside the projection's) and the last decoding step (the cache of 4 x 768 tokens, the last
+    # position's logits at 2 + 12 bytes each), plus one dequantized 4-bit weight (the largest, an MLP projection).
+    kv_token = 2 * 32 * 8 * 128 * 2 + 8 * 128 * 2
+    prefill = 4 * 512 * kv_token + 4 * 512 * 2 * (4 * 4096 + 3 * 14336 + 14336)
+    last_step = 4 * 768 * kv_token + 4 * 128256 * 14
+    assert est.phases["generation"] == max(prefill, last_step) + 14336 * 4096 * 2 and prefill > last_step
+    # Training: SFT's activations for 4 x 768 tokens; the fused LM head scores the 4 x 256 completion tokens.
+    sft = estimate(shape, replace(p, method="sft"))
+    assert est.terms["activations"] == sft.terms["activations"]
+    assert est.terms["logits_and_loss"] == 4 * 256 * 4096 * 2 + 1024 * 32768 * 8  # their hidden rows + one tile
+
+
+def test_grpo_memory_grows_with_the_group_and_the_completion_length():
+    base = _grpo(seq_len=320, max_completion_length=256)[2]
+    group = _grpo(seq_len=320, max_completion_length=256, num_generations=8)[2]  # auto batch: 8 completions
+    longer = _grpo(seq_len=576, max_completion_length=512)[2]  # the same 64-token prompts, longer completions
+    for bigger in (group, longer):
+        assert bigger.peak > base.peak
+        assert bigger.phases["generation"] > base.phases["generation"]
+        assert bigger.phases["training"] > base.phases["training"]
+    assert group.terms["activations"] == 2 * base.terms["activations"]
+    # steps_per_generation 4 samples the completions of 4 micro-steps in one call (4x the cache and the prefill),
+    # and TRL then scores the old policy's log-probs (the round outlives an optimizer step of grad_accum 1).
+    shape, p, round4 = _grpo(seq_len=320, max_completion_length=256, steps_per_generation=4)
+    dequantized = 14336 * 4096 * 2  # one 4-bit MLP weight, whatever the batch
+    assert p.old_logprobs and round4.phases["generation"] - dequantized == 4 * (base.phases["generation"] - dequantized)
+    assert round4.phases["training"] == base.phases["training"]
+
+
+def test_grpo_reference_and_old_policy_forwards():
+    from qlora_kit.planner.methods import reference_bytes
+
+    _, _, base = _grpo(max_completion_length=512)
+    shape, p, kl = _grpo(max_completion_length=512, beta=0.04)
+    assert "reference_forward" not in base.terms and "reference_forward" not in base.phases
+    # TRL 1.15 keeps a frozen copy of the adapter ("ref") as the reference: held all along, the LoRA weights' size.
+    assert kl.terms["reference_adapter"] == kl.terms["lora"] and "reference_adapter" not in base.terms
+    # The reference scores batch_size sequences at a time without gradients (its adapter active), in the generation
+    # round: before the training forward, not on top of its activations, so with checkpointing it adds nothing.
+    assert kl.phases["reference_forward"] == reference_bytes(shape, p, 2, 4 * 2048, 4 * 512, adapter=True)
+    assert kl.terms["reference_forward"] == 0 and kl.peak == base.peak + kl.terms["reference_adapter"]
+    # Without checkpointing it still stays under training's peak, which holds the saved activations.
+    _, _, flat = _grpo(max_completion_length=512, beta=0.04, device="cpu")
+    assert 0 < flat.phases["reference_forward"] < flat.phases["training"]
+    # num_iterations > 1 reuses a round's completions: TRL scores the old policy's log-probs once more ...
+    iterated = _grpo(max_completion_length=512, num_iterations=2)[2]
+    assert iterated.phases["old_logprob_forward"] == kl.phases["reference_forward"]
+    assert "old_logprob_forward" in iterated.terms and "old_logprob_forward" not in base.terms
+    # ... unless the round ends with an optimizer step (TRL: grad_accum a multiple of steps x iterations).
+    assert not _grpo(grad_accum=2, batch=4, steps_per_generation=1, num_iterations=2)[1].old_logprobs
+    assert _grpo(grad_accum=2, batch=4, num_iterations=2)[1].old_logprobs  # a round of 2 steps, twice: 4 > 2
+
+
+def test_grpo_generation_peaks_for_long_prompts_and_large_rounds():
+    """Sampling 64 completions of 3,968-token prompts at once: the KV cache outgrows a 4-sequence training step."""
+    _, p, est = _grpo(seq_len=4096, batch=4, max_completion_length=128, steps_per_generation=16)
+    assert est.phases["generation"] > est.phases["training"]
+    assert est.terms["generation"] == est.phases["generation"] - est.phases["training"]
+    assert est.peak == sum(est.terms[t] for t in HELD) + est.phases["generation"]
+
+
+def test_plan_cli_grpo(tmp_path, capsys):
+    from conftest import run_cli_here
+
+    recipe = write_recipe(tmp_path / "r.yaml", model={"max_seq_length": 256},
+                          train={"method": "grpo", "batch_size": 4},
+                          grpo={"graders": [GRADER], "max_completion_length": 64, "beta": 0.04})
+    r = run_cli_here(capsys, "plan", str(recipe), "--device", "cpu", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["method"] == "grpo" and plan["reference_forward"] is True
+    assert set(plan["phases"]) == {"training", "generation", "reference_forward"}
+    assert plan["tensor_peak_bytes"] == sum(plan["terms"].values())
+    assert plan["counted"].startswith("grpo: phases one after the other, the step peaks in the largest (training ")
+    assert "sampling 4 completions in one generate call (KV cache of 192 prompt + 64 completion tokens" in \
+        plan["counted"]
+    r = run_cli_here(capsys, "plan", str(recipe), "--device", "cpu", "--seq-len", "64")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "qlora-kit: error: plan: a grpo sequence is prompt + completion, but the sequence length 64 leaves no room "
+        "for a prompt beside grpo.max_completion_length 64; raise model.max_seq_length (or --seq-len) or lower "
+        "grpo.max_completion_length")

@@ -2,9 +2,9 @@
 
 A fresh process per cell because Unsloth patches transformers globally at import (it must never share a process
 with the hf baseline) and because peak memory is a per-process quantity. The cell trains through the same
-backend loader and trainer as `qlora-kit train` (SFTTrainer, or the method's preference trainer), on rows of
-exactly `seq_len` tokens (bench/rows.py), and always writes RESULT.json: status ok, oom or error. Exit codes: 0 ok,
-3 out of memory, 1 anything else.
+backend loader and trainer as `qlora-kit train` (SFTTrainer, the method's preference trainer, or GRPOTrainer), on
+rows of exactly `seq_len` tokens (bench/rows.py; grpo: prompts, sampled to seq_len, bench/grpo.py), and always
+writes RESULT.json: status ok, oom or error. Exit codes: 0 ok, 3 out of memory, 1 anything else.
 
 Timing: each optimizer step is timed between the Trainer's step callbacks (CUDA synchronized); the first
 `warmup` steps are excluded from tokens/s. On CPU one extra step runs last under the memory profiler (see
@@ -100,24 +100,34 @@ def _train(spec, resolved, rt, model, tokenizer, rows, timer) -> dict:
     from qlora_kit.runtime.memory import peak_rss_bytes
     from qlora_kit.training.trainer import build_trainer
 
+    grpo = resolved.train.method == "grpo"
     with tempfile.TemporaryDirectory(prefix="qlora-kit-bench-") as tmp:
-        trainer = build_trainer(resolved, rt, model, tokenizer, rows, [], tmp, [timer], save=False)
+        trainer = build_trainer(resolved, rt, model, tokenizer, rows, _no_rows(grpo), tmp, [timer], save=False)
         timer.trainer = trainer
-        trainer.train()
+        if grpo:
+            from qlora_kit.benchmark.grpo import GenerationClock, full_completions
+
+            clock = GenerationClock(trainer)
+            full_completions(trainer, resolved.grpo.max_completion_length)
+        try:
+            trainer.train()
+        finally:
+            if getattr(trainer, "qk_graders", None) is not None:
+                trainer.qk_graders.close()
     measured = timer.durations[spec["warmup"]:len(timer.durations) - (1 if timer.profile_last else 0)]
-    # Tokens the steps really ran: seq_len x batch for SFT rows; a pair runs its prompt once per answer.
-    tokens_per_step = sum(row_tokens(r) for r in rows) / len(rows) * spec["batch_size"]
     out = {
         "steps": len(timer.durations), "measured_steps": len(measured),
         "step_seconds": [round(s, 5) for s in timer.durations],
-        "tokens_per_second": round(tokens_per_step * len(measured) / sum(measured), 2) if measured else None,
         "time_to_first_step_seconds": round(timer.first_step_end - STARTED, 3),
         "losses": timer.losses, "final_loss": timer.losses[-1] if timer.losses else None,
-        # Share of tokens with a loss (synthetic rows: all; recipe rows: what data.train_on keeps).
-        "trained_token_fraction": round(sum(r.trained_tokens for r in rows) / sum(row_tokens(r) for r in rows), 4),
-        "rows_per_second": round(spec["batch_size"] * len(measured) / sum(measured), 3) if measured else None,
         "held": held_bytes(model, trainer.optimizer),
     }
+    if grpo:
+        from qlora_kit.benchmark.grpo import grpo_figures
+
+        out.update(grpo_figures(spec, measured, clock, timer.profile_last))
+    else:
+        out.update(_row_figures(spec, rows, measured))
     if rt.device == "cuda":
         out.update(peak_allocated_bytes=torch.cuda.max_memory_allocated(),
                    peak_reserved_bytes=torch.cuda.max_memory_reserved(), gpu=torch.cuda.get_device_name(0))
@@ -126,19 +136,50 @@ def _train(spec, resolved, rt, model, tokenizer, rows, timer) -> dict:
     return out
 
 
+def _no_rows(grpo: bool):
+    """No held-out rows: an empty list, or for grpo an empty PromptSplit."""
+    if grpo:
+        from qlora_kit.data.prompts import PromptSplit
+
+        return PromptSplit()
+    return []
+
+
+def _row_figures(spec: dict, rows: list, measured: list[float]) -> dict:
+    # Tokens the steps really ran: seq_len x batch for SFT rows; a pair runs its prompt once per answer.
+    tokens_per_step = sum(row_tokens(r) for r in rows) / len(rows) * spec["batch_size"]
+    return {
+        "tokens_per_second": round(tokens_per_step * len(measured) / sum(measured), 2) if measured else None,
+        # Share of tokens with a loss (synthetic rows: all; recipe rows: what data.train_on keeps).
+        "trained_token_fraction": round(sum(r.trained_tokens for r in rows) / sum(row_tokens(r) for r in rows), 4),
+        "rows_per_second": round(spec["batch_size"] * len(measured) / sum(measured), 3) if measured else None,
+    }
+
+
 def _cell_overrides(spec: dict) -> list[str]:
+    method = spec.get("method", "sft")
+    base = None
+    if method == "grpo":  # its grader and group depend on the recipe as given
+        from qlora_kit.recipe import load_recipe
+
+        base = load_recipe(spec["recipe"], spec["overrides"])
     return [f"model.backend={spec['backend']}", f"model.max_seq_length={spec['seq_len']}",
             f"train.batch_size={spec['batch_size']}", "train.grad_accum=1", f"train.max_steps={spec['steps']}",
             "train.logging_steps=1", "train.eval_steps=null", f"train.device={spec['device']}",
-            *method_overrides(spec.get("method", "sft"))]
+            *method_overrides(method, base, spec["batch_size"])]
 
 
-def method_overrides(method: str) -> list[str]:
-    """The recipe as `method` trains it: an SFT cell of a preference recipe drops the preference options (they
-    would be an error under sft); a preference cell turns packing off (pairs are never packed)."""
+def method_overrides(method: str, base=None, batch_size: int | None = None) -> list[str]:
+    """The recipe as `method` trains it: a cell drops the options of the other methods (they would be an error);
+    a preference or grpo cell turns packing off (pairs are never packed); a grpo cell of a recipe that is not one
+    gets a default grader (bench/grpo.py; `base`: the recipe as given)."""
     if method == "sft":
-        return ["train.method=sft", "preference={}"]
-    return [f"train.method={method}", "data.packing=false"]
+        return ["train.method=sft", "preference={}", "grpo={}"]
+    if method == "grpo":
+        from qlora_kit.benchmark.grpo import grpo_overrides
+
+        return grpo_overrides(base, batch_size)
+    return [f"train.method={method}", "data.packing=false", "grpo={}"]
 
 
 def make_timer(steps: int, profile_last: bool, cuda: bool):

@@ -37,6 +37,8 @@ def render_markdown(report: dict) -> str:
         if methods != ["sft"]:
             lines += [f"### {method}", ""]
         lines += _results_table([c for c in report["cells"] if c.get("method", "sft") == method], cpu) + [""]
+        if method == "grpo":
+            lines += _grpo_table([c for c in report["cells"] if c.get("method") == "grpo"]) + [""]
     lines.pop()
     failed = [c for c in report["cells"] if c["status"] != "ok"]
     if failed:
@@ -57,6 +59,11 @@ def render_markdown(report: dict) -> str:
         lines.insert(-1, "- Preference methods: a row is a pair, two sequences of seq_len tokens (the prompt a quarter "
                      "of each on synthetic rows); tokens/s counts both. dpo also runs the reference forward (adapter "
                      "disabled) of both; x sft divides by the sft cell of the same backend and size.")
+    if "grpo" in methods:
+        lines.insert(-1, "- grpo: tokens/s counts the tokens each step trained (prompt + completion of every sequence) "
+                     "over the whole step, sampling included; generated tok/s counts the completion tokens over the "
+                     "seconds spent in `generate` alone. The planner's phases are each one's bytes above the held "
+                     "terms; the step peaks in the largest.")
     if report.get("plots"):
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
     return "\n".join(lines)
@@ -81,6 +88,21 @@ def _results_table(cells: list[dict], cpu: bool) -> list[str]:
         row += [_mib(c.get("predicted_peak_bytes")), _num(c.get("prediction_error"), "+.1%"),
                 _num(c.get("final_loss"), ".4f"), _num(c.get("final_loss_diff_vs_hf"), "+.2e")]
         lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _grpo_table(cells: list[dict]) -> list[str]:
+    """GRPO cells' sampling figures and the planner's phases."""
+    lines = ["| backend | seq | batch | prompt + completion | generated tok/s | generate s / step s | planner phases "
+             "MiB |", "|" + "---|" * 7]
+    for c in cells:
+        if c["status"] != "ok":
+            continue
+        gen, steps = sum(c.get("generation_seconds") or []), sum(c.get("step_seconds") or [])
+        phases = ", ".join(f"{k.replace('_', ' ')} {v / MIB:,.1f}" for k, v in c.get("predicted_phases", {}).items())
+        lines.append(f"| {c['backend']} | {c['seq_len']} | {c['batch_size']} | {c.get('prompt_tokens')} + "
+                     f"{c.get('completion_tokens')} | {_num(c.get('generated_tokens_per_second'), ',.0f')} | "
+                     f"{_num(gen / steps if steps else None, '.0%')} | {phases or '-'} |")
     return lines
 
 

@@ -120,13 +120,22 @@ def _add_prediction(cell: dict, sweep, recipe, shape) -> None:
     from qlora_kit.planner.inputs import plan_input_for
     from qlora_kit.planner.estimate import estimate
 
-    p = plan_input_for(recipe, shape, cell["backend"], sweep.device, cell["seq_len"], cell["batch_size"],
-                       method=cell["method"])
+    if cell["method"] == "grpo" and cell.get("completion_tokens"):
+        # The sequences the step ran (prompt + completion) and its one micro-step a round (grad_accum 1).
+        completion = cell["completion_tokens"]
+        p = plan_input_for(recipe, shape, cell["backend"], sweep.device, cell["prompt_tokens"] + completion,
+                           cell["batch_size"], method="grpo", grad_accum=1)
+        p = replace(p, completion_len=completion)
+    else:
+        p = plan_input_for(recipe, shape, cell["backend"], sweep.device, cell["seq_len"], cell["batch_size"],
+                           method=cell["method"], grad_accum=1)
     if cell.get("trained_token_fraction"):  # the LM head scores the answers' tokens only (dpo, kto)
         p = replace(p, scored_share=cell["trained_token_fraction"])
     est = estimate(shape, p)
     cell["predicted_peak_bytes"] = est.peak
     cell["predicted_terms"] = est.terms
+    if est.phases:  # grpo: each phase's bytes above the held terms
+        cell["predicted_phases"] = est.phases
     measured = cell.get("planner_measured_bytes")
     if measured:
         cell["prediction_error"] = round((est.peak - measured) / measured, 4)

@@ -10,6 +10,7 @@ prompt only read, so a pair exercises both (the report hands the planner the row
 preference rows are the recipe's own pairs, encoded as `train` encodes them and cycled; their lengths vary, so a
 cell's tokens/s counts the tokens its rows really had, and the planner's prediction (for seq_len-long sequences)
 is an upper bound there.
+- grpo: prompts of seq_len - grpo.max_completion_length tokens (bench/grpo.py), each completion sampled to the end.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def row_tokens(row) -> int:
 def make_rows(spec: dict, recipe, tokenizer) -> list:
     n, length = spec["batch_size"] * spec["steps"], spec["seq_len"]
     method = recipe.train.method
+    if method == "grpo":  # prompts to sample from, not rows to train on
+        from qlora_kit.benchmark.grpo import prompt_rows
+
+        return prompt_rows(spec, recipe, tokenizer)
     if spec["data"] == "synthetic":
         rng = random.Random(recipe.train.seed)
         vocab = len(tokenizer)

@@ -37,5 +37,11 @@ def run_bench(recipe: Recipe, recipe_path: str, overrides: list[str], options: B
         from qlora_kit.training.auto import AUTO
 
         size = recipe.train.batch_size
+        if size == "auto" and recipe.train.method == "grpo":
+            size = recipe.grpo.num_generations  # as training/auto.py resolves it: one prompt's group
         sweep.batch_sizes = [AUTO["batch_size"][0 if sweep.device == "cuda" else 1] if size == "auto" else size]
+    if "grpo" in sweep.methods:
+        from qlora_kit.benchmark.grpo import check_grpo_cells
+
+        check_grpo_cells(sweep, recipe)
     return run_sweep(sweep, recipe, shape), sweep.out

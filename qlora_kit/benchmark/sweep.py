@@ -80,9 +80,10 @@ def _check_methods(sweep: Sweep) -> None:
     from qlora_kit.errors import DataError, RecipeError
     from qlora_kit.recipe import load_recipe
 
+    base = load_recipe(sweep.recipe, sweep.overrides)
     for method in sweep.methods:
         try:
-            recipe = load_recipe(sweep.recipe, sweep.overrides + method_overrides(method))
+            recipe = load_recipe(sweep.recipe, sweep.overrides + method_overrides(method, base))
         except RecipeError as exc:
             raise UsageError(f"--methods: {method}: {exc.problems[0]}") from None
         if sweep.data == "recipe":

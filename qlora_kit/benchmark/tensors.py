@@ -1,7 +1,8 @@
 """What a loaded model and its optimizer really hold, in the planner's terms, and the peak of one training step.
 
 `held_bytes` walks storages (deduplicated by address, so tied or shared tensors count once): 4-bit weights with
-their quant states, the other frozen weights, trainable (LoRA) weights, their gradients, optimizer states, buffers.
+their quant states, the other frozen weights, trainable (LoRA) weights, their gradients, optimizer states, buffers,
+and a frozen adapter where there is one (GRPO's reference copy: `reference_adapter`).
 
 `StepPeak` measures the tensor peak of CPU code: PyTorch's allocator reports to the profiler only while it runs
 (and only what was allocated meanwhile), so the running sum of its [memory] events is the peak *above* the
@@ -43,12 +44,14 @@ def held_bytes(model, optimizer=None) -> dict[str, int]:
     # on the module (bitsandbytes keeps it there for this case).
     module_states = {id(m.weight): m.quant_state for m in model.modules()
                      if getattr(m, "quant_state", None) is not None and getattr(m, "weight", None) is not None}
-    for param in model.parameters():
+    for name, param in model.named_parameters():
         state = getattr(param, "quant_state", None) or module_states.get(id(param))
         if state is not None:  # bitsandbytes Params4bit: packed uint8 data + its quantization state
             out["weights_4bit"] += counter.bytes(param) + sum(counter.bytes(t) for t in _quant_state_tensors(state))
         elif param.requires_grad:
             out["lora"] += counter.bytes(param)
+        elif ".lora_" in name:  # a frozen adapter: GRPO's reference copy of the trained one (TRL's "ref")
+            out["reference_adapter"] = out.get("reference_adapter", 0) + counter.bytes(param)
         else:
             out["weights_dense"] += counter.bytes(param)
     for param in model.parameters():

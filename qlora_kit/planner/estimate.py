@@ -11,8 +11,10 @@ held. Three kinds of term:
 - Runtime: what a CUDA process holds beyond tensors (context, allocator slack), used only for the fit verdict.
 
 The training method (planner/methods.py) sets how many sequences per row keep activations (dpo, orpo, simpo: 2),
-how the answers are scored (TRL's fused LM head for dpo and kto, the full logits for orpo and simpo), and adds the
-reference's no_grad forward (dpo, kto), which peaks on top of the policy's saved activations.
+how the answers are scored (TRL's fused LM head for dpo, kto and grpo, the full logits for orpo and simpo), and adds
+the reference's no_grad forward (dpo, kto), which peaks on top of the policy's saved activations. A grpo step runs
+phases one after the other (sampling, the no_grad scoring forwards, training: planner/grpo.py); its peak is the
+held terms plus the largest phase, and `Estimate.phases` keeps each phase's bytes.
 
 4-bit storage (bitsandbytes NF4, blocksize 64, double quantization): 0.5 byte per weight packed, one uint8
 absmax per 64 weights, one fp32 absmax per 256 of those, plus per-layer code tables: ~0.516 bytes/param.
@@ -24,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 
 from qlora_kit.model.backends import FULLY_TRAINED
+from qlora_kit.planner.grpo import beyond_training, grpo_phases, split_lengths
 from qlora_kit.planner.methods import reference_bytes, runs
 from qlora_kit.planner.scoring import head_bytes
 from qlora_kit.planner.shape import ModelShape
@@ -56,14 +59,22 @@ class PlanInput:
     load_in_4bit: bool = True
     strategy: str = "none"  # none | ddp | fsdp (per-GPU memory of one process of a distributed run)
     world_size: int = 1
-    method: str = "sft"  # train.method: sft | dpo | orpo | kto | simpo
+    method: str = "sft"  # train.method: sft | dpo | orpo | kto | simpo | grpo
     precompute_ref: bool = False  # preference.precompute_ref_log_probs: no reference forward in a step
     scored_share: float = 1.0  # dpo, kto: share of tokens the LM head scores (the answers'); 1.0: an upper bound
+    # grpo (seq_len is prompt + completion): grpo.max_completion_length; micro-steps one `generate` call samples
+    # for (batch_size x steps_per_generation completions); whether TRL runs the old policy's and the reference's
+    # no_grad forwards.
+    completion_len: int = 0
+    steps_per_generation: int = 1
+    old_logprobs: bool = False
+    kl_reference: bool = False
 
 
 @dataclass
 class Estimate:
     terms: dict[str, int] = field(default_factory=dict)
+    phases: dict[str, int] = field(default_factory=dict)  # grpo: each phase's bytes above the held terms
 
     @property
     def peak(self) -> int:
@@ -169,7 +180,9 @@ def activation_terms(shape: ModelShape, p: PlanInput, grads: int) -> dict[str, i
         saved = 2 * tokens * shape.hidden * a + layer
     else:
         saved = shape.layers * tokens * shape.hidden * a + layer
-    logits = head_bytes(shape, p.method, p.backend, p.device, a, tokens, math.ceil(tokens * p.scored_share))
+    # grpo scores the completions' tokens (seq_len - prompt), whatever scored_share says.
+    scored = p.batch_size * split_lengths(p)[1] if p.method == "grpo" else math.ceil(tokens * p.scored_share)
+    logits = head_bytes(shape, p.method, p.backend, p.device, a, tokens, scored)
     # The peak comes either at the loss (all saved activations + logits buffers) or in backward, after the logits
     # are freed: saved activations + the layer being recomputed when checkpointing + the LoRA gradients (they do
     # not exist before backward: the Trainer sets them to None after each step) + the gradient of one layer's MLP
@@ -197,12 +210,19 @@ def estimate(shape: ModelShape, p: PlanInput) -> Estimate:
     terms.update({"lora": lora, "optimizer": optimizer_bytes(p.optimizer, sizes)})
     if p.strategy == "fsdp" and p.world_size > 1:
         terms.update(fsdp_sharded_terms(shape, p, sizes))
-    terms.update(activation_terms(shape, p, grads=terms["lora"]))  # gradients: the LoRA weights' size and dtype
+    if p.method == "grpo" and p.kl_reference:  # TRL's frozen "ref" copy of the adapter (planner/grpo.py)
+        terms["reference_adapter"] = lora
+    training = activation_terms(shape, p, grads=terms["lora"])  # gradients: the LoRA weights' size and dtype
+    terms.update(training)
+    phases = {}
+    if p.method == "grpo":
+        phases = {"training": sum(training.values()), **grpo_phases(shape, p, DTYPE_BYTES[p.dtype])}
+        terms.update(beyond_training(phases))
     if p.strategy == "ddp" and p.world_size > 1:
         # DDP all-reduces gradients through buckets that hold a second copy of them (gradient_as_bucket_view is
         # off, the Trainer's default). Every other term is a full copy per process: DDP shards nothing.
         terms["ddp_gradient_buckets"] = lora
-    return Estimate(terms)
+    return Estimate(terms, phases)
 
 
 def _shard(rows: int, row_bytes: int, world: int) -> int:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from qlora_kit.errors import UsageError
 from qlora_kit.planner.estimate import PlanInput, estimate, largest_fitting, runtime_bytes
 from qlora_kit.planner.inputs import plan_input_for
+from qlora_kit.planner.grpo import describe_grpo
 from qlora_kit.planner.methods import describe, runs
 from qlora_kit.planner.shape import load_config, shape_from_config
 from qlora_kit.recipe.options import PlanOptions
@@ -39,11 +40,14 @@ def run_plan(recipe: Recipe, options: PlanOptions) -> tuple[dict, PlanInput]:
             "device": gpu_name or device, "budget_bytes": budget, "input": p.__dict__ | {"target_modules":
                                                                                          list(p.target_modules)},
             "method": p.method, "sequences_per_row": runs(p.method).grad_sequences,
-            "reference_forward": bool(runs(p.method, p.precompute_ref).reference_batch),
-            "counted": describe(p.method, p.precompute_ref),
+            "reference_forward": p.kl_reference if p.method == "grpo" else
+            bool(runs(p.method, p.precompute_ref).reference_batch),
+            "counted": describe_grpo(p, est.phases) if p.method == "grpo" else describe(p.method, p.precompute_ref),
             "strategy": p.strategy, "world_size": p.world_size,
             "terms": est.terms, "tensor_peak_bytes": est.peak, "runtime_bytes": extra,
             "needed_bytes": est.peak + extra}
+    if est.phases:  # grpo: each phase's bytes above the held terms (the step peaks in the largest)
+        plan["phases"] = est.phases
     if world > 1:  # per GPU, each way of sharing the work, so the verdict can say which fits
         plan["per_gpu"] = {}
         for name in ("ddp", "fsdp"):

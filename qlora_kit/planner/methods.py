@@ -10,6 +10,9 @@ and for the bench's MFU:
 - kto: one sequence per row with gradients; the KL sequence (the prompt with another row's completion) is a no_grad
   forward of the policy before it, and the reference scores both (two no_grad forwards, one after the other)
   after it. Activations are stored for one sequence per row, not two.
+- grpo: one sequence (prompt + sampled completion) per completion with gradients; before it, in phases of their
+  own, the sampling (`generate`: one forward of each sequence's tokens) and the no_grad forwards of the old policy
+  and of the reference (planner/grpo.py).
 
 The LM head scores only the answers' tokens; `plan` counts every token as scored (PlanInput.scored_share 1.0: an
 upper bound, exact for a short prompt), the bench gives its rows' real share.
@@ -36,6 +39,8 @@ RUNS = {
     "orpo": MethodRuns(2, 0, 0, 0),
     "simpo": MethodRuns(2, 0, 0, 0),
     "kto": MethodRuns(1, 1, 2, 1),
+    # The generation counts as one no_grad forward of each sequence; its phases are planner/grpo.py's.
+    "grpo": MethodRuns(1, 0, 0, 1),
 }
 
 
@@ -54,17 +59,29 @@ def no_grad_forwards_per_token(method: str, precompute_ref: bool = False) -> flo
     return (r.reference_forwards + r.policy_no_grad) / r.grad_sequences
 
 
-def reference_bytes(shape, p, dtype_bytes: int, tokens: int, scored: int) -> int:
-    """Peak of one no_grad forward of `tokens` tokens (the reference's; p: the PlanInput). Nothing is kept from layer
-    to layer but the hidden states, so it is the larger of one decoder layer's working set and the LM head's. The
-    layer's peak is its MLP product: the layer's input and its post-attention sum, the normed input, the activation,
-    the up output and their product (4 hidden + 3 intermediate per token: the profiled CPU step agrees to 1%; q, k
-    and v take its place for an architecture whose attention is wider than its MLP). The head's: the last hidden
-    states, the scored rows' copy and the tile."""
-    a, h = dtype_bytes, shape.hidden
+def layer_working_bytes(shape, dtype_bytes: int, tokens: int, adapter_out: int = 0) -> int:
+    """Peak of one decoder layer in a no_grad forward of `tokens` tokens: its MLP product, i.e. the layer's input and
+    its post-attention sum, the normed input, the activation, the up output and their product (4 hidden + 3
+    intermediate per token: the profiled CPU step agrees to 1%; q, k and v take its place for an architecture whose
+    attention is wider than its MLP). With the adapter active (adapter_out: the widest adapted projection's output),
+    LoRA's output beside the base projection's adds one such tensor (measured on CPU: + intermediate)."""
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    layer = tokens * a * (4 * h + max(3 * shape.intermediate, 3 * q + 3 * kv))
+    return tokens * dtype_bytes * (4 * shape.hidden + max(3 * shape.intermediate, 3 * q + 3 * kv) + adapter_out)
+
+
+def adapter_width(shape, p) -> int:
+    """Output features of the widest projection LoRA adapts (0 when none is)."""
+    return max((lin.out_features for lin in shape.layer_linears if lin.name in p.target_modules), default=0)
+
+
+def reference_bytes(shape, p, dtype_bytes: int, tokens: int, scored: int, adapter: bool = False) -> int:
+    """Peak of one no_grad forward of `tokens` tokens (the reference's; p: the PlanInput; adapter: whether a LoRA
+    adapter is active in it, as in GRPO's no_grad forwards, not in DPO's reference). Nothing is kept from layer to
+    layer but the hidden states, so it is the larger of one decoder layer's working set (layer_working_bytes) and
+    the LM head's: the last hidden states, the scored rows' copy and the tile."""
+    a, h = dtype_bytes, shape.hidden
     head = (tokens + scored) * h * a + fused_head_bytes(shape, p.backend, p.device, a, scored, grad=False)
+    layer = layer_working_bytes(shape, a, tokens, adapter_width(shape, p) if adapter else 0)
     return max(layer, head)
 
 

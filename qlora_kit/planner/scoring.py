@@ -2,8 +2,8 @@
 
 - sft: each backend's loss (Unsloth's chunked cross-entropy; on a GPU hf trains through TRL's fused LM head; on
   a CPU hf uses the model's own loss).
-- dpo, kto: TRL's fused LM head (TRL patches the model's forward), over the labelled positions only: tiles,
-  never the logits. Its kernel: TRL's Triton one on a GPU, runtime/logprobs.py on a CPU, Unsloth's own with Unsloth.
+- dpo, kto, grpo: TRL's fused LM head (TRL patches the model's forward), over the labelled positions only (grpo:
+  the completions' tokens): tiles, never the logits. Its kernel: TRL's Triton one on a GPU, runtime/logprobs.py on a CPU, Unsloth's own with Unsloth.
 - orpo, simpo: the model's own forward returns the full logits of both sequences, which the trainers score.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 UNSLOTH_CE_CAP = 4 * 10**9
 UNSLOTH_CPU_CE_CHUNK = 16 * 2**20  # unsloth_zoo.cpu.ops (UNSLOTH_CPU_CE_CHUNK_ELEMENTS)
 TRL_TILE_TOKENS, TRL_TILE_VOCAB = 4096, 32768  # trl.kernels.chunked_logprob, trl.trainer.utils (1.15)
-CPU_TILE_TOKENS = 1024  # runtime/logprobs.py TOKENS_PER_TILE
 # runtime/logprobs.py's fp32 tile (the hf backend on CPU), per logit: in backward (recomputed under checkpoint) the
 # logits, log-softmax, probabilities and doubled log-probs that autograd saves and the gradients flowing back
 # through them; under no_grad (the reference) the temporaries alive at once. Unsloth's CPU kernel needs 8 (a chunk's
@@ -25,7 +24,7 @@ FULL_LOGITS_BYTES = 16
 
 def head_bytes(shape, method: str, backend: str, device: str, dtype_bytes: int, tokens: int, scored: int) -> int:
     """Peak bytes of scoring a step run with gradients: `tokens` tokens, of which `scored` have a label."""
-    if method in ("dpo", "kto"):
+    if method in ("dpo", "kto", "grpo"):
         # TRL copies the scored rows' hidden states out (hidden[labels != -100]) before the tiles.
         return scored * shape.hidden * dtype_bytes + fused_head_bytes(shape, backend, device, dtype_bytes, scored)
     if method in ("orpo", "simpo"):
@@ -51,7 +50,9 @@ def fused_head_bytes(shape, backend: str, device: str, a: int, scored: int, grad
         # previous one is freed; the hidden-state gradient (tokens x hidden) is formed in forward and kept.
         rows = max(1, UNSLOTH_CPU_CE_CHUNK // vocab)
         return min(scored, 2 * rows) * vocab * UNSLOTH_CPU_TILE_BYTES + (scored * shape.hidden * a if grad else 0)
-    return min(scored, CPU_TILE_TOKENS) * vocab * (CPU_TILE_BYTES if grad else CPU_TILE_NO_GRAD_BYTES)
+    from qlora_kit.runtime.logprobs import tokens_per_tile
+
+    return min(scored, tokens_per_tile(vocab)) * vocab * (CPU_TILE_BYTES if grad else CPU_TILE_NO_GRAD_BYTES)
 
 
 def sft_loss_bytes(shape, backend: str, device: str, a: int, tokens: int) -> int:

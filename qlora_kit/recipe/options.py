@@ -194,7 +194,7 @@ class BenchOptions(StageOptions):
 
     backends: list[BackendName] = Field(["unsloth", "hf"], min_length=1, description="Backends to compare; hf is "
                                         "the baseline.")
-    methods: list[Literal["sft", "dpo", "orpo", "kto", "simpo"]] | None = Field(
+    methods: list[Literal["sft", "dpo", "orpo", "kto", "simpo", "grpo"]] | None = Field(
         None, min_length=1, description="Training methods to measure, e.g. sft,dpo: each cell trains its rows with "
         "that train.method (default: the recipe's train.method).")
     seq_lens: list[Positive] | None = Field(None, min_length=1, description="Sequence lengths (default: 512, 1024, "

@@ -6,12 +6,20 @@ machine TRL leaves the kernel as None and the first training step fails with "'N
 'apply'". `PlainLogProbs` computes the same five outputs (log-prob of the target, entropy, log sum p^2, mean logit,
 target-is-argmax) with the same transform (logit scale, soft-capping, temperature), tile by tile over the tokens;
 each tile is recomputed in the backward pass (activation checkpointing), so the [tokens, vocab] logits never exist
-whole, as with the kernel. Installed by `runtime.compat.cpu_fused_lm_head` only where the kernel is missing.
+whole, as with the kernel. A tile holds at most TILE_LOGITS logits (170 tokens of a 49k vocabulary, 55 of a 152k
+one, at most 1024): its backward keeps ~22 bytes a logit alive (benchmarks/RESULTS.md, "GRPO memory"), so a fixed
+1024-token tile cost 3.2 GiB on a 152k vocabulary, more than the full logits of a short completion batch. Installed by `runtime.compat.cpu_fused_lm_head` only where the kernel is missing.
 """
 
 from __future__ import annotations
 
-TOKENS_PER_TILE = 1024
+TOKENS_PER_TILE = 1024  # the most tokens a tile takes
+TILE_LOGITS = 8 * 2**20  # the most logits a tile holds (32 MiB in fp32)
+
+
+def tokens_per_tile(vocab: int) -> int:
+    """Tokens per tile for a vocabulary: TILE_LOGITS' worth, between 16 and TOKENS_PER_TILE."""
+    return max(16, min(TOKENS_PER_TILE, TILE_LOGITS // max(vocab, 1)))
 
 
 def _tile(hidden, weight, bias, targets, temperature, softcap, logit_scale):
@@ -46,8 +54,9 @@ class PlainLogProbs:
 
         del chunk_size  # the kernel's vocabulary tile; a CPU matmul takes the whole vocabulary at once
         parts: list[tuple] = []
-        for start in range(0, hidden.shape[0], TOKENS_PER_TILE):
-            end = start + TOKENS_PER_TILE
+        step = tokens_per_tile(weight.shape[0])
+        for start in range(0, hidden.shape[0], step):
+            end = start + step
             args = (hidden[start:end], weight, bias, targets[start:end], temperature, final_logit_softcapping,
                     logit_scale)
             grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
