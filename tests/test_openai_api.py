@@ -47,6 +47,12 @@ DPO_ROWS = [{"input": {"messages": row["messages"][:2]}, "preferred_output": row
             for n, row in enumerate(TRAIN_ROWS[:16])]
 
 
+# OpenAI's reinforcement fine-tuning JSONL: the prompt's messages and the fields the grader reads
+RFT_ROWS = [{"messages": row["messages"][:2], "answer": str(2 * n)} for n, row in enumerate(TRAIN_ROWS[:16])]
+EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
+         "operation": "eq"}
+
+
 def jsonl(rows) -> bytes:
     return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
 
@@ -165,8 +171,22 @@ def test_errors_are_openais_shape_and_the_clients_exception_classes(server, clie
         (openai.BadRequestError, 'method.dpo.hyperparameters.beta: 0: must be "auto" or a number above 0 and at '
          "most 2", lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, method={
              "type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}})),
-        (openai.BadRequestError, "reinforcement fine-tuning is not yet supported",
+        (openai.BadRequestError, "method.reinforcement.grader: required (an object: string_check",
          lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, method={"type": "reinforcement"})),
+        (openai.BadRequestError, "method.reinforcement.grader (text_similarity 'text_similarity'): evaluation_metric "
+         "'cosine' needs an embedding model", lambda: client.fine_tuning.jobs.create(
+             model=BASE, training_file=good.id, method={"type": "reinforcement", "reinforcement": {"grader": {
+                 "type": "text_similarity", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
+                 "evaluation_metric": "cosine"}}})),
+        (openai.BadRequestError, "method.reinforcement.grader: a python grader runs code on this machine; start the "
+         "server with --allow-remote-code", lambda: client.fine_tuning.jobs.create(
+             model=BASE, training_file=good.id, method={"type": "reinforcement", "reinforcement": {"grader": {
+                 "type": "python", "source": "def grade(sample, item):\n    return 1.0\n"}}})),
+        (openai.BadRequestError, "method.reinforcement.hyperparameters.reasoning_effort: unknown; reinforcement "
+         "takes n_epochs, batch_size, learning_rate_multiplier, compute_multiplier, eval_interval",
+         lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, method={
+             "type": "reinforcement", "reinforcement": {"grader": EXACT, "hyperparameters": {
+                 "reasoning_effort": "high"}}})),
         (openai.BadRequestError, "method.supervised: must be an object",
          lambda: client.fine_tuning.jobs.create(model=BASE, training_file=good.id, method={
              "type": "supervised", "supervised": "fast"})),
@@ -216,9 +236,11 @@ def test_dpo_files_are_accepted_and_a_job_refuses_a_file_of_the_other_method(cli
         assert err.value.body["message"].startswith(message), err.value.body
         assert (err.value.body["param"], err.value.body["code"]) == (param, "invalid_file")
     with pytest.raises(openai.BadRequestError) as err:
-        client.fine_tuning.jobs.create(model=BASE, training_file=prefs.id, method={"type": "reinforcement"})
-    assert err.value.body["code"] == "unsupported_method" and err.value.body["message"].startswith(
-        "method.type: 'reinforcement': reinforcement fine-tuning is not yet supported by qlora-kit")
+        client.fine_tuning.jobs.create(model=BASE, training_file=prefs.id, method={
+            "type": "reinforcement", "reinforcement": {"grader": EXACT}})
+    assert err.value.body["code"] == "invalid_file" and err.value.body["message"].startswith(
+        f"training_file: {prefs.id} (prefs.jsonl) holds preference pairs (format openai_dpo), but method.type "
+        'reinforcement trains on prompts ({"messages": [...]} rows with the fields the grader reads)')
     assert len(client.fine_tuning.jobs.list().data) == before, "nothing refused was queued"
 
 
@@ -405,6 +427,49 @@ def test_a_dpo_job_succeeds_reports_the_reward_metrics_and_its_model_answers_cha
                                            temperature=0)
     assert done.fine_tuned_model.startswith(f"ft:{BASE}:dpo:") and reply.choices[0].message.role == "assistant"
     assert isinstance(reply.choices[0].message.content, str) and reply.usage.prompt_tokens > 5
+
+
+def test_a_reinforcement_request_maps_onto_train_method_grpo_with_its_grader():
+    from qlora_kit.recipe import Recipe
+    from qlora_kit.server.openai.jobs import new_record
+    from qlora_kit.server.openai.mapping import check_request, map_recipe
+
+    base = {**FAST, "data": {**FAST["data"], "packing": True}, "preference": {"loss_type": "sigmoid"}}
+    request = check_request({"model": BASE, "training_file": "file-x", "method": {"type": "reinforcement",
+                             "reinforcement": {"grader": EXACT, "hyperparameters": {
+                                 "batch_size": 2, "compute_multiplier": 2, "eval_interval": 5}}}})
+    recipe = Recipe.model_validate(map_recipe(base, request, "train.jsonl", None, "ftjob-x"))
+    assert (recipe.train.method, recipe.grpo.graders, recipe.data.packing) == ("grpo", [EXACT], False)
+    # OpenAI's batch counts prompts, ours completions: 2 prompts x (4 generations x compute_multiplier 2)
+    assert (recipe.grpo.num_generations, recipe.train.batch_size, recipe.train.eval_steps) == (8, 16, 5)
+    record = new_record(request, recipe, "ftjob-x")
+    assert record["method"] == "reinforcement" and record["grader"] == EXACT
+    assert record["hyperparameters"]["batch_size"] == 2 and record["hyperparameters"]["compute_multiplier"] == 2
+
+
+@pytest.mark.slow
+def test_a_reinforcement_job_succeeds_reports_rewards_and_its_model_answers_chat(server, client):
+    prompts = upload(client, RFT_ROWS, "rft.jsonl")
+    assert (prompts.status, prompts.status_details) == ("processed", None)  # no assistant turn: RFT rows
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=prompts.id, suffix="rft", method={
+        "type": "reinforcement", "reinforcement": {"grader": EXACT}})
+    assert job.method.type == "reinforcement"
+    done = wait_job(client, job.id, ("succeeded", "failed", "cancelled"))
+    assert done.status == "succeeded", done.error
+    assert done.method.reinforcement.grader.to_dict() == EXACT
+    recipe = yaml.safe_load((server.root / ".qlora-kit-server" / "jobs" / f"{job.id}.yaml").read_text())
+    assert (recipe["train"]["method"], recipe["grpo"]["graders"]) == ("grpo", [EXACT])
+    metrics = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
+               if e.type == "metrics" and "train_loss" in e.data]
+    assert [e.data["step"] for e in metrics] == [4, 3, 2, 1]
+    for e in metrics:
+        assert 0 <= e.data["train_reward"] <= 1 and e.data["train_reward_exact"] == e.data["train_reward"]
+        assert ", reward=" in e.message
+    rows = list(csv.DictReader(io.StringIO(client.files.content(done.result_files[0]).text)))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and "train_reward_exact" in rows[0]
+    reply = client.chat.completions.create(model=done.fine_tuned_model, messages=RFT_ROWS[0]["messages"],
+                                           max_tokens=8, temperature=0)
+    assert done.fine_tuned_model.startswith(f"ft:{BASE}:rft:") and reply.choices[0].message.role == "assistant"
 
 
 # --- control: cancel, pause/resume, kill -9 ----------------------------------------------------------------------

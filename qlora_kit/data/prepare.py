@@ -122,8 +122,11 @@ PAIR_METHODS = ("dpo", "orpo", "simpo")
 
 def method_mismatch(method: str, kinds: set[str], fmt: str) -> str | None:
     """Why rows of these kinds cannot train with train.method (None: they can). `train` and `data check` ask this."""
-    if method == "grpo":
-        return None  # GRPO rows are read as prompts whatever their shape (data/prompts.py)
+    if method == "grpo":  # GRPO reads conversations as prompts (data/prompts.py); preference rows are not prompts
+        return None if kinds <= {"prompt", "sft"} else (
+            f"data.path: train.method grpo samples answers to prompts, but the rows are "
+            f"{'preference pairs' if 'pair' in kinds else 'unpaired feedback'} (format {fmt}); give prompts "
+            "({messages: [...]} rows with the fields the graders read), or set train.method: dpo")
     if "prompt" in kinds:
         return (f"data.path: the rows are prompts to answer, without answers to learn from (format {fmt}), but "
                 f"train.method is {method}; set train.method: grpo (with grpo.graders), or give each row its answer")

@@ -9,8 +9,9 @@ recipe's graders (qlora_kit.graders), the policy moved towards the better ones o
   stops training with its one line (GraderError), not a NaN later on.
 - Log-probs: TRL scores completions through its fused LM head (`add_fused_lm_head`), tile by tile without the
   (batch x length x vocabulary) logits; on a CPU its Triton kernel is missing and runtime.logprobs gives it a torch
-  one (the same path the preference trainers use).
-- Reference (beta > 0): the base with the adapter disabled (TRL's own choice for a PEFT model): no second model.
+  one (the same path the preference trainers use; Unsloth installs its own chunked one on import).
+- Reference (beta > 0): TRL copies the adapter into a frozen one named "ref" and scores with it (no second model;
+  the planner counts the copy). For a fresh adapter that copy starts as the base: B is zero.
 """
 
 from __future__ import annotations

@@ -103,14 +103,25 @@ def _describe(e: dict) -> tuple | None:
     return None
 
 
+GRPO_SHOWN = ("reward", "reward_std", "completion_length_mean", "kl")  # a reinforcement job's metrics
+
+
 def preference(e: dict, prefix: str) -> dict:
-    """A step or eval event's preference metrics (dpo runs), those it has, as {prefix + name: value}."""
-    return {prefix + k: v for k, v in (e.get("preference") or {}).items() if v is not None}
+    """A step or eval event's preference metrics (dpo runs) or GRPO rewards (reinforcement runs: the total reward,
+    its std, each grader's mean as reward_NAME, the completion length, the KL), those it has, as {prefix + name:
+    value}."""
+    found = {prefix + k: v for k, v in (e.get("preference") or {}).items() if v is not None}
+    grpo = e.get("grpo") or {}
+    found.update({prefix + k: grpo[k] for k in GRPO_SHOWN if grpo.get(k) is not None})
+    found.update({f"{prefix}reward_{name}": g["mean"] for name, g in (grpo.get("graders") or {}).items()
+                  if g.get("mean") is not None})
+    return found
 
 
 def _shown(e: dict) -> str:
-    found = e.get("preference") or {}
-    return "".join(f", {label}={fmt.format(found[k])}" for k, label, fmt in SHOWN if found.get(k) is not None)
+    found, grpo = e.get("preference") or {}, e.get("grpo") or {}
+    reward = f", reward={grpo['reward']:.4f}" if grpo.get("reward") is not None else ""
+    return "".join(f", {label}={fmt.format(found[k])}" for k, label, fmt in SHOWN if found.get(k) is not None) + reward
 
 
 def step_metrics(events: list[dict]) -> dict[int, dict]:
@@ -150,6 +161,7 @@ def results_csv(run_dir: Path) -> bytes:
     rows = sorted(step_metrics(run_events(run_dir)).items())
     found = {k for _, m in rows for k in m}
     extra = [p + n for p in ("train_", "valid_") for n in PREFERENCE_METRICS.values() if p + n in found]
+    extra += sorted(k for k in found if k not in extra and k not in ("train_loss", "valid_loss"))  # GRPO's
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([*CSV_COLUMNS, *extra])

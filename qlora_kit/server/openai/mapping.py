@@ -96,7 +96,8 @@ def _grader(body: dict) -> dict:
     try:
         load_graders([grader], Path.cwd(), where="method.reinforcement.grader").close()
     except UsageError as exc:
-        raise bad_request(str(exc), "method.reinforcement.grader", "invalid_grader") from None
+        message = str(exc).replace("method.reinforcement.grader[0]", "method.reinforcement.grader", 1)
+        raise bad_request(message, "method.reinforcement.grader", "invalid_grader") from None
     return grader
 
 
