@@ -35,9 +35,10 @@ TRAIN = {"method": "grpo", "max_steps": 6, "lr": 5e-3, "batch_size": 4, "logging
 def _rows(n: int = 24, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
-    for _ in range(n):
+    for i in range(n):  # every prompt its own (eval excludes held-out rows that training also has)
         d = str(rng.randint(0, 9))
-        rows.append({"messages": [{"role": "user", "content": f"Say the digit {d}."}], "answer": d, "digit": d})
+        rows.append({"messages": [{"role": "user", "content": f"Say the digit {d} ({chr(97 + i)})."}], "answer": d,
+                     "digit": d})
     return rows
 
 
