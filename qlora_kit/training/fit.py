@@ -57,7 +57,10 @@ def fit(ctx: RunContext, prep: Prepared) -> Fitted | None:
         return None
     train_seconds = stage_event(prep.run, "train", stage_t)
     eval_loss = None
-    if eval_split.rows:
+    # GRPO's held-out "loss" would sample num_generations completions of every held-out prompt (an hour for
+    # SmolLM2's 100 on CPU) for a number that is ~0 by construction; `qlora-kit eval` scores those prompts with the
+    # graders instead (and grpo's train.eval_steps, if set, still runs TRL's evaluation with its rewards).
+    if eval_split.rows and prep.recipe.train.method != "grpo":
         stage_t = stage_event(prep.run, "eval_loss")  # the held-out loss; `eval` is the later `qlora-kit eval` stage
         eval_loss = float(trainer.evaluate()["eval_loss"])  # its log reaches EventsCallback: one `eval` event
         stage_event(prep.run, "eval_loss", stage_t)
