@@ -112,8 +112,8 @@ def line_of(where: str) -> int:
 def few_shot(train: list[EvalRow], k: int, seed: int, held: list[EvalRow]) -> list[EvalRow]:
     """k single-turn training rows (fixed seed), none of them a held-out row."""
     excluded = {r.key for r in held}
-    pool = [r for r in train if r.key not in excluded and [m["role"] for m in r.prompt if m["role"] != "system"]
-            == ["user"]]
+    pool = [r for r in train if r.key not in excluded and r.reference  # a GRPO row may have no answer to show
+            and [m["role"] for m in r.prompt if m["role"] != "system"] == ["user"]]
     return random.Random(seed).sample(pool, min(k, len(pool)))
 
 
