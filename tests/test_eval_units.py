@@ -217,11 +217,12 @@ def test_system_names_accept_recorded_files_and_validate_reads_them(tmp_path):
 
 
 def test_recorded_answers_are_scored_like_generated_ones_and_have_no_loss_or_prompt_tokens():
+    from qlora_kit.eval.graded import Extra
     from qlora_kit.eval.report import _markdown
     from qlora_kit.eval.run import _score_recorded
 
     rows = [_row(0), _row(1)]
-    result = _score_recorded([" a0\n", "the A1"], rows, scorer=lambda p, r, row: float(p.endswith(r[-1])))
+    result = _score_recorded([" a0\n", "the A1"], rows, scorer=Extra(lambda p, r, row: float(p.endswith(r[-1]))))
     assert [r["prediction"] for r in result["rows"]] == ["a0", "the A1"]
     assert result["exact_match"] == 0.5 and result["normalized_exact_match"] == 1.0 and result["custom"] == 1.0
     assert result["loss"] is result["perplexity"] is result["prompt_tokens_per_request"] is None
